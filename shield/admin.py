@@ -1,0 +1,58 @@
+"""The admin listener: liveness, readiness and Prometheus metrics, never on the public port."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shield.metrics import ProxyMetrics
+
+
+@dataclass
+class AdminState:
+    """What /readyz reports: ready once the upstream answered, or once the grace period passed."""
+
+    ready_grace: float
+    started: float = field(default_factory=time.monotonic)
+    upstream_seen: bool = False
+    shutting_down: bool = False
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.shutting_down:
+            return False, "shutting down"
+        if self.upstream_seen:
+            return True, "ready"
+        if time.monotonic() - self.started >= self.ready_grace:
+            return True, "ready (upstream not seen yet; grace period over)"
+        return False, "waiting for the upstream to answer"
+
+
+STATE = web.AppKey("state", AdminState)
+METRICS = web.AppKey("metrics", ProxyMetrics)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, reason = request.app[STATE].readiness()
+    return web.Response(status=200 if ready else 503, text=reason + "\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_admin_app(state: AdminState, proxy_metrics: ProxyMetrics) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app[METRICS] = proxy_metrics
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,185 @@
+"""The typed model of Shield's config file.
+
+Every section forbids unknown keys, so a typo is an error with a location, never a silently
+ignored setting. Later features add sections here; the loader needs no change to report their
+errors at the right line.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from shield.config.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _split_host_port(value: str, default_host: str) -> tuple[str, int]:
+    text = value.strip()
+    if text.isdigit():
+        return default_host, int(text)
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"invalid address {value!r}: expected '[v6addr]:port'")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid address {value!r}: expected 'host:port' or a port")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid port in {value!r}")
+    return host or default_host, int(port)
+
+
+class TLSListener(Section):
+    cert: str = Field(description="PEM certificate chain file.")
+    key: str = Field(description="PEM private key file.")
+
+
+class Listener(Section):
+    """Where a listener binds. Written as ``"host:port"``, a bare port, or a mapping."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    tls: TLSListener | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"port": value}
+        if isinstance(value, str):
+            host, port = _split_host_port(value, "0.0.0.0")
+            return {"host": host, "port": port}
+        return value
+
+
+class AdminListener(Listener):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"port": value}
+        if isinstance(value, str):
+            host, port = _split_host_port(value, "127.0.0.1")
+            return {"host": host, "port": port}
+        return value
+
+
+class Admin(Section):
+    listen: AdminListener = Field(default_factory=AdminListener)
+    ready_grace: Duration = Field(
+        10.0, description="Report ready after this long even if the upstream never answered."
+    )
+
+
+class Pool(Section):
+    max_connections: int = Field(512, ge=1, description="Upstream connections at most.")
+    idle_timeout: Duration = Field(
+        4.0,
+        description="Close idle upstream connections after this long; keep it below the "
+        "upstream's own keep-alive timeout (gunicorn 2s, Node 5s, nginx 75s).",
+    )
+
+
+class Upstream(Section):
+    url: str = Field(description="http://host:port or https://host:port of the protected service.")
+    host_header: str = Field(
+        "preserve",
+        description="'preserve' passes the client's Host; 'upstream' sends the upstream's; "
+        "any other value is sent as is.",
+    )
+    ca_file: str | None = Field(None, description="CA bundle for an https upstream (default: system CAs).")
+    pool: Pool = Field(default_factory=Pool)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        return {"url": value} if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream must be an http:// or https:// URL with a host, not {value!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("upstream URL must not carry a path, query or fragment")
+        return value
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.url).hostname
+        assert host is not None  # checked by _check_url
+        return host
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.url).port
+        return port if port is not None else (443 if self.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class Timeouts(Section):
+    connect: Duration = Field(5.0, description="Connecting to the upstream.")
+    upstream_headers: Duration = Field(60.0, description="Waiting for the upstream's response headers.")
+    upstream_idle: Duration = Field(60.0, description="Longest pause inside the upstream's response body.")
+    client_header: Duration = Field(10.0, description="Receiving a request's headers (slowloris guard).")
+    client_idle: Duration = Field(60.0, description="Longest pause inside a client's request body.")
+    keepalive: Duration = Field(75.0, description="Idle client keep-alive connections close after this.")
+    shutdown_grace: Duration = Field(30.0, description="On SIGTERM, in-flight requests get this long.")
+
+
+class Limits(Section):
+    max_header_size: Size = Field(8190, ge=256, description="Request line and each header line (431/414 past it).")
+    max_headers: int = Field(128, ge=8, description="Header lines per request.")
+    max_body_size: Size = Field(100 * 1024**2, ge=0, description="Request body bytes (413 past it).")
+
+
+class Forwarding(Section):
+    forwarded_header: bool = Field(False, description="Also send an RFC 7239 Forwarded header.")
+    keep_rewrite_headers: bool = Field(
+        False,
+        description="Pass X-Original-URL, X-Rewrite-URL and X-HTTP-Method-Override style headers "
+        "through. They let a client reroute a request past per-route rules on many frameworks.",
+    )
+    via: str = Field("1.1 shield", description="The Via value added to forwarded requests.")
+
+
+class ShieldConfig(Section):
+    """The whole config file."""
+
+    listen: Listener = Field(default_factory=Listener)
+    upstream: Upstream
+    admin: Admin = Field(default_factory=Admin)
+    workers: int = Field(1, ge=1, le=256, description="Processes sharing the listen port (SO_REUSEPORT).")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: Limits = Field(default_factory=Limits)
+    forwarding: Forwarding = Field(default_factory=Forwarding)
+    schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")
+
+    @model_validator(mode="after")
+    def _admin_apart_from_public(self) -> ShieldConfig:
+        if self.admin.listen.port == self.listen.port and self.listen.port != 0:
+            raise ValueError("admin.listen must not share the public listen port")
+        return self

@@ -1,0 +1,35 @@
+"""``shield demo``: the demo service and Shield in front of it, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from shield.config.model import ShieldConfig
+from shield.demo import build_demo_app, try_lines
+from shield.runner import serve
+from shield.server import Shield, install_uvloop
+
+
+async def _demo(config: ShieldConfig, upstream_port: int) -> None:
+    runner = web.AppRunner(build_demo_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.upstream.host, upstream_port)
+    await site.start()
+
+    async def announce(shield: Shield) -> None:
+        public = f"http://{config.listen.host}:{shield.port}"
+        admin = f"http://{config.admin.listen.host}:{shield.admin_port}"
+        print(try_lines(public, admin), flush=True)
+
+    try:
+        await serve(config, started=announce)
+    finally:
+        await runner.cleanup()
+
+
+def run_demo(config: ShieldConfig, *, upstream_port: int | None = None) -> int:
+    install_uvloop()
+    asyncio.run(_demo(config, upstream_port or config.upstream.port))
+    return 0

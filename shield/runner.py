@@ -1,0 +1,95 @@
+"""Process lifecycle: run one Shield until a signal, or supervise ``workers`` processes.
+
+SIGTERM or SIGINT starts a graceful shutdown (stop accepting, let in-flight requests finish
+within the grace period); a second one exits at once. With ``workers: N`` the parent starts N
+processes that bind the same port with SO_REUSEPORT, relays signals to them and restarts one
+that dies unexpectedly. Worker 0 also serves the admin listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from shield.config.model import ShieldConfig
+from shield.server import Shield, install_uvloop
+
+log = logging.getLogger("shield")
+
+
+async def serve(
+    config: ShieldConfig,
+    *,
+    worker: int | None = None,
+    started: Callable[[Shield], Awaitable[None]] | None = None,
+) -> None:
+    shield = Shield(config, admin=worker in (None, 0), reuse_port=worker is not None)
+    await shield.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("shutting down: finishing in-flight requests (up to %.0fs)", config.timeouts.shutdown_grace)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    if started is not None:
+        await started(shield)
+    await stopping.wait()
+    await shield.stop()
+    log.info("stopped")
+
+
+def run(config: ShieldConfig, *, config_path: str, worker: int | None = None) -> int:
+    """Serve until stopped; the process entry point behind ``shield run``."""
+    if config.workers > 1 and worker is None:
+        return supervise(config, config_path)
+    install_uvloop()
+    asyncio.run(serve(config, worker=worker))
+    return 0
+
+
+def supervise(config: ShieldConfig, config_path: str) -> int:
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "shield", "run", "--config", config_path, "--worker", str(index)]
+        return subprocess.Popen(command)
+
+    children = {index: spawn(index) for index in range(config.workers)}
+    stopping = False
+
+    def relay(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, relay)
+    log.info("supervising %d workers", config.workers)
+    while True:
+        alive = False
+        for index, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                alive = True
+            elif not stopping:
+                log.warning("worker %d exited with %s; restarting it", index, code)
+                children[index] = spawn(index)
+                alive = True
+        if not alive:
+            return 0
+        time.sleep(0.2)

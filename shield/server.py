@@ -1,0 +1,263 @@
+"""Assembly: the public listener, the admin listener, the upstream pool, and their lifecycle.
+
+The public listener is aiohttp's low-level ``web.Server`` (no router, no middleware chain): the
+handler below is the whole request path. Graceful shutdown stops accepting, lets in-flight
+requests finish within ``timeouts.shutdown_grace``, then closes upstream connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from shield.admin import AdminState, build_admin_app
+from shield.config.model import ShieldConfig
+from shield.errors import UpstreamError
+from shield.metrics import ProxyMetrics
+from shield.proxy import ForwardSettings, Proxy, plain_response
+from shield.target import request_target
+from shield.upstream import UpstreamPool
+from shield.websocket import WebSocketRelay, is_websocket_upgrade
+
+log = logging.getLogger("shield")
+
+
+def require_c_parser() -> None:
+    """Refuse to run on aiohttp's pure-Python HTTP parser, which carried most of its smuggling CVEs."""
+    from aiohttp import http_parser
+
+    if http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
+        raise RuntimeError(
+            "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS set, or no wheel for "
+            "this platform); Shield refuses to run on the pure-Python parser"
+        )
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler plus a deadline for receiving a request's headers.
+
+    aiohttp has no header-read timeout: a client trickling one header byte at a time holds a
+    connection forever (slowloris). Its keep-alive timer only closes connections with *no*
+    pending bytes, so once the first byte of a request arrives, this guard arms a deadline; if
+    the same wait for a request is still unfinished when it fires, the connection is closed.
+    """
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._guarded_wait: object = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self._waiter is not None:
+            self._guarded_wait = self._waiter
+            self._header_deadline = self._loop.call_later(self._header_timeout, self._header_overdue)
+        super().data_received(data)
+
+    def _header_overdue(self) -> None:
+        self._header_deadline = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and waiter is self._guarded_wait:
+            self.force_close()
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        super().connection_lost(exc)
+
+
+class PublicServer(web.Server):
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, handler_cancellation=True, **kwargs)
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(
+            self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs
+        )
+
+
+def upstream_ssl_context(config: ShieldConfig) -> ssl.SSLContext | None:
+    if config.upstream.scheme != "https":
+        return None
+    return ssl.create_default_context(cafile=config.upstream.ca_file)
+
+
+def listener_ssl_context(config: ShieldConfig) -> ssl.SSLContext | None:
+    tls = config.listen.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+class Shield:
+    """One Shield process: serve ``config`` until ``stop()``."""
+
+    def __init__(self, config: ShieldConfig, *, admin: bool = True, reuse_port: bool = False) -> None:
+        self.config = config
+        self._with_admin = admin
+        self._reuse_port = reuse_port
+        self.metrics = ProxyMetrics()
+        self.in_flight = 0
+        self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
+        self.metrics.track_in_flight(lambda: self.in_flight)
+        self._server: PublicServer | None = None
+        self._listener: asyncio.Server | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self.pool: UpstreamPool | None = None
+        self.proxy: Proxy | None = None
+        self.websockets: WebSocketRelay | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin_site is not None and self._admin_site._server is not None
+        return int(self._admin_site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def start(self) -> None:
+        require_c_parser()
+        config = self.config
+        upstream_tls = upstream_ssl_context(config)
+        self.pool = UpstreamPool(
+            host=config.upstream.host,
+            port=config.upstream.port,
+            ssl_context=upstream_tls,
+            max_connections=config.upstream.pool.max_connections,
+            idle_timeout=config.upstream.pool.idle_timeout,
+            connect_timeout=config.timeouts.connect,
+        )
+        listener_tls = listener_ssl_context(config)
+        self.proxy = Proxy(
+            ForwardSettings.from_config(config), self.pool, self.metrics, tls=listener_tls is not None
+        )
+        self.websockets = WebSocketRelay(
+            config.upstream.url,
+            ssl=upstream_tls if upstream_tls is not None else True,
+            connect_timeout=config.timeouts.connect,
+            max_msg_size=4 * 1024 * 1024,
+        )
+        limits = config.limits
+        self._server = PublicServer(
+            self.handle,
+            header_timeout=config.timeouts.client_header,
+            keepalive_timeout=config.timeouts.keepalive,
+            max_line_size=limits.max_header_size,
+            max_field_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            auto_decompress=False,
+            access_log=None,
+        )
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._server,
+            config.listen.host,
+            config.listen.port,
+            ssl=listener_tls,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
+        for sock in self._listener.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._with_admin:
+            self._admin_runner = web.AppRunner(
+                build_admin_app(self.admin_state, self.metrics), access_log=None
+            )
+            await self._admin_runner.setup()
+            self._admin_site = web.TCPSite(
+                self._admin_runner, config.admin.listen.host, config.admin.listen.port
+            )
+            await self._admin_site.start()
+        self._probe = loop.create_task(self._probe_upstream())
+        log.info(
+            "shield listening on %s:%d, forwarding to %s",
+            config.listen.host,
+            self.port,
+            config.upstream.url,
+        )
+
+    async def _probe_upstream(self) -> None:
+        """Mark Shield ready once the upstream answers anything at all over HTTP."""
+        assert self.pool is not None
+        head = b"HEAD / HTTP/1.1\r\nHost: " + self.config.upstream.authority.encode() + b"\r\n\r\n"
+        while not self.admin_state.upstream_seen:
+            try:
+                conn, _ = await self.pool.acquire(fresh=True)
+                conn.start(head, head_request=True)
+                await conn.wait_headers(self.config.timeouts.upstream_headers)
+                conn.close()
+                self.admin_state.upstream_seen = True
+            except UpstreamError:
+                await asyncio.sleep(1.0)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            proxy = self.proxy
+            assert proxy is not None
+            if request.method == "CONNECT":
+                return plain_response(405, "CONNECT is not allowed.")
+            target = request_target(request.raw_path, request.headers.get("Host"))
+            if target is None:
+                return plain_response(400, "Bad request target.")
+            if "Upgrade" in request.headers and is_websocket_upgrade(request):
+                assert self.websockets is not None
+                return await self.websockets.relay(
+                    request, target, proxy.websocket_headers(request)
+                )
+            response = await proxy.forward(request, target)
+            self.metrics.forwarded.inc()
+            return response
+        finally:
+            self.in_flight -= 1
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, finish in-flight requests within ``grace`` seconds, release all."""
+        grace = self.config.timeouts.shutdown_grace if grace is None else grace
+        self.admin_state.shutting_down = True
+        if self._listener is not None:
+            self._listener.close()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.shutdown(grace), grace + 1.0)
+            except TimeoutError:
+                log.warning("grace period over, closing %d connections", len(self._server.connections))
+                self._server.pre_shutdown()
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+        if self._probe is not None:
+            self._probe.cancel()
+        if self.websockets is not None:
+            await self.websockets.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+

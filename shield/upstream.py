@@ -1,0 +1,388 @@
+"""A pooled HTTP/1.1 client for the one upstream Shield protects.
+
+Why not aiohttp's ClientSession: on the hot path it costs more than the whole rest of Shield
+(URL objects, a cookie jar, auto headers, a response object tree), and several of its defaults
+must be switched off for a proxy anyway. This client writes the request head Shield already
+built as bytes, parses the response with llhttp (httptools, the parser uvicorn uses), and hands
+the body over chunk by chunk with flow control in both directions.
+
+One connection carries one request at a time (no pipelining). A connection is reused only when
+its last response was read to the end, the upstream allowed keep-alive, and nothing arrived
+unasked in between; idle connections close before the upstream's own keep-alive timeout would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+
+import httptools
+
+from shield.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+# Pause reading from the upstream when this much body is buffered and the client is slower.
+_HIGH_WATER = 256 * 1024
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to the upstream, driven by ``UpstreamPool``."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser: Any = httptools.HttpResponseParser(self)
+        self._busy = False
+        self._head_request = False
+        self._informational = False
+        self._until_eof = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self.headers_complete = False
+        self.message_complete = False
+        self.received_any = False
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.reusable = True
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self._pool._forget(self)
+        if self._busy and not self.message_complete:
+            if self._until_eof and self.headers_complete:
+                self.message_complete = True
+            else:
+                stage = "while sending its body" if self.headers_complete else "before responding"
+                self._fail(UpstreamProtocolError(f"upstream closed the connection {stage}"))
+        self._wake()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_exception(UpstreamProtocolError("upstream closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy:
+            # Bytes nobody asked for: the framing of the last response was a lie. Never reuse.
+            self.close()
+            return
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("upstream switched protocols unasked"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"malformed upstream response: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # 1xx interim answers (103 Early Hints, a stray 100) are not the response; 101 is
+            # refused because Shield only upgrades through its WebSocket path.
+            if status == 101:
+                raise httptools.HttpParserUpgrade("101")
+            self._informational = True
+            self.headers = []
+            return
+        self.status = status
+        self.headers_complete = True
+        if self._head_request:
+            self.message_complete = True
+        else:
+            self._until_eof = _reads_until_eof(status, self.headers)
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._head_request:
+            self.reusable = False
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self.message_complete = True
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._wake()
+
+    # -- driving a request ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.reusable = False
+        if self._error is None:
+            self._error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _on_timeout(self, error: UpstreamTimeout) -> None:
+        self._timer = None
+        self._fail(error)
+        self.close()
+
+    async def _wait(self, timeout: float, error: UpstreamTimeout) -> None:
+        if self._error is not None:
+            raise self._error
+        self._waiter = waiter = self._loop.create_future()
+        self._timer = self._loop.call_later(timeout, self._on_timeout, error)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def start(self, head: bytes, *, head_request: bool) -> None:
+        """Send a request head (and any buffered body) and arm the parser for its response."""
+        if self._head_request or self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        self._busy = True
+        self._head_request = head_request
+        self._until_eof = False
+        self.status = 0
+        self.headers = []
+        self._chunks = []
+        self._buffered = 0
+        self.headers_complete = False
+        self.message_complete = False
+        self.received_any = False
+        self._error = None
+        assert self.transport is not None
+        self.transport.write(head)
+
+    async def write(self, data: bytes) -> None:
+        """Write part of a streamed request body, waiting while the upstream is not reading."""
+        if self._error is not None:
+            raise self._error
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise UpstreamProtocolError("upstream closed the connection while receiving the body")
+        transport.write(data)
+        if self._writing_paused:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def wait_headers(self, timeout: float) -> None:
+        while not self.headers_complete:
+            await self._wait(timeout, UpstreamTimeout("upstream did not answer in time"))
+        if self._error is not None and not self.message_complete:
+            raise self._error
+
+    def take_body(self) -> bytes:
+        """Everything buffered so far, resuming reads from the upstream if they were paused."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read(self, idle_timeout: float) -> bytes:
+        """The next part of the response body; ``b""`` once it is complete."""
+        while not self._chunks:
+            if self.message_complete:
+                return b""
+            await self._wait(idle_timeout, UpstreamTimeout("upstream stalled inside its response body"))
+        return self.take_body()
+
+    def finish(self) -> None:
+        """The response was read to its end: return the connection to the pool."""
+        self._busy = False
+        self._pool.release(self)
+
+    def close(self) -> None:
+        self.reusable = False
+        self._busy = False
+        if self.transport is not None:
+            self.transport.abort()
+        self._pool._forget(self)
+
+
+def _reads_until_eof(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    if status in (204, 304):
+        return False
+    for name, _ in headers:
+        lower = name.lower()
+        if lower == b"content-length" or lower == b"transfer-encoding":
+            return False
+    return True
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream: reused newest first, bounded, swept when idle."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        max_connections: int,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._host = host
+        self._port = port
+        self._ssl = ssl_context
+        self._max = max_connections
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._idle: deque[UpstreamConnection] = deque()
+        self._open: set[UpstreamConnection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self, *, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for a request, and whether it was reused from the pool."""
+        if not fresh:
+            deadline = self.loop.time() - self._idle_timeout
+            while self._idle:
+                conn = self._idle.pop()
+                transport = conn.transport
+                if conn.idle_since > deadline and transport is not None and not transport.is_closing():
+                    return conn, True
+                conn.close()
+        while len(self._open) >= self._max:
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await waiter
+            except TimeoutError:
+                raise UpstreamTimeout("no upstream connection free in time") from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if self._idle and not fresh:
+                return self._idle.pop(), True
+        return await self._connect(), False
+
+    async def _connect(self) -> UpstreamConnection:
+        conn = UpstreamConnection(self)
+        self._open.add(conn)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self.loop.create_connection(
+                    lambda: conn,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            self._forget(conn)
+            raise UpstreamTimeout("connecting to the upstream timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            self._forget(conn)
+            raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
+        except BaseException:
+            self._forget(conn)
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        transport = conn.transport
+        if self._closed or not conn.reusable or transport is None or transport.is_closing():
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._idle_timeout, self._sweep)
+        self._wake_one()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = self.loop.time() - self._idle_timeout
+        while self._idle and self._idle[0].idle_since <= deadline:
+            self._idle.popleft().close()
+        if self._idle:
+            self._sweeper = self.loop.call_later(self._idle_timeout / 2, self._sweep)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)

@@ -1,0 +1,156 @@
+"""WebSocket upgrades, relayed frame by frame in both directions.
+
+The upstream handshake happens first, so an upstream refusal becomes a plain HTTP answer and the
+subprotocol the upstream chose is the one echoed to the client. Close codes travel both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from shield.headers import filter_request_headers
+
+log = logging.getLogger("shield.websocket")
+
+# Headers the WebSocket handshake manages itself and that must not be copied from the client.
+_HANDSHAKE = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"sec-websocket-accept",
+    }
+)
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    upgrade = request.headers.get("Upgrade")
+    if upgrade is None or upgrade.lower() != "websocket":
+        return False
+    connection = request.headers.get("Connection", "")
+    return "upgrade" in (token.strip().lower() for token in connection.split(","))
+
+
+class WebSocketRelay:
+    """Owns the client session used only for upstream WebSocket handshakes."""
+
+    def __init__(self, upstream_url: str, *, ssl: object, connect_timeout: float, max_msg_size: int) -> None:
+        self._base = URL(upstream_url)
+        self._ssl = ssl
+        self._connect_timeout = connect_timeout
+        self._max_msg_size = max_msg_size
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def relay(
+        self, request: web.BaseRequest, target: bytes, extra_headers: list[tuple[bytes, bytes]]
+    ) -> web.StreamResponse:
+        path, _, query = target.decode("latin-1").partition("?")
+        scheme = "wss" if self._base.scheme == "https" else "ws"
+        url = URL.build(
+            scheme=scheme,
+            host=self._base.raw_host or "",
+            port=self._base.port,
+            path=path,
+            query_string=query,
+            encoded=True,
+        )
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in filter_request_headers(request.raw_headers)
+            if name.lower() not in _HANDSHAKE
+        ]
+        headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra_headers]
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        try:
+            upstream = await self._client().ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                autoping=False,
+                autoclose=False,
+                max_msg_size=self._max_msg_size,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                ssl=self._ssl,  # type: ignore[arg-type]
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return web.Response(status=exc.status if exc.status >= 400 else 502, text="WebSocket refused upstream.\n")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return web.Response(status=502, text="The upstream is unavailable.\n")
+
+        downstream = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (),
+            autoping=False,
+            autoclose=False,
+            max_msg_size=self._max_msg_size,
+            compress=False,
+        )
+        try:
+            await downstream.prepare(request)  # type: ignore[arg-type]
+            to_upstream = asyncio.create_task(_pump(downstream, upstream))
+            to_client = asyncio.create_task(_pump(upstream, downstream))
+            done, pending = await asyncio.wait(
+                (to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        finally:
+            await upstream.close()
+            if not downstream.closed:
+                await downstream.close()
+        return downstream
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Copy frames from source to sink until either side closes; pass the close code on."""
+    while True:
+        message = await source.receive()
+        kind = message.type
+        if kind is WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif kind is WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif kind is WSMsgType.PING:
+            await sink.ping(message.data)
+        elif kind is WSMsgType.PONG:
+            await sink.pong(message.data)
+        elif kind is WSMsgType.CLOSE:
+            code = message.data if isinstance(message.data, int) else 1000
+            await sink.close(code=code, message=(message.extra or "").encode())
+            return
+        else:  # CLOSING, CLOSED, ERROR
+            code = source.close_code or 1011
+            with contextlib.suppress(Exception):
+                await sink.close(code=code)
+            return
