@@ -6,9 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from shield.metrics import ProxyMetrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
 @dataclass
@@ -31,7 +29,7 @@ class AdminState:
 
 
 STATE = web.AppKey("state", AdminState)
-METRICS = web.AppKey("metrics", ProxyMetrics)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -44,14 +42,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(request.app[METRICS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_admin_app(state: AdminState, proxy_metrics: ProxyMetrics) -> web.Application:
+def build_admin_app(state: AdminState, registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app[STATE] = state
-    app[METRICS] = proxy_metrics
+    app[METRICS] = registry
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

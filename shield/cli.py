@@ -1,8 +1,8 @@
 """The command line: the only place that parses argv.
 
-  shield run   --config FILE       serve
-  shield check --config FILE       validate; exit 1 listing FILE:LINE:COL: message per problem
-  shield demo                      the demo service with Shield in front of it
+shield run   --config FILE       serve
+shield check --config FILE       validate; exit 1 listing FILE:LINE:COL: message per problem
+shield demo                      the demo service with Shield in front of it
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shield", description="A reverse proxy that shields a web service from abuse.")
+    parser = argparse.ArgumentParser(
+        prog="shield", description="A reverse proxy that shields a web service from abuse."
+    )
     parser.add_argument("--version", action="version", version=f"shield {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,14 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the demo service with Shield in front of it")
     demo.add_argument("-c", "--config", default=None, help="config (default: config/demo.yaml)")
-    demo.add_argument("--upstream-port", type=int, default=None, help="demo service port (default: the config's upstream port)")
+    demo.add_argument(
+        "--upstream-port",
+        type=int,
+        default=None,
+        help="demo service port (default: the config's upstream port)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args))
 
 

@@ -63,9 +63,8 @@ CLIENT_ADDRESS_HEADERS = frozenset(
 _MANAGED_REQUEST = frozenset({b"content-length", b"host", b"via", b"expect"})
 
 _DROP_REQUEST = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | _MANAGED_REQUEST
-_DROP_REQUEST_KEEP_REWRITE = _DROP_REQUEST
 _DROP_REQUEST_STRIP_REWRITE = _DROP_REQUEST | REWRITE_HEADERS
-_DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}
+DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 
 
 def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
@@ -85,7 +84,7 @@ def filter_request_headers(
     headers: tuple[tuple[bytes, bytes], ...], *, keep_rewrite_headers: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """Headers of a client request that may go upstream, in their original order and case."""
-    drop = _DROP_REQUEST_KEEP_REWRITE if keep_rewrite_headers else _DROP_REQUEST_STRIP_REWRITE
+    drop = _DROP_REQUEST if keep_rewrite_headers else _DROP_REQUEST_STRIP_REWRITE
     if _has_connection(headers):
         drop = drop | connection_tokens(headers)
     return [(name, value) for name, value in headers if name.lower() not in drop]
@@ -93,44 +92,111 @@ def filter_request_headers(
 
 def filter_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers of an upstream response that may go to the client: no framing, no hop-by-hop."""
-    drop = _DROP_RESPONSE
+    drop = DROP_RESPONSE
     if any(name.lower() == b"connection" for name, _ in headers):
         drop = drop | connection_tokens(headers)
     return [(name, value) for name, value in headers if name.lower() not in drop]
-
-
-def header_value(headers: RawHeaders, name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case) in raw headers, or None."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
-def forwarding_headers(
-    *,
-    client_ip: str,
-    proto: str,
-    host: bytes | None,
-    via: bytes,
-    inbound_via: bytes | None,
-    forwarded: bool,
-) -> list[tuple[bytes, bytes]]:
-    """The headers Shield adds to every upstream request: X-Forwarded-*, Via, maybe Forwarded."""
-    added = [
-        (b"X-Forwarded-For", client_ip.encode()),
-        (b"X-Forwarded-Proto", proto.encode()),
-    ]
-    if host is not None:
-        added.append((b"X-Forwarded-Host", host))
-    added.append((b"Via", inbound_via + b", " + via if inbound_via else via))
-    if forwarded:
-        value = f"for={_forwarded_node(client_ip)};proto={proto}"
+class RequestHeadBuilder:
+    """Builds the upstream request head in one pass over the client's raw headers.
+
+    Configured once per config load; ``build`` runs per request and allocates little more than
+    the list of byte pieces it joins.
+    """
+
+    __slots__ = (
+        "_default_host",
+        "_drop",
+        "_forwarded",
+        "_host_override",
+        "_proto",
+        "_proto_line",
+        "_via",
+    )
+
+    def __init__(
+        self,
+        *,
+        proto: str,
+        via: bytes,
+        forwarded: bool,
+        keep_rewrite_headers: bool,
+        host_override: bytes | None,
+        default_host: bytes,
+    ) -> None:
+        self._drop = _DROP_REQUEST if keep_rewrite_headers else _DROP_REQUEST_STRIP_REWRITE
+        self._proto = proto
+        self._proto_line = b"X-Forwarded-Proto: " + proto.encode() + b"\r\n"
+        self._via = via
+        self._forwarded = forwarded
+        self._host_override = host_override
+        self._default_host = default_host
+
+    def build(
+        self,
+        method: bytes,
+        target: bytes,
+        raw: tuple[tuple[bytes, bytes], ...],
+        client_ip: str,
+        framing: bytes,
+    ) -> bytes:
+        """The request line and headers, ending with the blank line; ``framing`` is
+        ``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty."""
+        drop = self._drop
+        host = via = None
+        named: bytes | None = None
+        parts = [method, b" ", target, b" HTTP/1.1\r\n", b"", b""]
+        for name, value in raw:
+            lower = name.lower()
+            if lower in drop:
+                if lower == b"host":
+                    host = value
+                elif lower == b"via":
+                    via = value
+                elif lower == b"connection":
+                    named = value if named is None else named + b"," + value
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if named is not None and named.lower() not in _PLAIN_CONNECTION:
+            tokens = connection_tokens(((b"connection", named),)) - drop
+            if tokens:
+                parts = parts[:6] + [
+                    piece
+                    for name, value in raw
+                    if (lower := name.lower()) not in drop and lower not in tokens
+                    for piece in (name, b": ", value, b"\r\n")
+                ]
+        parts[4] = b"Host: " + (self._host_override or host or self._default_host) + b"\r\n"
+        ip = client_ip.encode()
+        parts += (b"X-Forwarded-For: ", ip, b"\r\n", self._proto_line)
         if host is not None:
-            value += f';host="{host.decode("latin-1")}"'
-        added.append((b"Forwarded", value.encode("latin-1")))
-    return added
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        parts += (b"Via: ", via + b", " + self._via if via else self._via, b"\r\n")
+        if self._forwarded:
+            forwarded = f"for={_forwarded_node(client_ip)};proto={self._proto}"
+            if host is not None:
+                forwarded += f';host="{host.decode("latin-1")}"'
+            parts += (b"Forwarded: ", forwarded.encode("latin-1"), b"\r\n")
+        parts += (framing, b"\r\n")
+        return b"".join(parts)
+
+    def forwarding_headers(
+        self, raw: tuple[tuple[bytes, bytes], ...], client_ip: str
+    ) -> list[tuple[bytes, bytes]]:
+        """The headers ``build`` adds, as pairs (for the WebSocket handshake)."""
+        head = self.build(b"GET", b"/", raw, client_ip, b"")
+        added = []
+        for line in head.split(b"\r\n")[1:]:
+            name, sep, value = line.partition(b": ")
+            if sep and name.lower() in _ADDED:
+                added.append((name, value))
+        return added
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_ADDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"})

@@ -1,60 +1,62 @@
-"""Every Prometheus collector Shield exports, in one place, with bounded label values.
+"""Every Prometheus metric Shield exports, in one place, with bounded label values.
 
-Label children are resolved once, when the metrics object is built, so the hot path pays one
-lock-protected add per request rather than a label lookup.
+The hot path never touches prometheus_client: it adds to plain integers on ``ProxyStats``
+(one event loop per process, so no lock is needed), and a custom collector turns them into
+samples when /metrics is scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.metrics import MetricWrapperBase
-
-# The *_created series double every counter and no dashboard reads them.
-disable_created_metrics()
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset")
 
 
-class ProxyMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "shield_requests_total",
+class ProxyStats:
+    """Counters the proxy bumps per request; read only by the collector."""
+
+    def __init__(self) -> None:
+        # (rule, action, decision, identity) -> count
+        self.requests: Counter[tuple[str, str, str, str]] = Counter()
+        self.upstream_errors: Counter[str] = Counter({kind: 0 for kind in UPSTREAM_ERROR_KINDS})
+        self.in_flight: Callable[[], float] = lambda: 0.0
+
+
+class ShieldCollector(Collector):
+    def __init__(self, stats: ProxyStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "shield_requests",
             "Requests answered by Shield, by the rule that decided and what it decided.",
-            ["rule", "action", "decision", "identity"],
-            registry=self.registry,
+            labels=["rule", "action", "decision", "identity"],
         )
-        self.upstream_errors = Counter(
-            "shield_upstream_errors_total",
+        for labels, count in sorted(stats.requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        errors = CounterMetricFamily(
+            "shield_upstream_errors",
             "Requests the upstream failed, by kind of failure.",
-            ["kind"],
-            registry=self.registry,
+            labels=["kind"],
         )
-        self.in_flight = Gauge(
+        for kind, count in sorted(stats.upstream_errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        yield GaugeMetricFamily(
             "shield_in_flight_requests",
             "Requests Shield is handling right now.",
-            registry=self.registry,
-        )
-        self._upstream_errors = {
-            kind: self.upstream_errors.labels(kind=kind) for kind in UPSTREAM_ERROR_KINDS
-        }
-        self.forwarded = self.requests.labels(
-            rule="default", action="allow", decision="forwarded", identity="anonymous"
-        )
-        self.refused = self.requests.labels(
-            rule="default", action="allow", decision="error", identity="anonymous"
+            value=stats.in_flight(),
         )
 
-    def upstream_error(self, kind: str) -> None:
-        child = self._upstream_errors.get(kind)
-        if child is not None:
-            child.inc()
 
-    def track_in_flight(self, read: Callable[[], float]) -> None:
-        self.in_flight.set_function(read)
-
-
-def collectors(metrics: ProxyMetrics) -> list[MetricWrapperBase]:
-    return [metrics.requests, metrics.upstream_errors, metrics.in_flight]
+def build_registry(stats: ProxyStats) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ShieldCollector(stats))
+    return registry

@@ -41,7 +41,10 @@ async def serve(
         if signals > 1:
             log.warning("second signal: exiting now")
             os._exit(1)
-        log.info("shutting down: finishing in-flight requests (up to %.0fs)", config.timeouts.shutdown_grace)
+        log.info(
+            "shutting down: finishing in-flight requests (up to %.0fs)",
+            config.timeouts.shutdown_grace,
+        )
         stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,7 +67,16 @@ def run(config: ShieldConfig, *, config_path: str, worker: int | None = None) ->
 
 def supervise(config: ShieldConfig, config_path: str) -> int:
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "shield", "run", "--config", config_path, "--worker", str(index)]
+        command = [
+            sys.executable,
+            "-m",
+            "shield",
+            "run",
+            "--config",
+            config_path,
+            "--worker",
+            str(index),
+        ]
         return subprocess.Popen(command)
 
     children = {index: spawn(index) for index in range(config.workers)}

@@ -19,8 +19,8 @@ from aiohttp.web_protocol import RequestHandler
 from shield.admin import AdminState, build_admin_app
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
-from shield.metrics import ProxyMetrics
-from shield.proxy import ForwardSettings, Proxy, plain_response
+from shield.metrics import ProxyStats, build_registry
+from shield.proxy import ForwardSettings, Proxy, head_builder, plain_response
 from shield.target import request_target
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
@@ -29,7 +29,7 @@ log = logging.getLogger("shield")
 
 
 def require_c_parser() -> None:
-    """Refuse to run on aiohttp's pure-Python HTTP parser, which carried most of its smuggling CVEs."""
+    """Refuse aiohttp's pure-Python HTTP parser, which carried most of its smuggling CVEs."""
     from aiohttp import http_parser
 
     if http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
@@ -55,10 +55,14 @@ class GuardedRequestHandler(RequestHandler):
         self._guarded_wait: object = None
 
     def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and self._waiter is not None:
-            self._guarded_wait = self._waiter
-            self._header_deadline = self._loop.call_later(self._header_timeout, self._header_overdue)
         super().data_received(data)
+        # A whole request in one read (the common case) resolves the waiter: no timer needed.
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._guarded_wait is not waiter:
+            self._guarded_wait = waiter
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+            self._header_deadline = self._loop.call_later(self._header_timeout, self._header_overdue)
 
     def _header_overdue(self) -> None:
         self._header_deadline = None
@@ -108,10 +112,12 @@ class Shield:
         self.config = config
         self._with_admin = admin
         self._reuse_port = reuse_port
-        self.metrics = ProxyMetrics()
+        self.stats = ProxyStats()
         self.in_flight = 0
+        self.stats.in_flight = lambda: self.in_flight
+        self.registry = build_registry(self.stats)
         self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
-        self.metrics.track_in_flight(lambda: self.in_flight)
+        self._forwarded = ("default", "allow", "forwarded", "anonymous")
         self._server: PublicServer | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -128,8 +134,8 @@ class Shield:
 
     @property
     def admin_port(self) -> int:
-        assert self._admin_site is not None and self._admin_site._server is not None
-        return int(self._admin_site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert self._admin_runner is not None
+        return int(self._admin_runner.addresses[0][1])
 
     async def start(self) -> None:
         require_c_parser()
@@ -145,11 +151,14 @@ class Shield:
         )
         listener_tls = listener_ssl_context(config)
         self.proxy = Proxy(
-            ForwardSettings.from_config(config), self.pool, self.metrics, tls=listener_tls is not None
+            ForwardSettings.from_config(config),
+            head_builder(config, tls=listener_tls is not None),
+            self.pool,
+            self.stats,
         )
         self.websockets = WebSocketRelay(
             config.upstream.url,
-            ssl=upstream_tls if upstream_tls is not None else True,
+            tls=upstream_tls if upstream_tls is not None else True,
             connect_timeout=config.timeouts.connect,
             max_msg_size=4 * 1024 * 1024,
         )
@@ -178,7 +187,7 @@ class Shield:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._with_admin:
             self._admin_runner = web.AppRunner(
-                build_admin_app(self.admin_state, self.metrics), access_log=None
+                build_admin_app(self.admin_state, self.registry), access_log=None
             )
             await self._admin_runner.setup()
             self._admin_site = web.TCPSite(
@@ -219,11 +228,10 @@ class Shield:
                 return plain_response(400, "Bad request target.")
             if "Upgrade" in request.headers and is_websocket_upgrade(request):
                 assert self.websockets is not None
-                return await self.websockets.relay(
-                    request, target, proxy.websocket_headers(request)
-                )
+                added = proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
+                return await self.websockets.relay(request, target, added)
             response = await proxy.forward(request, target)
-            self.metrics.forwarded.inc()
+            self.stats.requests[self._forwarded] += 1
             return response
         finally:
             self.in_flight -= 1
@@ -260,4 +268,3 @@ def install_uvloop() -> bool:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
-

@@ -27,6 +27,9 @@ from shield.errors import (
     UpstreamTimeout,
 )
 
+# How often the pool checks deadlines and idle connections: timeouts fire within this much.
+TICK = 0.1
+
 # Pause reading from the upstream when this much body is buffered and the client is slower.
 _HIGH_WATER = 256 * 1024
 
@@ -52,7 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self._deadline_error: UpstreamTimeout | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -72,7 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.message_complete = True
             else:
                 stage = "while sending its body" if self.headers_complete else "before responding"
-                self._fail(UpstreamProtocolError(f"upstream closed the connection {stage}"))
+                self.fail(UpstreamProtocolError(f"upstream closed the connection {stage}"))
         self._wake()
         drain = self._drain_waiter
         if drain is not None and not drain.done():
@@ -87,10 +91,10 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamProtocolError("upstream switched protocols unasked"))
+            self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
             self.close()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"malformed upstream response: {exc}"))
+            self.fail(UpstreamProtocolError(f"malformed upstream response: {exc}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -155,31 +159,37 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, error: UpstreamError) -> None:
+    def fail(self, error: UpstreamError) -> None:
+        """End the exchange with ``error``: wake whoever waits, never reuse the connection."""
         self.reusable = False
         if self._error is None:
             self._error = error
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
 
-    def _on_timeout(self, error: UpstreamTimeout) -> None:
-        self._timer = None
-        self._fail(error)
-        self.close()
+    def check_deadline(self, now: float) -> None:
+        """Called by the pool's ticker: time out a wait that is overdue."""
+        if self.deadline and now >= self.deadline and self._deadline_error is not None:
+            self.deadline = 0.0
+            self.fail(self._deadline_error)
 
     async def _wait(self, timeout: float, error: UpstreamTimeout) -> None:
+        # One pool-wide ticker checks deadlines instead of a timer per wait: arming and
+        # cancelling a TimerHandle per request showed up in the proxy's profile.
         if self._error is not None:
             raise self._error
         self._waiter = waiter = self._loop.create_future()
-        self._timer = self._loop.call_later(timeout, self._on_timeout, error)
+        self.deadline = self._loop.time() + timeout
+        self._deadline_error = error
+        self._pool.watch()
         try:
             await waiter
         finally:
             self._waiter = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self.deadline = 0.0
 
     def start(self, head: bytes, *, head_request: bool) -> None:
         """Send a request head (and any buffered body) and arm the parser for its response."""
@@ -287,7 +297,7 @@ class UpstreamPool:
         self._idle: deque[UpstreamConnection] = deque()
         self._open: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -353,8 +363,7 @@ class UpstreamPool:
             return
         conn.idle_since = self.loop.time()
         self._idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self._idle_timeout, self._sweep)
+        self.watch()
         self._wake_one()
 
     def _forget(self, conn: UpstreamConnection) -> None:
@@ -369,19 +378,27 @@ class UpstreamPool:
                 waiter.set_result(None)
                 return
 
-    def _sweep(self) -> None:
-        self._sweeper = None
-        deadline = self.loop.time() - self._idle_timeout
-        while self._idle and self._idle[0].idle_since <= deadline:
+    def watch(self) -> None:
+        """Make sure the ticker runs while any connection is open."""
+        if self._ticker is None and not self._closed:
+            self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        now = self.loop.time()
+        idle_deadline = now - self._idle_timeout
+        while self._idle and self._idle[0].idle_since <= idle_deadline:
             self._idle.popleft().close()
-        if self._idle:
-            self._sweeper = self.loop.call_later(self._idle_timeout / 2, self._sweep)
+        for conn in list(self._open):
+            conn.check_deadline(now)
+        if self._open:
+            self.watch()
 
     async def close(self) -> None:
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for conn in list(self._open):
             conn.close()
         self._idle.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from ssl import SSLContext
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -41,9 +42,11 @@ def is_websocket_upgrade(request: web.BaseRequest) -> bool:
 class WebSocketRelay:
     """Owns the client session used only for upstream WebSocket handshakes."""
 
-    def __init__(self, upstream_url: str, *, ssl: object, connect_timeout: float, max_msg_size: int) -> None:
+    def __init__(
+        self, upstream_url: str, *, tls: SSLContext | bool, connect_timeout: float, max_msg_size: int
+    ) -> None:
         self._base = URL(upstream_url)
-        self._ssl = ssl
+        self._ssl = tls
         self._connect_timeout = connect_timeout
         self._max_msg_size = max_msg_size
         self._session: aiohttp.ClientSession | None = None
@@ -82,9 +85,7 @@ class WebSocketRelay:
         ]
         headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra_headers]
         protocols = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
         try:
             upstream = await self._client().ws_connect(
@@ -95,11 +96,14 @@ class WebSocketRelay:
                 autoclose=False,
                 max_msg_size=self._max_msg_size,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-                ssl=self._ssl,  # type: ignore[arg-type]
+                ssl=self._ssl,
                 compress=0,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            return web.Response(status=exc.status if exc.status >= 400 else 502, text="WebSocket refused upstream.\n")
+            return web.Response(
+                status=exc.status if exc.status >= 400 else 502,
+                text="WebSocket refused upstream.\n",
+            )
         except (aiohttp.ClientError, OSError, TimeoutError):
             return web.Response(status=502, text="The upstream is unavailable.\n")
 
@@ -111,12 +115,10 @@ class WebSocketRelay:
             compress=False,
         )
         try:
-            await downstream.prepare(request)  # type: ignore[arg-type]
+            await downstream.prepare(request)
             to_upstream = asyncio.create_task(_pump(downstream, upstream))
             to_client = asyncio.create_task(_pump(upstream, downstream))
-            done, pending = await asyncio.wait(
-                (to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED
-            )
+            _, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             for task in pending:

@@ -94,7 +94,8 @@ def _child(node: yaml.Node, step: int | str) -> tuple[yaml.Node, yaml.Node | Non
 
 def _locate(root: yaml.Node, loc: Location, *, at_key: bool) -> tuple[yaml.Node, Location]:
     """The deepest node along ``loc`` and the part of ``loc`` that was found."""
-    node, found = root, ()
+    node: yaml.Node = root
+    found: Location = ()
     for index, step in enumerate(loc):
         pair = _child(node, step)
         if pair is None:
@@ -112,16 +113,12 @@ def _model_at(loc: Location) -> type[BaseModel] | None:
     for step in loc:
         if isinstance(step, int):
             continue
-        field = next(
-            (f for n, f in model.model_fields.items() if n == step or f.alias == step), None
-        )
+        field = next((f for n, f in model.model_fields.items() if n == step or f.alias == step), None)
         if field is None:
             return None
         annotation = field.annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if model is None:
             return None
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -139,9 +136,7 @@ def _suggestion(loc: Location) -> str:
 def _clean_loc(loc: Location) -> Location:
     """Drop pydantic's union-branch and validator tags, which are not keys of the file."""
     return tuple(
-        step
-        for step in loc
-        if not (isinstance(step, str) and (step.startswith("function-") or "[" in step))
+        step for step in loc if not (isinstance(step, str) and (step.startswith("function-") or "[" in step))
     )
 
 

@@ -32,7 +32,9 @@ def parse_duration(value: object) -> float:
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
     else:
-        raise ValueError(f"invalid duration {value!r}: use a number of seconds or '250ms', '30s', '10m', '2h', '1d'")
+        raise ValueError(
+            f"invalid duration {value!r}: use a number of seconds or '250ms', '30s', '10m', '2h', '1d'"
+        )
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
