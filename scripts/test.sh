@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install Shield with its test tools into .venv and run every check: lint, types, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# Tests that need Redis use a real server on 127.0.0.1:6379; start one if none answers.
+if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1); then
+    if ! command -v redis-server >/dev/null; then
+        apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+    fi
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+.venv/bin/ruff check shield tests
+.venv/bin/ruff format --check shield tests
+.venv/bin/mypy
+.venv/bin/pytest "$@"
