@@ -10,16 +10,14 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from shield.config.base import Section
+from shield.config.rules import PolicyOptions, Rule
 from shield.config.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _split_host_port(value: str, default_host: str) -> tuple[str, int]:
@@ -178,6 +176,8 @@ class ShieldConfig(Section):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
     forwarding: Forwarding = Field(default_factory=Forwarding)
+    policy: PolicyOptions = Field(default_factory=PolicyOptions)
+    rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")
 
     @model_validator(mode="after")

@@ -1,0 +1,86 @@
+"""Turning a decision into the answer a client sees: 403, 503 with a friendly page, 429.
+
+Every answer Shield writes itself is a ``ShieldAnswer``, so nothing downstream mistakes it for
+an upstream response (an outcome-counting throttle never charges Shield's own refusals).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from aiohttp import web
+
+from shield.limiter import RateLimitResult
+
+
+class ShieldAnswer(web.Response):
+    """A response Shield wrote itself rather than relayed from the upstream."""
+
+
+def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:
+    response = ShieldAnswer(status=status, text=text + "\n")
+    if close:
+        response.force_close()
+    return response
+
+
+def wants_json(accept: str | None) -> bool:
+    """True when the client asked for JSON and not for HTML (API clients, fetch())."""
+    if not accept:
+        return False
+    accept = accept.lower()
+    return ("application/json" in accept or "+json" in accept) and "text/html" not in accept
+
+
+def human_duration(seconds: float) -> str:
+    seconds = max(1, math.ceil(seconds))
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def load_close_template(path: str | None) -> Template:
+    if path is None:
+        text = resources.files("shield").joinpath("templates/closed.html").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    return Template(text)
+
+
+def closed(
+    *, message: str, retry_after: float, accept: str | None, template: Template, extra: dict[str, str]
+) -> ShieldAnswer:
+    seconds = max(1, math.ceil(retry_after))
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store", **extra}
+    if wants_json(accept):
+        body = json.dumps({"error": message, "retry_after": seconds})
+        return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
+    page = template.safe_substitute(message=escape(message), retry_after=human_duration(seconds))
+    return ShieldAnswer(status=503, text=page, content_type="text/html", headers=headers)
+
+
+def throttled(result: RateLimitResult, *, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    headers = dict(result.headers())
+    headers.update(extra)
+    headers["Cache-Control"] = "no-store"
+    retry = headers["Retry-After"]
+    if wants_json(accept):
+        body = json.dumps({"error": "Too many requests.", "retry_after": int(retry)})
+        return ShieldAnswer(status=429, text=body, content_type="application/json", headers=headers)
+    return ShieldAnswer(
+        status=429, text=f"Too many requests. Please retry in {retry} s.\n", headers=headers
+    )
+
+
+def blocked(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    if wants_json(accept):
+        body = json.dumps({"error": "Forbidden."})
+        return ShieldAnswer(status=403, text=body, content_type="application/json", headers=extra)
+    return ShieldAnswer(status=403, text="Forbidden.\n", headers=extra)

@@ -1,0 +1,242 @@
+"""The rule file's ``rules:`` list and ``policy:`` options: the typed model, validated at load.
+
+Strings an operator writes (limits like ``10/minute``, paths, CIDRs, regexes) are checked here,
+so ``shield check`` points at the line of a bad one; ``shield.policy`` compiles the valid model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from shield.config.base import Section
+from shield.config.units import parse_duration
+
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_PERIODS |= {"d": 86400, "day": 86400}
+ACTIONS = ("allow", "block", "close", "throttle")
+KEY_PARTS = ("ip", "user", "route")
+
+
+def parse_limit(value: object) -> tuple[int, float]:
+    """``"10/minute"`` -> (10, 60.0); ``"5/10s"`` -> (5, 10.0)."""
+    if not isinstance(value, str) or not (match := _LIMIT.match(value)):
+        raise ValueError(
+            f"invalid limit {value!r}: write N/second, N/minute, N/hour, N/day or N/10s"
+        )
+    count, multiple, unit = int(match.group(1)), match.group(2), match.group(3)
+    period = _PERIODS[unit] * (int(multiple) if multiple else 1)
+    if count <= 0 or period <= 0:
+        raise ValueError(f"invalid limit {value!r}: count and period must be positive")
+    return count, float(period)
+
+
+class Limit:
+    """A rate: ``count`` requests per ``period`` seconds, as the operator wrote it."""
+
+    __slots__ = ("count", "period", "text")
+
+    def __init__(self, text: str) -> None:
+        self.count, self.period = parse_limit(text)
+        self.text = text.strip()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Limit) and (self.count, self.period) == (other.count, other.period)
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.period))
+
+    def __repr__(self) -> str:
+        return f"Limit({self.text!r})"
+
+
+def _limit(value: object) -> str:
+    parse_limit(value)
+    return str(value)
+
+
+LimitText = Annotated[str, BeforeValidator(_limit)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+class ValueMatch(Section):
+    """How a header, cookie or query parameter must look: present, equal to, or matching a regex."""
+
+    present: bool | None = None
+    equals: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if value == "present":
+            return {"present": True}
+        if value == "absent":
+            return {"present": False}
+        if isinstance(value, str):
+            return {"equals": value}
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ValueMatch:
+        if sum(x is not None for x in (self.present, self.equals, self.regex)) != 1:
+            raise ValueError("say exactly one of: present, equals, regex (or write 'present', 'absent' or a value)")
+        return self
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"path pattern {value!r} must start with '/'")
+    for segment in value.split("/")[1:]:
+        if "**" in segment and segment != "**":
+            raise ValueError(f"path pattern {value!r}: '**' must be a whole segment")
+    if "**" in value.split("/")[1:-1]:
+        raise ValueError(f"path pattern {value!r}: '**' is only allowed as the last segment")
+    return value
+
+
+PathPattern = Annotated[str, BeforeValidator(lambda v: _check_path(v) if isinstance(v, str) else v)]
+
+
+class Match(Section):
+    """Every condition given must hold; a list means any of its items."""
+
+    methods: list[str] | None = Field(None, description="HTTP methods, e.g. [POST, PUT].")
+    paths: list[PathPattern] | None = Field(
+        None,
+        description="Normalized path patterns: '/api/login' exact, '/api/*' one segment, "
+        "'/api/**' the prefix at any depth (and '/api' itself), '/api/reg*' a name prefix.",
+    )
+    hosts: list[str] | None = Field(None, description="Host names (case-insensitive, port ignored); '*.example.com'.")
+    headers: dict[str, ValueMatch] | None = Field(None, description="Header name -> present / equals / regex.")
+    cookies: dict[str, ValueMatch] | None = Field(None, description="Cookie name -> present / equals / regex.")
+    query: dict[str, ValueMatch] | None = Field(None, description="Query parameter -> present / equals / regex.")
+    client_cidrs: list[str] | None = Field(None, description="Client addresses, e.g. [10.0.0.0/8, 2001:db8::/32].")
+    user_agents: list[str] | None = Field(None, description="Regexes searched in the User-Agent header.")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for method in value:
+            if not re.fullmatch(r"[A-Za-z]+", method):
+                raise ValueError(f"invalid method {method!r}")
+        return [m.upper() for m in value]
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str] | None) -> list[str] | None:
+        for cidr in value or ():
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"invalid CIDR {cidr!r}") from exc
+        return value
+
+    @field_validator("user_agents")
+    @classmethod
+    def _regexes(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return value
+
+
+class Count(Section):
+    status: list[int] = Field(description="Charge the bucket only when the upstream answers one of these.")
+
+
+def _key(value: object) -> object:
+    parts = value if isinstance(value, list) else [value]
+    for part in parts:
+        if not isinstance(part, str):
+            raise ValueError("a key part must be a string")
+        kind, _, name = part.partition(":")
+        if kind in KEY_PARTS and not name:
+            continue
+        if kind in ("header", "cookie") and name:
+            continue
+        raise ValueError(
+            f"invalid key {part!r}: use ip, user, route, header:NAME, cookie:NAME, or a list of them"
+        )
+    return value
+
+
+ThrottleKey = Annotated[str | list[str], BeforeValidator(_key)]
+
+
+class Rule(Section):
+    name: str = Field(description="Unique; used in metrics, logs and `shield explain`.")
+    match: Match = Field(default_factory=Match, description="Which requests the rule applies to.")
+    for_: Literal["anonymous", "authenticated", "everyone"] = Field(
+        "everyone", alias="for", description="Which clients the rule applies to."
+    )
+    action: Literal["allow", "block", "close", "throttle"]
+    mode: Literal["enforce", "dry-run"] = Field(
+        "enforce", description="dry-run: decide, count and log, but forward; later rules still apply."
+    )
+    # close
+    message: str | None = Field(None, description="close: the text shown to clients.")
+    retry_after: Duration | None = Field(None, description="close: Retry-After, e.g. 10m.")
+    # throttle
+    limit: LimitText | None = Field(None, description="throttle: N/second|minute|hour|day or N/10s.")
+    burst: int | None = Field(None, ge=1, description="throttle: requests allowed at once (default: N).")
+    key: ThrottleKey = Field(
+        "ip",
+        description="throttle: ip, user, route, header:NAME, cookie:NAME or a list; a missing "
+        "header, cookie or user is replaced by the client IP.",
+    )
+    count: Count | None = Field(None, description="throttle: charge only matching upstream answers.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", value):
+            raise ValueError("a rule name is 1-64 letters, digits, '_', '.', ':' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_fit_action(self) -> Rule:
+        if self.action == "throttle" and self.limit is None:
+            raise ValueError("a throttle rule needs a limit, e.g. limit: 10/minute")
+        if self.action != "throttle":
+            for field in ("limit", "burst", "count"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"'{field}' only applies to action: throttle")
+        if self.action != "close":
+            for field in ("message", "retry_after"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"'{field}' only applies to action: close")
+        return self
+
+    @property
+    def rate(self) -> Limit | None:
+        return Limit(self.limit) if self.limit is not None else None
+
+
+class PolicyOptions(Section):
+    case_insensitive_paths: bool = Field(
+        False, description="Match paths ignoring case (for case-insensitive upstream routers)."
+    )
+    debug_header: bool = Field(False, description="Add 'X-Shield-Rule: NAME; decision' to answers.")
+    close_page: str | None = Field(
+        None,
+        description="HTML template file for close answers; $message and $retry_after are replaced.",
+    )
+    default_retry_after: Duration = Field(600.0, description="Retry-After of close rules that set none.")

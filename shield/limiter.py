@@ -1,0 +1,106 @@
+"""The throttle maths (GCRA) and its in-memory state.
+
+GCRA keeps one number per key, the theoretical arrival time (TAT). With emission interval
+``T = period / count`` and tolerance ``tau = T * burst``: a request at ``now`` is allowed when
+``max(tat, now) + T - tau <= now``, and then the TAT moves to ``max(tat, now) + T``. So exactly
+``burst`` requests pass at once, then one every ``T``, with no window edges to game (a fixed
+window lets 2x the limit through across an edge). A denied request writes nothing.
+
+``Gcra.apply`` is pure; ``MemoryLimiter`` stores TATs in a bounded dict, evicting the least
+recently charged key when full, so a flood of distinct keys cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    """What one check said, in the units of the RateLimit headers (seconds, whole requests)."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+    def headers(self) -> list[tuple[str, str]]:
+        """RateLimit-* headers (IETF draft-ietf-httpapi-ratelimit-headers), plus Retry-After."""
+        values = [
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(math.ceil(self.reset_after))),
+        ]
+        if not self.allowed:
+            values.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
+        return values
+
+
+class Gcra:
+    """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
+
+    __slots__ = ("burst", "count", "interval", "period", "tolerance")
+
+    def __init__(self, count: int, period: float, burst: int | None = None) -> None:
+        self.count = count
+        self.period = period
+        self.burst = burst if burst is not None else count
+        self.interval = period / count
+        self.tolerance = self.interval * self.burst
+
+    def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
+        """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
+        base = now if tat is None or tat < now else tat
+        new_tat = base + self.interval * cost
+        allow_at = new_tat - self.tolerance
+        if now < allow_at:
+            return RateLimitResult(False, self.burst, 0, base - now, allow_at - now), None
+        remaining = int((now + self.tolerance - new_tat) / self.interval + 1e-9)
+        return RateLimitResult(True, self.burst, remaining, new_tat - now, 0.0), new_tat
+
+    def peek(self, tat: float | None, now: float) -> RateLimitResult:
+        """The verdict a request at ``now`` would get, without charging it."""
+        return self.apply(tat, now)[0]
+
+    def signature(self) -> tuple[int, float, int]:
+        return (self.count, self.period, self.burst)
+
+
+class MemoryLimiter:
+    """TATs by key in one process, bounded by ``max_keys``.
+
+    Keys whose TAT is in the past hold a full bucket, the same as no key at all, so they are
+    dropped first when room is needed; otherwise the least recently charged key goes.
+    """
+
+    def __init__(self, max_keys: int = 1_000_000) -> None:
+        self.max_keys = max_keys
+        self._tats: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def hit(self, key: str, rate: Gcra, now: float, cost: int = 1) -> RateLimitResult:
+        tats = self._tats
+        result, new_tat = rate.apply(tats.get(key), now, cost)
+        if new_tat is not None:
+            # Re-insert so dict order is least-recently-charged first.
+            tats.pop(key, None)
+            tats[key] = new_tat
+            if len(tats) > self.max_keys:
+                self._evict(now)
+        return result
+
+    def peek(self, key: str, rate: Gcra, now: float) -> RateLimitResult:
+        return rate.peek(self._tats.get(key), now)
+
+    def _evict(self, now: float) -> None:
+        tats = self._tats
+        target = self.max_keys - max(1, self.max_keys // 100)
+        expired = [key for key, tat in tats.items() if tat <= now]
+        for key in expired[: len(tats) - target]:
+            del tats[key]
+        while len(tats) > target:
+            del tats[next(iter(tats))]

@@ -1,0 +1,81 @@
+"""One canonical path per request: what rules match and what the upstream receives.
+
+Rules must see the path the upstream's router will see, or a request can be shaped to miss a
+rule and still reach the route (``/api//register``, ``/api/%72egister``,
+``/static/%2e%2e/api/register``). Shield therefore decodes, resolves dot segments (RFC 3986
+§5.2.4), collapses slashes and drops ``;params``, matches on the result, and forwards that same
+form, re-encoded. What cannot be made unambiguous is refused with 400: an encoded slash or
+backslash, a NUL or control character, a backslash, a double-encoded dot or slash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+# A path that is already canonical: segments of plain characters, none "." or "..".
+_CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
+_FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
+_DOUBLE_ENCODED = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
+_SAFE = "!$&'()*+,=:@-._~"
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalPath:
+    """``match`` is what rules see (no trailing slash, maybe case-folded); ``forward`` is the
+    encoded form sent upstream (the same segments, the client's trailing slash kept)."""
+
+    match: str
+    forward: str
+
+
+class UnsafePath(ValueError):
+    """The path cannot be normalized without guessing what the upstream would make of it."""
+
+
+def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath:
+    """The canonical form of a raw request path (no query); raises ``UnsafePath``."""
+    if _CANONICAL.fullmatch(raw):
+        forward = raw
+        match = raw[:-1] if len(raw) > 1 and raw.endswith("/") else raw
+    else:
+        forward, match = _normalize(raw)
+    return CanonicalPath(match.lower() if case_insensitive else match, forward)
+
+
+def _normalize(raw: str) -> tuple[str, str]:
+    if not raw.startswith("/"):
+        raise UnsafePath("the path must start with '/'")
+    if "\\" in raw:
+        raise UnsafePath("backslash in path")
+    segments: list[str] = []
+    pieces = raw.split("/")
+    for piece in pieces[1:]:
+        piece = piece.partition(";")[0]
+        if "%" in piece:
+            lowered = piece.lower()
+            if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
+                raise UnsafePath("encoded slash, backslash or NUL in path")
+            try:
+                piece = unquote(piece, encoding="utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise UnsafePath("path is not valid UTF-8 once decoded") from None
+            if _DOUBLE_ENCODED.search(piece):
+                raise UnsafePath("double-encoded dot, slash, backslash or NUL in path")
+        if _FORBIDDEN_DECODED.search(piece):
+            raise UnsafePath("control character or backslash in path")
+        if piece == "" or piece == ".":
+            continue
+        if piece == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(piece)
+    match = "/" + "/".join(segments)
+    try:
+        encoded = "/" + "/".join(quote(s, safe=_SAFE) for s in segments)
+    except UnicodeEncodeError:
+        raise UnsafePath("path bytes are not valid UTF-8") from None
+    trailing = len(pieces) > 2 and pieces[-1] == "" and segments
+    return (encoded + "/" if trailing else encoded), match

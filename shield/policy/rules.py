@@ -1,0 +1,306 @@
+"""Compiled rules and the policy that picks the rule for a request.
+
+Everything an operator wrote is compiled once per load: path patterns into exact sets, prefixes
+and one regex per rule; CIDRs into networks; header, cookie and query tests into small
+predicates. Rules are indexed by method and first path segment, so a request is checked only
+against rules that could match it, in file order (first match wins).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs
+
+from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
+from shield.limiter import Gcra
+from shield.policy.identity import Identity
+
+ANY = ""  # index key for "any method" / "any first segment"
+
+
+class RequestView:
+    """The parts of a request rules look at. ``headers`` is case-insensitive."""
+
+    __slots__ = ("_cookies", "_query", "client_ip", "headers", "host", "identity", "method", "path", "query_string")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        host: str,
+        headers: Mapping[str, str],
+        query_string: str,
+        client_ip: str,
+        identity: Identity,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.host = host
+        self.headers = headers
+        self.query_string = query_string
+        self.client_ip = client_ip
+        self.identity = identity
+        self._cookies: dict[str, str] | None = None
+        self._query: dict[str, list[str]] | None = None
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            jar = SimpleCookie()
+            try:
+                jar.load(self.headers.get("Cookie", ""))
+            except CookieError:
+                pass
+            self._cookies = {name: morsel.value for name, morsel in jar.items()}
+        return self._cookies
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = parse_qs(self.query_string, keep_blank_values=True)
+        return self._query
+
+
+def _value_test(test: ValueMatch) -> Callable[[str | None], bool]:
+    if test.present is not None:
+        want = test.present
+        return lambda value: (value is not None) is want
+    if test.equals is not None:
+        expected = test.equals
+        return lambda value: value == expected
+    assert test.regex is not None
+    pattern = re.compile(test.regex)
+    return lambda value: value is not None and pattern.search(value) is not None
+
+
+def _describe(test: ValueMatch) -> str:
+    if test.present is not None:
+        return "present" if test.present else "absent"
+    return f"= {test.equals!r}" if test.equals is not None else f"~ /{test.regex}/"
+
+
+class PathMatcher:
+    """Exact paths, segment-bounded prefixes ('/api/**') and wildcard patterns of one rule."""
+
+    __slots__ = ("exact", "pattern", "prefixes")
+
+    def __init__(self, patterns: list[str], *, case_insensitive: bool) -> None:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        regexes: list[str] = []
+        for raw in patterns:
+            pattern = raw.lower() if case_insensitive else raw
+            if len(pattern) > 1:
+                pattern = pattern.rstrip("/") or "/"
+            if pattern.endswith("/**") and "*" not in pattern[:-3]:
+                prefixes.append(pattern[:-3])
+            elif "*" not in pattern:
+                exact.add(pattern)
+            else:
+                regexes.append(_glob_regex(pattern))
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+        self.pattern = re.compile("|".join(f"(?:{r})" for r in regexes)) if regexes else None
+
+    def matches(self, path: str) -> bool:
+        if path in self.exact:
+            return True
+        for prefix in self.prefixes:
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                return True
+        return self.pattern is not None and self.pattern.fullmatch(path) is not None
+
+
+def _glob_regex(pattern: str) -> str:
+    parts = []
+    segments = pattern.split("/")[1:]
+    for index, segment in enumerate(segments):
+        if segment == "**":
+            parts.append("(?:/.*)?" if index == len(segments) - 1 else "(?:/[^/]+)*")
+            continue
+        if segment == "*":
+            parts.append("/[^/]+")
+        else:
+            parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
+    return "".join(parts)
+
+
+def first_segments(patterns: list[str] | None, *, case_insensitive: bool) -> frozenset[str] | None:
+    """First path segments a rule can match, or None when any first segment can."""
+    if patterns is None:
+        return None
+    segments: set[str] = set()
+    for pattern in patterns:
+        first = pattern.split("/")[1] if pattern.count("/") else ""
+        if case_insensitive:
+            first = first.lower()
+        if "*" in first or first == "":
+            return None
+        segments.add(first)
+    return frozenset(segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A rule's answer, fixed at compile time for every action but throttle."""
+
+    rule: str
+    action: str
+    outcome: str  # forwarded, blocked, closed, throttled
+    dry_run: bool
+
+
+class CompiledRule:
+    __slots__ = (
+        "authenticated",
+        "cidrs",
+        "config",
+        "count_statuses",
+        "dry_run",
+        "first_segments",
+        "header_tests",
+        "cookie_tests",
+        "hosts",
+        "key_parts",
+        "methods",
+        "name",
+        "action",
+        "paths",
+        "query_tests",
+        "rate",
+        "state_prefix",
+        "user_agents",
+        "verdict",
+    )
+
+    def __init__(self, rule: Rule, options: PolicyOptions) -> None:
+        match: Match = rule.match
+        ci = options.case_insensitive_paths
+        self.config = rule
+        self.name = rule.name
+        self.action = rule.action
+        self.dry_run = rule.mode == "dry-run"
+        self.authenticated = {"anonymous": False, "authenticated": True, "everyone": None}[rule.for_]
+        self.methods = frozenset(match.methods) if match.methods else None
+        self.paths = PathMatcher(match.paths, case_insensitive=ci) if match.paths else None
+        self.first_segments = first_segments(match.paths, case_insensitive=ci)
+        self.hosts = _host_matcher(match.hosts) if match.hosts else None
+        self.header_tests = tuple((n, _value_test(t)) for n, t in (match.headers or {}).items())
+        self.cookie_tests = tuple((n, _value_test(t)) for n, t in (match.cookies or {}).items())
+        self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
+        self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
+        self.user_agents = (
+            re.compile("|".join(f"(?:{p})" for p in match.user_agents)) if match.user_agents else None
+        )
+        rate = rule.rate
+        self.rate = Gcra(rate.count, rate.period, rule.burst) if rate is not None else None
+        self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
+        self.count_statuses = frozenset(rule.count.status) if rule.count else None
+        # Throttle state survives a reload only while name and rate stay the same.
+        self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
+        outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
+        self.verdict = Verdict(rule.name, rule.action, outcome[rule.action], self.dry_run)
+
+    def mismatch(self, view: RequestView) -> str | None:
+        """Why this rule does not apply to ``view``, or None when it does."""
+        if self.methods is not None and view.method not in self.methods:
+            return f"method {view.method} is not one of {sorted(self.methods)}"
+        if self.paths is not None and not self.paths.matches(view.path):
+            return f"path {view.path} matches none of {self.config.match.paths}"
+        if self.authenticated is not None and view.identity.authenticated is not self.authenticated:
+            return f"rule is for {self.config.for_} clients; this one is {view.identity.label}"
+        if self.hosts is not None and not self.hosts(view.host):
+            return f"host {view.host!r} is not one of {self.config.match.hosts}"
+        if self.cidrs and not _in_cidrs(view.client_ip, self.cidrs):
+            return f"client {view.client_ip} is outside {self.config.match.client_cidrs}"
+        if self.user_agents is not None and not self.user_agents.search(view.headers.get("User-Agent", "")):
+            return "User-Agent does not match"
+        for name, test in self.header_tests:
+            if not test(view.headers.get(name)):
+                return f"header {name} is not {_describe((self.config.match.headers or {})[name])}"
+        for name, test in self.cookie_tests:
+            if not test(view.cookies.get(name)):
+                return f"cookie {name} is not {_describe((self.config.match.cookies or {})[name])}"
+        for name, test in self.query_tests:
+            values = view.query.get(name)
+            if not test(values[0] if values else None):
+                return f"query parameter {name} is not {_describe((self.config.match.query or {})[name])}"
+        return None
+
+    def state_key(self, view: RequestView) -> str:
+        """The throttle bucket of ``view``; a missing header, cookie or user falls back to the IP."""
+        parts = []
+        for part in self.key_parts:
+            if part == "ip":
+                parts.append(view.client_ip)
+            elif part == "route":
+                parts.append("*")
+            elif part == "user":
+                parts.append("u:" + view.identity.user if view.identity.user else view.client_ip)
+            else:
+                kind, _, name = part.partition(":")
+                value = view.headers.get(name) if kind == "header" else view.cookies.get(name)
+                parts.append(f"{kind[0]}:{value}" if value else view.client_ip)
+        return self.state_prefix + "|".join(parts)
+
+
+def _host_matcher(hosts: list[str]) -> Callable[[str], bool]:
+    exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
+    suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+    return lambda host: host in exact or host.endswith(suffixes)
+
+
+def _in_cidrs(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks if network.version == address.version)
+
+
+class Policy:
+    """The compiled rule list: ``match`` returns the rules that apply, in order."""
+
+    def __init__(self, rules: list[Rule], options: PolicyOptions) -> None:
+        self.options = options
+        self.rules = tuple(CompiledRule(rule, options) for rule in rules)
+        methods = {m for r in self.rules if r.methods for m in r.methods}
+        segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
+        self._methods = frozenset(methods)
+        self._segments = frozenset(segments)
+        self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        for method in (*methods, ANY):
+            for segment in (*segments, ANY):
+                self._index[(method, segment)] = tuple(
+                    r
+                    for r in self.rules
+                    if (r.methods is None or method in r.methods)
+                    and (r.first_segments is None or segment in r.first_segments)
+                )
+        self.case_insensitive = options.case_insensitive_paths
+        self.has_dry_run = any(r.dry_run for r in self.rules)
+
+    def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
+        end = path.find("/", 1)
+        segment = path[1:] if end < 0 else path[1:end]
+        return self._index[
+            (method if method in self._methods else ANY, segment if segment in self._segments else ANY)
+        ]
+
+    def match(self, view: RequestView) -> tuple[CompiledRule | None, list[CompiledRule] | None]:
+        """The first enforcing rule that applies, and the dry-run rules met before it."""
+        dry_runs: list[CompiledRule] | None = None
+        for rule in self.candidates(view.method, view.path):
+            if rule.mismatch(view) is None:
+                if not rule.dry_run:
+                    return rule, dry_runs
+                if dry_runs is None:
+                    dry_runs = []
+                dry_runs.append(rule)
+        return None, dry_runs
