@@ -11,6 +11,7 @@ import math
 from html import escape
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from string import Template
 
 from aiohttp import web
@@ -20,6 +21,10 @@ from shield.limiter import RateLimitResult
 
 class ShieldAnswer(web.Response):
     """A response Shield wrote itself rather than relayed from the upstream."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.headers.setdefault("Server", "shield")
 
 
 def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:
@@ -74,9 +79,7 @@ def throttled(result: RateLimitResult, *, accept: str | None, extra: dict[str, s
     if wants_json(accept):
         body = json.dumps({"error": "Too many requests.", "retry_after": int(retry)})
         return ShieldAnswer(status=429, text=body, content_type="application/json", headers=headers)
-    return ShieldAnswer(
-        status=429, text=f"Too many requests. Please retry in {retry} s.\n", headers=headers
-    )
+    return ShieldAnswer(status=429, text=f"Too many requests. Please retry in {retry} s.\n", headers=headers)
 
 
 def blocked(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:

@@ -57,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load_or_report(path)
     if config is None:
         return 1
-    return run_demo(config, upstream_port=args.upstream_port)
+    return run_demo(config, config_path=path, upstream_port=args.upstream_port)
 
 
 def build_parser() -> argparse.ArgumentParser:

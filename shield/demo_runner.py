@@ -12,7 +12,7 @@ from shield.runner import serve
 from shield.server import Shield, install_uvloop
 
 
-async def _demo(config: ShieldConfig, upstream_port: int) -> None:
+async def _demo(config: ShieldConfig, config_path: str, upstream_port: int) -> None:
     runner = web.AppRunner(build_demo_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.upstream.host, upstream_port)
@@ -24,12 +24,12 @@ async def _demo(config: ShieldConfig, upstream_port: int) -> None:
         print(try_lines(public, admin), flush=True)
 
     try:
-        await serve(config, started=announce)
+        await serve(config, config_path=config_path, started=announce)
     finally:
         await runner.cleanup()
 
 
-def run_demo(config: ShieldConfig, *, upstream_port: int | None = None) -> int:
+def run_demo(config: ShieldConfig, *, config_path: str, upstream_port: int | None = None) -> int:
     install_uvloop()
-    asyncio.run(_demo(config, upstream_port or config.upstream.port))
+    asyncio.run(_demo(config, config_path, upstream_port or config.upstream.port))
     return 0

@@ -25,6 +25,11 @@ class ProxyStats:
         self.requests: Counter[tuple[str, str, str, str]] = Counter()
         self.upstream_errors: Counter[str] = Counter({kind: 0 for kind in UPSTREAM_ERROR_KINDS})
         self.in_flight: Callable[[], float] = lambda: 0.0
+        # (rule, would-be decision) for rules in mode: dry-run
+        self.dry_run: Counter[tuple[str, str]] = Counter()
+        self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
+        self.last_reload_success = 0.0
+        self.config_version = ""
 
 
 class ShieldCollector(Collector):

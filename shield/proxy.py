@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from shield.actions import answer
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder, filter_response_headers
@@ -86,10 +87,7 @@ class ClientBodyError(Exception):
 
 
 def plain_response(status: int, text: str, *, close: bool = False) -> web.Response:
-    response = web.Response(status=status, text=text + "\n")
-    if close:
-        response.force_close()
-    return response
+    return answer(status, text, close=close)
 
 
 class WrittenResponse:
@@ -100,11 +98,12 @@ class WrittenResponse:
     ``web.Response`` per request cost more than the rest of the proxy's own work together.
     """
 
-    __slots__ = ("_data", "keep_alive")
+    __slots__ = ("_data", "keep_alive", "status")
 
-    def __init__(self, data: bytes, keep_alive: bool) -> None:
+    def __init__(self, data: bytes, keep_alive: bool, status: int) -> None:
         self._data = data
         self.keep_alive = keep_alive
+        self.status = status
 
     async def prepare(self, request: web.BaseRequest) -> None:
         transport = request.transport
@@ -132,8 +131,11 @@ class Proxy:
         self.stats = stats
         self.date = DateHeader()
 
-    async def forward(self, request: web.BaseRequest, target: bytes) -> web.StreamResponse:
-        """Send ``request`` upstream with ``target`` as its request-target; relay the answer."""
+    async def forward(
+        self, request: web.BaseRequest, target: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> web.StreamResponse:
+        """Send ``request`` upstream with ``target`` as its request-target; relay the answer,
+        with Shield's ``extra`` headers (RateLimit-*, X-Shield-Rule) added."""
         settings = self.settings
         method = request.method
         body: bytes | None = None
@@ -212,9 +214,10 @@ class Proxy:
                     head_request=head_request,
                     keep_alive=keep_alive,
                     date=self.date,
+                    extra=extra,
                 )
-                return WrittenResponse(data, keep_alive)  # type: ignore[return-value]
-            return await self._stream_response(request, conn)
+                return WrittenResponse(data, keep_alive, conn.status)  # type: ignore[return-value]
+            return await self._stream_response(request, conn, extra)
         finally:
             if upload is not None and not upload.done():
                 # The upstream answered before taking the whole body; the connection is dirty.
@@ -248,7 +251,7 @@ class Proxy:
             raise
 
     async def _stream_response(
-        self, request: web.BaseRequest, conn: UpstreamConnection
+        self, request: web.BaseRequest, conn: UpstreamConnection, extra: list[tuple[bytes, bytes]] | None
     ) -> web.StreamResponse:
         headers = CIMultiDict[str]()
         declared: bytes | None = None
@@ -259,6 +262,8 @@ class Proxy:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
         if "Server" not in headers:
             headers["Server"] = "shield"
+        for name, value in extra or ():
+            headers.add(name.decode("latin-1"), value.decode("latin-1"))
         response = web.StreamResponse(status=conn.status, headers=headers)
         if declared is not None:
             response.content_length = int(declared)

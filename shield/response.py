@@ -53,6 +53,7 @@ def response_bytes(
     head_request: bool,
     keep_alive: bool,
     date: DateHeader,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """Status line, filtered headers and body of a complete response, framed by Content-Length.
 
@@ -94,6 +95,9 @@ def response_bytes(
         body = b""
     else:
         parts.append(b"Content-Length: %d\r\n" % len(body))
+    if extra:
+        for name, value in extra:
+            parts += (name, b": ", value, b"\r\n")
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     parts += (b"\r\n", body)

@@ -26,10 +26,11 @@ log = logging.getLogger("shield")
 async def serve(
     config: ShieldConfig,
     *,
+    config_path: str | None = None,
     worker: int | None = None,
     started: Callable[[Shield], Awaitable[None]] | None = None,
 ) -> None:
-    shield = Shield(config, admin=worker in (None, 0), reuse_port=worker is not None)
+    shield = Shield(config, config_path=config_path, admin=worker in (None, 0), reuse_port=worker is not None)
     await shield.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -49,6 +50,7 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, shield.reload)
     if started is not None:
         await started(shield)
     await stopping.wait()
@@ -61,7 +63,7 @@ def run(config: ShieldConfig, *, config_path: str, worker: int | None = None) ->
     if config.workers > 1 and worker is None:
         return supervise(config, config_path)
     install_uvloop()
-    asyncio.run(serve(config, worker=worker))
+    asyncio.run(serve(config, config_path=config_path, worker=worker))
     return 0
 
 

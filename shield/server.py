@@ -11,19 +11,24 @@ import asyncio
 import logging
 import socket
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from shield.admin import AdminState, build_admin_app
+from shield.clock import Clock, MonotonicClock
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
+from shield.gatekeeper import Gatekeeper
+from shield.limiter import MemoryLimiter
 from shield.metrics import ProxyStats, build_registry
-from shield.proxy import ForwardSettings, Proxy, head_builder, plain_response
-from shield.target import request_target
+from shield.policy.identity import NoIdentity
+from shield.proxy import ForwardSettings, Proxy, head_builder
+from shield.reload import PolicyHolder, build_runtime
 from shield.upstream import UpstreamPool
-from shield.websocket import WebSocketRelay, is_websocket_upgrade
+from shield.websocket import WebSocketRelay
 
 log = logging.getLogger("shield")
 
@@ -106,25 +111,38 @@ def listener_ssl_context(config: ShieldConfig) -> ssl.SSLContext | None:
 
 
 class Shield:
-    """One Shield process: serve ``config`` until ``stop()``."""
+    """One Shield process: serve ``config`` until ``stop()``.
 
-    def __init__(self, config: ShieldConfig, *, admin: bool = True, reuse_port: bool = False) -> None:
+    With ``config_path`` the rules reload on ``reload()`` (SIGHUP) and when the file changes.
+    """
+
+    def __init__(
+        self,
+        config: ShieldConfig,
+        *,
+        config_path: str | None = None,
+        admin: bool = True,
+        reuse_port: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self._with_admin = admin
         self._reuse_port = reuse_port
+        self.clock = clock or MonotonicClock()
         self.stats = ProxyStats()
-        self.in_flight = 0
-        self.stats.in_flight = lambda: self.in_flight
         self.registry = build_registry(self.stats)
         self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
-        self._forwarded = ("default", "allow", "forwarded", "anonymous")
+        text = Path(config_path).read_text(encoding="utf-8") if config_path else config.model_dump_json()
+        self.holder = PolicyHolder(build_runtime(config, text), self.stats, config_path)
+        self.limiter = MemoryLimiter()
         self._server: PublicServer | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
-        self._probe: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.pool: UpstreamPool | None = None
-        self.proxy: Proxy | None = None
+        self.gatekeeper: Gatekeeper | None = None
         self.websockets: WebSocketRelay | None = None
 
     @property
@@ -136,6 +154,9 @@ class Shield:
     def admin_port(self) -> int:
         assert self._admin_runner is not None
         return int(self._admin_runner.addresses[0][1])
+
+    def reload(self) -> bool:
+        return self.holder.reload()
 
     async def start(self) -> None:
         require_c_parser()
@@ -150,7 +171,7 @@ class Shield:
             connect_timeout=config.timeouts.connect,
         )
         listener_tls = listener_ssl_context(config)
-        self.proxy = Proxy(
+        proxy = Proxy(
             ForwardSettings.from_config(config),
             head_builder(config, tls=listener_tls is not None),
             self.pool,
@@ -162,9 +183,20 @@ class Shield:
             connect_timeout=config.timeouts.connect,
             max_msg_size=4 * 1024 * 1024,
         )
+        gatekeeper = Gatekeeper(
+            holder=self.holder,
+            proxy=proxy,
+            websockets=self.websockets,
+            limiter=self.limiter,
+            identities=NoIdentity(),
+            clock=self.clock,
+            stats=self.stats,
+        )
+        self.gatekeeper = gatekeeper
+        self.stats.in_flight = lambda: gatekeeper.in_flight
         limits = config.limits
         self._server = PublicServer(
-            self.handle,
+            gatekeeper.handle,
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
             max_line_size=limits.max_header_size,
@@ -194,12 +226,15 @@ class Shield:
                 self._admin_runner, config.admin.listen.host, config.admin.listen.port
             )
             await self._admin_site.start()
-        self._probe = loop.create_task(self._probe_upstream())
+        self._tasks.append(loop.create_task(self._probe_upstream()))
+        if self.config_path is not None:
+            self._tasks.append(loop.create_task(self.holder.watch()))
         log.info(
-            "shield listening on %s:%d, forwarding to %s",
+            "shield listening on %s:%d, forwarding to %s, %d rules",
             config.listen.host,
             self.port,
             config.upstream.url,
+            len(config.rules),
         )
 
     async def _probe_upstream(self) -> None:
@@ -216,26 +251,6 @@ class Shield:
             except UpstreamError:
                 await asyncio.sleep(1.0)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.in_flight += 1
-        try:
-            proxy = self.proxy
-            assert proxy is not None
-            if request.method == "CONNECT":
-                return plain_response(405, "CONNECT is not allowed.")
-            target = request_target(request.raw_path, request.headers.get("Host"))
-            if target is None:
-                return plain_response(400, "Bad request target.")
-            if "Upgrade" in request.headers and is_websocket_upgrade(request):
-                assert self.websockets is not None
-                added = proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
-                return await self.websockets.relay(request, target, added)
-            response = await proxy.forward(request, target)
-            self.stats.requests[self._forwarded] += 1
-            return response
-        finally:
-            self.in_flight -= 1
-
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, release all."""
         grace = self.config.timeouts.shutdown_grace if grace is None else grace
@@ -251,8 +266,8 @@ class Shield:
         if self._listener is not None:
             self._listener.close()
             await self._listener.wait_closed()
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.websockets is not None:
             await self.websockets.close()
         if self.pool is not None:

@@ -25,9 +25,7 @@ KEY_PARTS = ("ip", "user", "route")
 def parse_limit(value: object) -> tuple[int, float]:
     """``"10/minute"`` -> (10, 60.0); ``"5/10s"`` -> (5, 10.0)."""
     if not isinstance(value, str) or not (match := _LIMIT.match(value)):
-        raise ValueError(
-            f"invalid limit {value!r}: write N/second, N/minute, N/hour, N/day or N/10s"
-        )
+        raise ValueError(f"invalid limit {value!r}: write N/second, N/minute, N/hour, N/day or N/10s")
     count, multiple, unit = int(match.group(1)), match.group(2), match.group(3)
     period = _PERIODS[unit] * (int(multiple) if multiple else 1)
     if count <= 0 or period <= 0:
@@ -62,6 +60,7 @@ def _limit(value: object) -> str:
 LimitText = Annotated[str, BeforeValidator(_limit)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+
 class ValueMatch(Section):
     """How a header, cookie or query parameter must look: present, equal to, or matching a regex."""
 
@@ -93,7 +92,9 @@ class ValueMatch(Section):
     @model_validator(mode="after")
     def _one_test(self) -> ValueMatch:
         if sum(x is not None for x in (self.present, self.equals, self.regex)) != 1:
-            raise ValueError("say exactly one of: present, equals, regex (or write 'present', 'absent' or a value)")
+            raise ValueError(
+                "say exactly one of: present, equals, regex (or write 'present', 'absent' or a value)"
+            )
         return self
 
 
@@ -120,11 +121,21 @@ class Match(Section):
         description="Normalized path patterns: '/api/login' exact, '/api/*' one segment, "
         "'/api/**' the prefix at any depth (and '/api' itself), '/api/reg*' a name prefix.",
     )
-    hosts: list[str] | None = Field(None, description="Host names (case-insensitive, port ignored); '*.example.com'.")
-    headers: dict[str, ValueMatch] | None = Field(None, description="Header name -> present / equals / regex.")
-    cookies: dict[str, ValueMatch] | None = Field(None, description="Cookie name -> present / equals / regex.")
-    query: dict[str, ValueMatch] | None = Field(None, description="Query parameter -> present / equals / regex.")
-    client_cidrs: list[str] | None = Field(None, description="Client addresses, e.g. [10.0.0.0/8, 2001:db8::/32].")
+    hosts: list[str] | None = Field(
+        None, description="Host names (case-insensitive, port ignored); '*.example.com'."
+    )
+    headers: dict[str, ValueMatch] | None = Field(
+        None, description="Header name -> present / equals / regex."
+    )
+    cookies: dict[str, ValueMatch] | None = Field(
+        None, description="Cookie name -> present / equals / regex."
+    )
+    query: dict[str, ValueMatch] | None = Field(
+        None, description="Query parameter -> present / equals / regex."
+    )
+    client_cidrs: list[str] | None = Field(
+        None, description="Client addresses, e.g. [10.0.0.0/8, 2001:db8::/32]."
+    )
     user_agents: list[str] | None = Field(None, description="Regexes searched in the User-Agent header.")
 
     @field_validator("methods")

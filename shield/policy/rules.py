@@ -8,6 +8,7 @@ against rules that could match it, in file order (first match wins).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -25,7 +26,17 @@ ANY = ""  # index key for "any method" / "any first segment"
 class RequestView:
     """The parts of a request rules look at. ``headers`` is case-insensitive."""
 
-    __slots__ = ("_cookies", "_query", "client_ip", "headers", "host", "identity", "method", "path", "query_string")
+    __slots__ = (
+        "_cookies",
+        "_query",
+        "client_ip",
+        "headers",
+        "host",
+        "identity",
+        "method",
+        "path",
+        "query_string",
+    )
 
     def __init__(
         self,
@@ -51,10 +62,8 @@ class RequestView:
     def cookies(self) -> dict[str, str]:
         if self._cookies is None:
             jar = SimpleCookie()
-            try:
+            with contextlib.suppress(CookieError):
                 jar.load(self.headers.get("Cookie", ""))
-            except CookieError:
-                pass
             self._cookies = {name: morsel.value for name, morsel in jar.items()}
         return self._cookies
 
@@ -156,19 +165,19 @@ class Verdict:
 
 class CompiledRule:
     __slots__ = (
+        "action",
         "authenticated",
         "cidrs",
         "config",
+        "cookie_tests",
         "count_statuses",
         "dry_run",
         "first_segments",
         "header_tests",
-        "cookie_tests",
         "hosts",
         "key_parts",
         "methods",
         "name",
-        "action",
         "paths",
         "query_tests",
         "rate",

@@ -1,0 +1,218 @@
+"""The per-request path: view the request, identify the client, match a rule, decide, act.
+
+``Gatekeeper.handle`` is the handler of the public listener. It reads the policy in force once,
+canonicalizes the path (refusing what cannot be made unambiguous), asks the policy for the
+rule, consults throttle state, and either answers itself (403, 429, 503) or forwards the
+request with the canonical target the rules matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from aiohttp import web
+
+from shield import actions
+from shield.actions import ShieldAnswer, answer
+from shield.clock import Clock
+from shield.limiter import MemoryLimiter, RateLimitResult
+from shield.metrics import ProxyStats
+from shield.policy.identity import IdentityResolver
+from shield.policy.paths import UnsafePath, canonical_path
+from shield.policy.rules import CompiledRule, RequestView
+from shield.proxy import Proxy
+from shield.reload import PolicyHolder
+from shield.target import request_target
+from shield.websocket import WebSocketRelay, is_websocket_upgrade
+
+log = logging.getLogger("shield.rules")
+
+_DEFAULT = "default"
+
+
+def host_name(host_header: str | None) -> str:
+    """The host part of a Host header, lower-cased, without port or trailing dot."""
+    if not host_header:
+        return ""
+    host = host_header.lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0].rstrip(".")
+
+
+def ratelimit_headers(result: RateLimitResult) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"RateLimit-Limit", b"%d" % result.limit),
+        (b"RateLimit-Remaining", b"%d" % result.remaining),
+        (b"RateLimit-Reset", b"%d" % math.ceil(result.reset_after)),
+    ]
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        *,
+        holder: PolicyHolder,
+        proxy: Proxy,
+        websockets: WebSocketRelay,
+        limiter: MemoryLimiter,
+        identities: IdentityResolver,
+        clock: Clock,
+        stats: ProxyStats,
+    ) -> None:
+        self.holder = holder
+        self.proxy = proxy
+        self.websockets = websockets
+        self.limiter = limiter
+        self.identities = identities
+        self.clock = clock
+        self.stats = stats
+        self.in_flight = 0
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        method = request.method
+        if method == "CONNECT":
+            return answer(405, "CONNECT is not allowed.")
+        headers = request.headers
+        target = request_target(request.raw_path, headers.get("Host"))
+        if target is None:
+            return answer(400, "Bad request target.")
+        runtime = self.holder.current
+        policy = runtime.policy
+        raw_path, sep, query = target.partition(b"?")
+        if raw_path == b"*":
+            match_path = "*"
+        else:
+            try:
+                canonical = canonical_path(
+                    raw_path.decode("utf-8", "surrogateescape"), case_insensitive=policy.case_insensitive
+                )
+            except UnsafePath as error:
+                return answer(400, f"Bad request path: {error}.")
+            match_path = canonical.match
+            forward = canonical.forward.encode()
+            if forward != raw_path:
+                target = forward + sep + query
+        client_ip = request.remote or "unknown"
+        identity = self.identities.identify(headers, client_ip)
+        stats = self.stats
+
+        if not policy.rules:
+            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
+
+        view = RequestView(
+            method,
+            match_path,
+            host_name(headers.get("Host")),
+            headers,
+            query.decode("latin-1"),
+            client_ip,
+            identity,
+        )
+        rule, dry_runs = policy.match(view)
+        if dry_runs is not None:
+            self._record_dry_runs(dry_runs, view)
+        if rule is None:
+            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
+
+        debug = runtime.config.policy.debug_header
+        action = rule.action
+        accept = headers.get("Accept")
+        if action == "allow":
+            extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
+            return await self._forward(request, target, extra, rule.name, action, identity.label)
+        if action == "block":
+            stats.requests[(rule.name, action, "blocked", identity.label)] += 1
+            return self._refusal(
+                request, actions.blocked(accept=accept, extra=_debug(debug, rule, "blocked"))
+            )
+        if action == "close":
+            stats.requests[(rule.name, action, "closed", identity.label)] += 1
+            config = rule.config
+            closed = actions.closed(
+                message=config.message or "This feature is temporarily unavailable.",
+                retry_after=config.retry_after or runtime.config.policy.default_retry_after,
+                accept=accept,
+                template=runtime.close_template,
+                extra=_debug(debug, rule, "closed"),
+            )
+            return self._refusal(request, closed)
+
+        # throttle
+        rate = rule.rate
+        assert rate is not None
+        key = rule.state_key(view)
+        counting = rule.count_statuses
+        if counting is None:
+            result = self.limiter.hit(key, rate, self.clock.now())
+        else:
+            result = self.limiter.peek(key, rate, self.clock.now())
+        if not result.allowed:
+            stats.requests[(rule.name, action, "throttled", identity.label)] += 1
+            refusal = actions.throttled(result, accept=accept, extra=_debug(debug, rule, "throttled"))
+            return self._refusal(request, refusal)
+        extra = ratelimit_headers(result)
+        if debug:
+            extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
+        forwarded = await self._forward(request, target, extra, rule.name, action, identity.label)
+        if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
+            self.limiter.hit(key, rate, self.clock.now())
+        return forwarded
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        target: bytes,
+        extra: list[tuple[bytes, bytes]] | None,
+        rule: str,
+        action: str,
+        identity: str,
+    ) -> web.StreamResponse:
+        response: web.StreamResponse
+        if "Upgrade" in request.headers and is_websocket_upgrade(request):
+            added = self.proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
+            response = await self.websockets.relay(request, target, added)
+        else:
+            response = await self.proxy.forward(request, target, extra)
+        decision = "error" if isinstance(response, ShieldAnswer) else "forwarded"
+        self.stats.requests[(rule, action, decision, identity)] += 1
+        return response
+
+    @staticmethod
+    def _refusal(request: web.BaseRequest, response: ShieldAnswer) -> ShieldAnswer:
+        # A client waiting for 100 Continue never sends its body: close rather than wait for it.
+        expect = request.headers.get("Expect")
+        if expect is not None and request.body_exists:
+            response.force_close()
+        return response
+
+    def _record_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
+        for rule in rules:
+            if rule.action == "throttle":
+                assert rule.rate is not None
+                result = self.limiter.hit(rule.state_key(view), rule.rate, self.clock.now())
+                outcome = "forwarded" if result.allowed else "throttled"
+            else:
+                outcome = rule.verdict.outcome
+            self.stats.dry_run[(rule.name, outcome)] += 1
+            if outcome != "forwarded":
+                log.info(
+                    "dry-run rule %s would have %s %s %s from %s",
+                    rule.name,
+                    outcome,
+                    view.method,
+                    view.path,
+                    view.client_ip,
+                )
+
+
+def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:
+    return {"X-Shield-Rule": f"{rule.name}; {outcome}"} if enabled else {}
