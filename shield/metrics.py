@@ -59,6 +59,30 @@ class ShieldCollector(Collector):
             "Requests Shield is handling right now.",
             value=stats.in_flight(),
         )
+        dry_run = CounterMetricFamily(
+            "shield_dry_run_decisions",
+            "What rules in mode dry-run would have decided (the requests were forwarded).",
+            labels=["rule", "decision"],
+        )
+        for labels, count in sorted(stats.dry_run.items()):
+            dry_run.add_metric(list(labels), count)
+        yield dry_run
+        reloads = CounterMetricFamily(
+            "shield_config_reloads", "Config reloads, by result.", labels=["result"]
+        )
+        for result, count in sorted(stats.config_reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "shield_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that succeeded.",
+            value=stats.last_reload_success,
+        )
+        info = GaugeMetricFamily(
+            "shield_config_info", "The config in use; version is a hash of the file.", labels=["version"]
+        )
+        info.add_metric([stats.config_version], 1)
+        yield info
 
 
 def build_registry(stats: ProxyStats) -> CollectorRegistry:
