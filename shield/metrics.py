@@ -64,8 +64,8 @@ class ShieldCollector(Collector):
             "What rules in mode dry-run would have decided (the requests were forwarded).",
             labels=["rule", "decision"],
         )
-        for labels, count in sorted(stats.dry_run.items()):
-            dry_run.add_metric(list(labels), count)
+        for (rule, decision), count in sorted(stats.dry_run.items()):
+            dry_run.add_metric([rule, decision], count)
         yield dry_run
         reloads = CounterMetricFamily(
             "shield_config_reloads", "Config reloads, by result.", labels=["result"]
