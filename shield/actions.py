@@ -11,8 +11,8 @@ import math
 from html import escape
 from importlib import resources
 from pathlib import Path
-from typing import Any
 from string import Template
+from typing import Any
 
 from aiohttp import web
 

@@ -8,34 +8,40 @@ shield demo                      the demo service with Shield in front of it
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shield import __version__
-from shield.config import ShieldConfig, load_config
-from shield.errors import ConfigError
+from shield.config import ShieldConfig, config_schema, load_config
+from shield.errors import ConfigError, ConfigIssue
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
 def _load_or_report(path: str) -> ShieldConfig | None:
+    warnings: list[ConfigIssue] = []
     try:
-        return load_config(path)
+        config = load_config(path, warnings)
     except ConfigError as error:
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return None
+    for issue in warnings:
+        print(issue, file=sys.stderr)
+    return config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Like ``nginx -t``: exit 0 with a one-line summary, or 1 with every error."""
     config = _load_or_report(args.config)
     if config is None:
         return 1
     print(
-        f"{args.config}: ok: listen {config.listen.host}:{config.listen.port} -> "
-        f"{config.upstream.url}, admin {config.admin.listen.host}:{config.admin.listen.port}, "
+        f"{args.config}: ok: {len(config.rules)} rules, listen {config.listen.host}:{config.listen.port} "
+        f"-> {config.upstream.url}, admin {config.admin.listen.host}:{config.admin.listen.port}, "
         f"{config.workers} worker(s)"
     )
     return 0
@@ -48,6 +54,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     return run(config, config_path=args.config, worker=args.worker)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from shield.explain import explain
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    try:
+        lines = explain(config, args.method, args.url, args.header, args.ip)
+    except ValueError as error:
+        print(f"shield explain: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_schema(), indent=2))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -76,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file and exit")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
     check.set_defaults(func=cmd_check)
+
+    explain = commands.add_parser("explain", help="show what Shield would do with one request, and why")
+    explain.add_argument("-c", "--config", required=True, help="the YAML config file")
+    explain.add_argument("method", help="GET, POST, ...")
+    explain.add_argument("url", help="a path (/api/register) or a URL (http://host/api/register)")
+    explain.add_argument(
+        "-H", "--header", action="append", default=[], help="a request header, 'Name: value' (repeatable)"
+    )
+    explain.add_argument("--ip", default="127.0.0.1", help="the client address (default 127.0.0.1)")
+    explain.set_defaults(func=cmd_explain)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.set_defaults(func=cmd_schema)
 
     demo = commands.add_parser("demo", help="run the demo service with Shield in front of it")
     demo.add_argument("-c", "--config", default=None, help="config (default: config/demo.yaml)")

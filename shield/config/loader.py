@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from shield.config.lint import lint
 from shield.config.model import ShieldConfig
 from shield.errors import ConfigError, ConfigIssue
 
@@ -23,17 +24,23 @@ Location = tuple[int | str, ...]
 _SCALARS = yaml.constructor.SafeConstructor()
 
 
-def load_config(path: str | Path) -> ShieldConfig:
-    """Read and validate the file at ``path``; raise ``ConfigError`` listing every issue."""
+def load_config(path: str | Path, warnings: list[ConfigIssue] | None = None) -> ShieldConfig:
+    """Read and validate the file at ``path``; raise ``ConfigError`` listing every issue.
+
+    Problems that do not stop the file from working (a rule that can never match) are appended
+    to ``warnings`` when a list is given.
+    """
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(name, 1, 1, f"cannot read config: {exc}")]) from exc
-    return parse_config(text, name)
+    return parse_config(text, name, warnings)
 
 
-def parse_config(text: str, name: str = "<config>") -> ShieldConfig:
+def parse_config(
+    text: str, name: str = "<config>", warnings: list[ConfigIssue] | None = None
+) -> ShieldConfig:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -53,9 +60,19 @@ def parse_config(text: str, name: str = "<config>") -> ShieldConfig:
     if issues:
         raise ConfigError(issues)
     try:
-        return ShieldConfig.model_validate(data)
+        config = ShieldConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_issues_from(exc, root, name)) from exc
+    found: list[ConfigIssue] = []
+    for finding in lint(config):
+        node, _ = _locate(root, finding.loc, at_key=False)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        found.append(ConfigIssue(name, line, column, finding.message, finding.severity))
+    if any(issue.severity == "error" for issue in found):
+        raise ConfigError(sorted(found, key=lambda issue: (issue.line, issue.column)))
+    if warnings is not None:
+        warnings.extend(found)
+    return config
 
 
 def _issue_at(node: yaml.Node, name: str, message: str) -> ConfigIssue:

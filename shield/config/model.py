@@ -7,17 +7,13 @@ errors at the right line.
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shield.config.base import Section
 from shield.config.rules import PolicyOptions, Rule
-from shield.config.units import parse_duration, parse_size
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+from shield.config.units import Duration, Size
 
 
 def _split_host_port(value: str, default_host: str) -> tuple[str, int]:

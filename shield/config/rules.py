@@ -10,10 +10,10 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from shield.config.base import Section
-from shield.config.units import parse_duration
+from shield.config.units import Duration
 
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -57,8 +57,11 @@ def _limit(value: object) -> str:
     return str(value)
 
 
-LimitText = Annotated[str, BeforeValidator(_limit)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+LimitText = Annotated[
+    str,
+    BeforeValidator(_limit),
+    WithJsonSchema({"type": "string", "pattern": _LIMIT.pattern, "description": "e.g. 10/minute, 5/10s"}),
+]
 
 
 class ValueMatch(Section):

@@ -1,0 +1,84 @@
+"""Checks that need the whole config at once: duplicate rule names, rules that can never match.
+
+Each finding carries the location (keys and indexes) of the node it is about; the loader turns
+that into a line and column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shield.config.model import ShieldConfig
+from shield.config.rules import Rule
+
+Location = tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Finding:
+    loc: Location
+    message: str
+    severity: str = "error"
+
+
+def lint(config: ShieldConfig) -> list[Finding]:
+    findings: list[Finding] = []
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(config.rules):
+        if rule.name in seen:
+            findings.append(
+                Finding(
+                    ("rules", index, "name"),
+                    f"rules.{index}.name: duplicate rule name {rule.name!r} (also rules.{seen[rule.name]})",
+                )
+            )
+        else:
+            seen[rule.name] = index
+    for index, rule in enumerate(config.rules):
+        for earlier_index, earlier in enumerate(config.rules[:index]):
+            if shadows(earlier, rule):
+                findings.append(
+                    Finding(
+                        ("rules", index),
+                        f"rules.{index}: rule {rule.name!r} can never match: rule {earlier.name!r} "
+                        f"(rules.{earlier_index}) comes first and matches every request it would",
+                        "warning",
+                    )
+                )
+                break
+    return findings
+
+
+def shadows(earlier: Rule, later: Rule) -> bool:
+    """True when every request ``later`` matches is decided by ``earlier`` first."""
+    if earlier.mode == "dry-run":
+        return False  # dry-run rules decide nothing; matching goes on past them
+    if earlier.for_ != "everyone" and earlier.for_ != later.for_:
+        return False
+    match = earlier.match
+    if any(
+        getattr(match, field) is not None
+        for field in ("hosts", "headers", "cookies", "query", "client_cidrs", "user_agents")
+    ):
+        return False
+    if match.methods is not None and (
+        later.match.methods is None or not set(later.match.methods) <= set(match.methods)
+    ):
+        return False
+    if match.paths is None:
+        return True
+    if later.match.paths is None:
+        return False
+    return all(_covered(path, match.paths) for path in later.match.paths)
+
+
+def _covered(path: str, patterns: list[str]) -> bool:
+    for pattern in patterns:
+        if pattern == path or pattern == "/**":
+            return True
+        if pattern.endswith("/**") and "*" not in pattern[:-3]:
+            prefix = pattern[:-3]
+            literal = path.split("*", 1)[0]
+            if literal == prefix or literal.startswith(prefix + "/"):
+                return True
+    return False

@@ -1,0 +1,109 @@
+"""``shield explain``: what Shield would do with one request, and why. Pure: returns text.
+
+Runs the same code as the proxy (path canonicalization, the compiled policy, the throttle
+maths on a fresh bucket), so what it prints is what the running Shield decides.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from shield.config.model import ShieldConfig
+from shield.policy.identity import IdentityResolver, NoIdentity
+from shield.policy.paths import UnsafePath, canonical_path
+from shield.policy.rules import CompiledRule, Policy, RequestView
+from shield.target import request_target
+
+
+def parse_header_args(values: list[str]) -> CIMultiDict[str]:
+    headers = CIMultiDict[str]()
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"invalid header {value!r}: write 'Name: value'")
+        headers.add(name.strip(), rest.strip())
+    return headers
+
+
+def _action_text(rule: CompiledRule) -> str:
+    config = rule.config
+    if rule.action == "close":
+        return f"close (503, Retry-After {config.retry_after or 'default'}s): {config.message!r}"
+    if rule.action == "throttle":
+        assert rule.rate is not None
+        counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""
+        return f"throttle {config.limit}, burst {rule.rate.burst}, key {config.key}{counting}"
+    return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
+
+
+def explain(
+    config: ShieldConfig,
+    method: str,
+    url: str,
+    header_args: list[str],
+    client_ip: str,
+    identities: IdentityResolver | None = None,
+) -> list[str]:
+    """The lines ``shield explain`` prints."""
+    headers = parse_header_args(header_args)
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc and "Host" not in headers:
+        headers["Host"] = parts.netloc
+    headers.setdefault("Host", "localhost")
+    raw = url if not parts.scheme else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    method = method.upper()
+    lines = [f"request:  {method} {raw}  (Host: {headers['Host']}, client {client_ip})"]
+    target = request_target(raw, headers["Host"])
+    if target is None:
+        return [*lines, "decision: 400 Bad Request (the request-target is not a path, or names another host)"]
+    raw_path, _, query = target.decode("utf-8", "surrogateescape").partition("?")
+    policy = Policy(config.rules, config.policy)
+    try:
+        canonical = canonical_path(raw_path, case_insensitive=policy.case_insensitive)
+    except UnsafePath as error:
+        return [*lines, f"decision: 400 Bad Request ({error}); no rule is consulted"]
+    lines.append(f"path:     {canonical.match}  (forwarded upstream as {canonical.forward})")
+    identity = (identities or NoIdentity()).identify(CIMultiDictProxy(headers), client_ip)
+    who = f"{identity.label}" + (f" as {identity.user}" if identity.user else "")
+    lines.append(f"identity: {who} ({identity.how})")
+    view = RequestView(
+        method,
+        canonical.match,
+        headers["Host"].lower().partition(":")[0],
+        headers,
+        query,
+        client_ip,
+        identity,
+    )
+    lines.append("rules:")
+    candidates = set(map(id, policy.candidates(method, canonical.match)))
+    decided: CompiledRule | None = None
+    for number, rule in enumerate(policy.rules, start=1):
+        label = f"  {number:>2}. {rule.name:<24}"
+        if decided is not None:
+            lines.append(f"{label} not reached (first match wins)")
+            continue
+        reason = rule.mismatch(view)
+        if reason is not None:
+            lines.append(f"{label} no: {reason}")
+            continue
+        if id(rule) not in candidates:  # the index must agree with the full check
+            lines.append(f"{label} INDEX DISAGREES: matched but was not a candidate (a bug; please report)")
+        if rule.dry_run:
+            lines.append(f"{label} MATCH in dry-run: would {_action_text(rule)}; matching goes on")
+            continue
+        lines.append(f"{label} MATCH: {_action_text(rule)}")
+        decided = rule
+    if decided is None:
+        lines.append("decision: forward to the upstream (no rule matched)")
+    elif decided.action == "throttle":
+        assert decided.rate is not None
+        lines.append(
+            f"decision: throttle by {decided.name!r}: forwarded while bucket {decided.state_key(view)!r} "
+            f"has room ({decided.rate.burst} at once, then {decided.config.limit}); 429 beyond"
+        )
+    else:
+        lines.append(f"decision: {decided.verdict.outcome} by rule {decided.name!r}")
+    return lines
