@@ -22,12 +22,19 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
 def _load_or_report(path: str) -> ShieldConfig | None:
+    """The config at ``path`` with its rules compiled once, or None after printing every error."""
+    from shield.reload import build_runtime
+
     warnings: list[ConfigIssue] = []
     try:
         config = load_config(path, warnings)
+        build_runtime(config, "")
     except ConfigError as error:
         for issue in error.issues:
             print(issue, file=sys.stderr)
+        return None
+    except Exception as error:  # the rules validated but do not compile: report, never crash
+        print(ConfigIssue(path, 1, 1, f"cannot compile the rules: {error}"), file=sys.stderr)
         return None
     for issue in warnings:
         print(issue, file=sys.stderr)

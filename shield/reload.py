@@ -84,7 +84,7 @@ class PolicyHolder:
             self._stats.config_reloads["failure"] += 1
             log.error("config reload refused, the rules in force keep serving:\n%s", error)
             return False
-        except (OSError, UnicodeDecodeError, ValueError) as error:
+        except Exception as error:  # anything that stops the new rules from compiling
             self._stats.config_reloads["failure"] += 1
             log.error("config reload refused, the rules in force keep serving: %s", error)
             return False

@@ -202,9 +202,7 @@ class CompiledRule:
         self.cookie_tests = tuple((n, _value_test(t)) for n, t in (match.cookies or {}).items())
         self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
         self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
-        self.user_agents = (
-            re.compile("|".join(f"(?:{p})" for p in match.user_agents)) if match.user_agents else None
-        )
+        self.user_agents = tuple(re.compile(p) for p in match.user_agents or ())
         rate = rule.rate
         self.rate = Gcra(rate.count, rate.period, rule.burst) if rate is not None else None
         self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
@@ -226,8 +224,10 @@ class CompiledRule:
             return f"host {view.host!r} is not one of {self.config.match.hosts}"
         if self.cidrs and not _in_cidrs(view.client_ip, self.cidrs):
             return f"client {view.client_ip} is outside {self.config.match.client_cidrs}"
-        if self.user_agents is not None and not self.user_agents.search(view.headers.get("User-Agent", "")):
-            return "User-Agent does not match"
+        if self.user_agents:
+            agent = view.headers.get("User-Agent", "")
+            if not any(pattern.search(agent) for pattern in self.user_agents):
+                return "User-Agent does not match"
         for name, test in self.header_tests:
             if not test(view.headers.get(name)):
                 return f"header {name} is not {_describe((self.config.match.headers or {})[name])}"
