@@ -68,16 +68,8 @@ class Gatekeeper:
         self.identities = identities
         self.clock = clock
         self.stats = stats
-        self.in_flight = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.in_flight += 1
-        try:
-            return await self._handle(request)
-        finally:
-            self.in_flight -= 1
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
@@ -106,7 +98,11 @@ class Gatekeeper:
         stats = self.stats
 
         if not policy.rules:
-            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
+            if "Upgrade" in headers and is_websocket_upgrade(request):
+                return await self._websocket(request, target, _DEFAULT, "allow", identity.label)
+            response = await self.proxy.forward(request, target, None)
+            stats.requests[_DEFAULT, "allow", _outcome(response), identity.label] += 1
+            return response
 
         view = RequestView(
             method,
@@ -162,7 +158,10 @@ class Gatekeeper:
         extra = ratelimit_headers(result)
         if debug:
             extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
-        forwarded = await self._forward(request, target, extra, rule.name, action, identity.label)
+        if "Upgrade" in headers and is_websocket_upgrade(request):
+            return await self._websocket(request, target, rule.name, action, identity.label)
+        forwarded = await self.proxy.forward(request, target, extra)
+        stats.requests[rule.name, action, _outcome(forwarded), identity.label] += 1
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
             self.limiter.hit(key, rate, self.clock.now())
         return forwarded
@@ -176,14 +175,18 @@ class Gatekeeper:
         action: str,
         identity: str,
     ) -> web.StreamResponse:
-        response: web.StreamResponse
         if "Upgrade" in request.headers and is_websocket_upgrade(request):
-            added = self.proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
-            response = await self.websockets.relay(request, target, added)
-        else:
-            response = await self.proxy.forward(request, target, extra)
-        decision = "error" if isinstance(response, ShieldAnswer) else "forwarded"
-        self.stats.requests[(rule, action, decision, identity)] += 1
+            return await self._websocket(request, target, rule, action, identity)
+        response = await self.proxy.forward(request, target, extra)
+        self.stats.requests[rule, action, _outcome(response), identity] += 1
+        return response
+
+    async def _websocket(
+        self, request: web.BaseRequest, target: bytes, rule: str, action: str, identity: str
+    ) -> web.StreamResponse:
+        added = self.proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
+        response = await self.websockets.relay(request, target, added)
+        self.stats.requests[rule, action, _outcome(response), identity] += 1
         return response
 
     @staticmethod
@@ -212,6 +215,11 @@ class Gatekeeper:
                     view.path,
                     view.client_ip,
                 )
+
+
+def _outcome(response: web.StreamResponse) -> str:
+    """'error' for Shield's own failure answers (502, 504, 413...), else 'forwarded'."""
+    return "error" if isinstance(response, ShieldAnswer) else "forwarded"
 
 
 def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:

@@ -13,11 +13,10 @@ recently charged key when full, so a flood of distinct keys cannot grow memory w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitResult:
+class RateLimitResult(NamedTuple):
     """What one check said, in the units of the RateLimit headers (seconds, whole requests)."""
 
     allowed: bool

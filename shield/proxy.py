@@ -27,7 +27,7 @@ from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder, filter_response_headers
 from shield.metrics import ProxyStats
 from shield.response import DateHeader, response_bytes
-from shield.upstream import UpstreamConnection, UpstreamPool
+from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shield.proxy")
 
@@ -170,14 +170,18 @@ class Proxy:
         upload: asyncio.Task[None] | None = None
         try:
             while True:
-                conn, reused = await self.pool.acquire()
+                conn = self.pool.take_idle()
+                reused = conn is not None
+                if conn is None:
+                    conn, reused = await self.pool.acquire()
                 try:
                     conn.start(head, head_request=head_request)
                     if streamed:
                         upload = asyncio.get_running_loop().create_task(
                             self._upload(request, conn, chunked=chunked)
                         )
-                    await conn.wait_headers(settings.headers_timeout)
+                    while not conn.headers_complete:
+                        await conn.wait(settings.headers_timeout, NO_ANSWER)
                     break
                 except UpstreamProtocolError:
                     # A pooled connection the upstream closed while idle: retry once, on a new

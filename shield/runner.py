@@ -9,6 +9,7 @@ that dies unexpectedly. Worker 0 also serves the admin listener.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -56,6 +57,17 @@ async def serve(
     await stopping.wait()
     await shield.stop()
     log.info("stopped")
+
+
+def tune_gc() -> None:
+    """Move start-up objects out of the collector's way and collect young objects less often.
+
+    Per request Shield allocates a few dozen short-lived containers; with the default threshold
+    (700) a generation-0 pass ran every dozen requests and showed in p99 latency.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 def run(config: ShieldConfig, *, config_path: str, worker: int | None = None) -> int:

@@ -155,6 +155,13 @@ class Shield:
         assert self._admin_runner is not None
         return int(self._admin_runner.addresses[0][1])
 
+    def _in_flight(self) -> float:
+        """Requests being handled, counted when scraped rather than on every request."""
+        server = self._server
+        if server is None:
+            return 0.0
+        return float(sum(1 for conn in server.connections if conn._request_in_progress))
+
     def reload(self) -> bool:
         return self.holder.reload()
 
@@ -193,7 +200,7 @@ class Shield:
             stats=self.stats,
         )
         self.gatekeeper = gatekeeper
-        self.stats.in_flight = lambda: gatekeeper.in_flight
+        self.stats.in_flight = self._in_flight
         limits = config.limits
         self._server = PublicServer(
             gatekeeper.handle,

@@ -30,6 +30,9 @@ from shield.errors import (
 # How often the pool checks deadlines and idle connections: timeouts fire within this much.
 TICK = 0.1
 
+NO_ANSWER = "upstream did not answer in time"
+STALLED = "upstream stalled inside its response body"
+
 # Pause reading from the upstream when this much body is buffered and the client is slower.
 _HIGH_WATER = 256 * 1024
 
@@ -56,7 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
-        self._deadline_error: UpstreamTimeout | None = None
+        self._deadline_message = ""
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -156,8 +159,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            self.deadline = 0.0
+            if not waiter.done():
+                waiter.set_result(None)
 
     def fail(self, error: UpstreamError) -> None:
         """End the exchange with ``error``: wake whoever waits, never reuse the connection."""
@@ -165,31 +171,34 @@ class UpstreamConnection(asyncio.Protocol):
         if self._error is None:
             self._error = error
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if waiter is not None:
+            self._waiter = None
+            self.deadline = 0.0
+            if not waiter.done():
+                waiter.set_exception(error)
         if self.transport is not None:
             self.transport.abort()
 
     def check_deadline(self, now: float) -> None:
         """Called by the pool's ticker: time out a wait that is overdue."""
-        if self.deadline and now >= self.deadline and self._deadline_error is not None:
-            self.deadline = 0.0
-            self.fail(self._deadline_error)
+        if self.deadline and now >= self.deadline:
+            self.fail(UpstreamTimeout(self._deadline_message))
 
-    async def _wait(self, timeout: float, error: UpstreamTimeout) -> None:
-        # One pool-wide ticker checks deadlines instead of a timer per wait: arming and
-        # cancelling a TimerHandle per request showed up in the proxy's profile.
+    def wait(self, timeout: float, message: str) -> asyncio.Future[None]:
+        """A future for the next parser event, failed by an error or after ``timeout`` seconds.
+
+        A plain future rather than a coroutine, and one pool-wide ticker for deadlines rather
+        than a timer per wait: both showed in the proxy's profile.
+        """
+        waiter: asyncio.Future[None] = self._loop.create_future()
         if self._error is not None:
-            raise self._error
-        self._waiter = waiter = self._loop.create_future()
+            waiter.set_exception(self._error)
+            return waiter
+        self._waiter = waiter
         self.deadline = self._loop.time() + timeout
-        self._deadline_error = error
+        self._deadline_message = message
         self._pool.watch()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            self.deadline = 0.0
+        return waiter
 
     def start(self, head: bytes, *, head_request: bool) -> None:
         """Send a request head (and any buffered body) and arm the parser for its response."""
@@ -226,9 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def wait_headers(self, timeout: float) -> None:
         while not self.headers_complete:
-            await self._wait(timeout, UpstreamTimeout("upstream did not answer in time"))
-        if self._error is not None and not self.message_complete:
-            raise self._error
+            await self.wait(timeout, NO_ANSWER)
 
     def take_body(self) -> bytes:
         """Everything buffered so far, resuming reads from the upstream if they were paused."""
@@ -248,7 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self._chunks:
             if self.message_complete:
                 return b""
-            await self._wait(idle_timeout, UpstreamTimeout("upstream stalled inside its response body"))
+            await self.wait(idle_timeout, STALLED)
         return self.take_body()
 
     def finish(self) -> None:
@@ -308,16 +315,21 @@ class UpstreamPool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still fresh, if any (no await)."""
+        deadline = self.loop.time() - self._idle_timeout
+        while self._idle:
+            conn = self._idle.pop()
+            transport = conn.transport
+            if conn.idle_since > deadline and transport is not None and not transport.is_closing():
+                return conn
+            conn.close()
+        return None
+
     async def acquire(self, *, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
         """A connection ready for a request, and whether it was reused from the pool."""
-        if not fresh:
-            deadline = self.loop.time() - self._idle_timeout
-            while self._idle:
-                conn = self._idle.pop()
-                transport = conn.transport
-                if conn.idle_since > deadline and transport is not None and not transport.is_closing():
-                    return conn, True
-                conn.close()
+        if not fresh and (conn := self.take_idle()) is not None:
+            return conn, True
         while len(self._open) >= self._max:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
