@@ -1,0 +1,117 @@
+"""Per-request cost of Shield's decision: canonical path, rule matching, throttle, RateLimit headers.
+
+Runs the same functions the gatekeeper runs per request, in-process and without sockets, for a
+20-rule policy (or the one given with --config), and prints nanoseconds per decision for a few
+kinds of request. Usage:
+
+    .venv/bin/python tests/bench/decision_cost.py [--config FILE] [--number 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import timeit
+from pathlib import Path
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from shield.clock import MonotonicClock
+from shield.config import load_config
+from shield.gatekeeper import host_name, ratelimit_headers
+from shield.limiter import MemoryLimiter
+from shield.policy.identity import NoIdentity
+from shield.policy.paths import canonical_path
+from shield.policy.rules import Policy, RequestView
+from shield.target import request_target
+
+
+def twenty_rules() -> str:
+    rules = []
+    for i in range(6):
+        rules.append(
+            f"  - name: close-{i}\n    match: {{ methods: [POST], paths: [/api/v{i}/register] }}\n"
+            "    action: close\n    message: closed"
+        )
+    for i in range(6):
+        rules.append(f'  - name: block-{i}\n    match: {{ paths: ["/internal{i}/**"] }}\n    action: block')
+    for i in range(4):
+        rules.append(
+            f'  - name: thr-{i}\n    match: {{ paths: ["/api/v{i}/*"] }}\n    action: throttle\n'
+            "    limit: 100/second\n    key: ip"
+        )
+    rules.append("  - name: debug-header\n    match: { headers: { X-Debug: present } }\n    action: block")
+    rules.append('  - name: ua\n    match: { user_agents: ["(?i)sqlmap"] }\n    action: block')
+    rules.append(
+        '  - name: admin\n    match: { methods: [GET], paths: ["/admin/**"], client_cidrs: [10.0.0.0/8] }\n'
+        "    action: allow"
+    )
+    rules.append(
+        '  - name: everything\n    match: { paths: ["/**"] }\n    action: throttle\n'
+        "    limit: 1000000/second\n    key: ip"
+    )
+    return "upstream: http://127.0.0.1:1\nrules:\n" + "\n".join(rules) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
+    parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
+    args = parser.parse_args()
+    if args.config:
+        path = Path(args.config)
+    else:
+        path = Path(tempfile.mkdtemp()) / "twenty.yaml"
+        path.write_text(twenty_rules(), encoding="utf-8")
+    config = load_config(path)
+    policy = Policy(config.rules, config.policy)
+    limiter = MemoryLimiter()
+    clock = MonotonicClock()
+    identities = NoIdentity()
+    headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
+
+    def decide(method: str, raw_path: str, client_ip: str) -> object:
+        target = request_target(raw_path, headers.get("Host"))
+        assert target is not None
+        path, _, query = target.partition(b"?")
+        canonical = canonical_path(path.decode("utf-8", "surrogateescape"), case_insensitive=False)
+        canonical.forward.encode()
+        identity = identities.identify(headers, client_ip)
+        view = RequestView(
+            method,
+            canonical.match,
+            host_name(headers.get("Host")),
+            headers,
+            query.decode("latin-1"),
+            client_ip,
+            identity,
+        )
+        rule, _ = policy.match(view)
+        if rule is not None and rule.rate is not None:
+            result = limiter.hit(rule.state_key(view), rule.rate, clock.now())
+            return ratelimit_headers(result)
+        return rule
+
+    cases = {
+        "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
+        "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
+        "POST /api/v0/register (close, rule 1)": ("POST", "/api/v0/register", "10.0.0.3"),
+        "GET /internal3/x/../y (block, dot segments)": ("GET", "/internal3/x/../y", "10.0.0.4"),
+    }
+    print(f"{len(config.rules)} rules from {path}; {args.number} decisions per measurement, best of 5")
+    for label, (method, raw_path, ip) in cases.items():
+        times = timeit.repeat(
+            lambda m=method, p=raw_path, i=ip: decide(m, p, i), number=args.number, repeat=5
+        )
+        best = min(times) / args.number * 1e9
+        median = statistics.median(times) / args.number * 1e9
+        print(f"  {label:<46} {best:7.0f} ns best   {median:7.0f} ns median")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
