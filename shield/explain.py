@@ -6,6 +6,7 @@ maths on a fresh bucket), so what it prints is what the running Shield decides.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -27,10 +28,12 @@ def parse_header_args(values: list[str]) -> CIMultiDict[str]:
     return headers
 
 
-def _action_text(rule: CompiledRule) -> str:
+def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
     config = rule.config
     if rule.action == "close":
-        return f"close (503, Retry-After {config.retry_after or 'default'}s): {config.message!r}"
+        # The Retry-After the client gets (see actions.closed), not the raw config value.
+        seconds = max(1, math.ceil(config.retry_after or default_retry_after))
+        return f"close (503, Retry-After {seconds}s): {config.message!r}"
     if rule.action == "throttle":
         assert rule.rate is not None
         counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""
@@ -80,6 +83,7 @@ def explain(
     lines.append("rules:")
     candidates = set(map(id, policy.candidates(method, canonical.match)))
     decided: CompiledRule | None = None
+    retry = config.policy.default_retry_after
     for number, rule in enumerate(policy.rules, start=1):
         label = f"  {number:>2}. {rule.name:<24}"
         if decided is not None:
@@ -92,9 +96,9 @@ def explain(
         if id(rule) not in candidates:  # the index must agree with the full check
             lines.append(f"{label} INDEX DISAGREES: matched but was not a candidate (a bug; please report)")
         if rule.dry_run:
-            lines.append(f"{label} MATCH in dry-run: would {_action_text(rule)}; matching goes on")
+            lines.append(f"{label} MATCH in dry-run: would {_action_text(rule, retry)}; matching goes on")
             continue
-        lines.append(f"{label} MATCH: {_action_text(rule)}")
+        lines.append(f"{label} MATCH: {_action_text(rule, retry)}")
         decided = rule
     if decided is None:
         lines.append("decision: forward to the upstream (no rule matched)")

@@ -79,6 +79,7 @@ def _covered(path: str, patterns: list[str]) -> bool:
         if pattern.endswith("/**") and "*" not in pattern[:-3]:
             prefix = pattern[:-3]
             literal = path.split("*", 1)[0]
-            if literal == prefix or literal.startswith(prefix + "/"):
+            # '/api*' is not covered by '/api/**': the wildcard also matches '/apix'.
+            if path == prefix or literal.startswith(prefix + "/"):
                 return True
     return False

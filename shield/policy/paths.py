@@ -4,7 +4,7 @@ Rules must see the path the upstream's router will see, or a request can be shap
 rule and still reach the route (``/api//register``, ``/api/%72egister``,
 ``/static/%2e%2e/api/register``). Shield therefore decodes, resolves dot segments (RFC 3986
 §5.2.4), collapses slashes and drops ``;params``, matches on the result, and forwards that same
-form, re-encoded. What cannot be made unambiguous is refused with 400: an encoded slash or
+form, re-encoded. What cannot be made unambiguous is refused with 400: an encoded slash, semicolon or
 backslash, a NUL or control character, a backslash, a double-encoded dot or slash.
 """
 
@@ -41,7 +41,17 @@ def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath
         match = raw[:-1] if len(raw) > 1 and raw.endswith("/") else raw
     else:
         forward, match = _normalize(raw)
-    return CanonicalPath(match.lower() if case_insensitive else match, forward)
+    return CanonicalPath(fold_case(match) if case_insensitive else match, forward)
+
+
+def fold_case(text: str) -> str:
+    """The case-insensitive form of a path or path pattern.
+
+    Upper-casing first folds letters whose capital is ASCII (U+0131 dotless i -> 'I', U+017F
+    long s -> 'S') the way routers that compare upper-cased strings (.NET OrdinalIgnoreCase) do;
+    otherwise ``/api/reg%C4%B1ster`` would miss a rule for ``/api/register`` yet reach that route.
+    """
+    return text.lower() if text.isascii() else text.upper().lower()
 
 
 def _normalize(raw: str) -> tuple[str, str]:
@@ -55,8 +65,9 @@ def _normalize(raw: str) -> tuple[str, str]:
         piece = piece.partition(";")[0]
         if "%" in piece:
             lowered = piece.lower()
-            if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
-                raise UnsafePath("encoded slash, backslash or NUL in path")
+            # An encoded ';' too: some containers decode before they strip ;params.
+            if "%2f" in lowered or "%5c" in lowered or "%00" in lowered or "%3b" in lowered:
+                raise UnsafePath("encoded slash, backslash, semicolon or NUL in path")
             try:
                 piece = unquote(piece, encoding="utf-8", errors="strict")
             except UnicodeDecodeError:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
 from shield.policy.identity import Identity
+from shield.policy.paths import fold_case
 
 ANY = ""  # index key for "any method" / "any first segment"
 
@@ -102,7 +103,7 @@ class PathMatcher:
         prefixes: list[str] = []
         regexes: list[str] = []
         for raw in patterns:
-            pattern = raw.lower() if case_insensitive else raw
+            pattern = fold_case(raw) if case_insensitive else raw
             if len(pattern) > 1:
                 pattern = pattern.rstrip("/") or "/"
             if pattern.endswith("/**") and "*" not in pattern[:-3]:
@@ -140,13 +141,13 @@ def _glob_regex(pattern: str) -> str:
 
 def first_segments(patterns: list[str] | None, *, case_insensitive: bool) -> frozenset[str] | None:
     """First path segments a rule can match, or None when any first segment can."""
-    if patterns is None:
+    if not patterns:  # no paths, or an empty list: no path condition at all
         return None
     segments: set[str] = set()
     for pattern in patterns:
         first = pattern.split("/")[1] if pattern.count("/") else ""
         if case_insensitive:
-            first = first.lower()
+            first = fold_case(first)
         if "*" in first or first == "":
             return None
         segments.add(first)

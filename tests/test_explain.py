@@ -1,0 +1,155 @@
+"""`shield explain`: what Shield would do with one request, and why, as an operator reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shield.cli import main
+
+RULES = """\
+upstream: http://127.0.0.1:8000
+policy:
+  default_retry_after: 2m
+rules:
+  - name: registration-closed
+    match: { methods: [POST], paths: [/api/register] }
+    action: close
+    retry_after: 10m
+    message: Registration may be busy. Please try again later.
+  - name: scraper-watch
+    match: { user_agents: ["(?i)scrapy"] }
+    action: block
+    mode: dry-run
+  - name: login
+    match: { paths: [/api/login] }
+    action: throttle
+    limit: 10/minute
+    burst: 5
+    key: ip
+  - name: partner
+    match: { paths: ["/api/partner/**"], headers: { X-Api-Key: present } }
+    action: throttle
+    limit: 100/10s
+    key: header:X-Api-Key
+  - name: maintenance
+    match: { hosts: [legacy.example.com] }
+    action: close
+  - name: internal
+    match: { paths: ["/internal/**"] }
+    action: block
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "shield.yaml"
+    path.write_text(RULES)
+    return str(path)
+
+
+def explain(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    assert main(["explain", *args]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out.splitlines()
+
+
+def rule_line(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.split(". ", 1)[-1].startswith(name + " "))
+
+
+def test_close(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(capsys, "-c", config, "post", "/api//x/../register/")
+    assert lines[0].startswith("request:  POST /api//x/../register/")
+    assert lines[1] == "path:     /api/register  (forwarded upstream as /api/register/)"
+    assert lines[2] == "identity: anonymous (no credentials configured)"
+    assert "MATCH: close (503, Retry-After 600s): 'Registration may be busy. Please try again later.'" in (
+        rule_line(lines, "registration-closed")
+    )
+    assert rule_line(lines, "login").endswith("not reached (first match wins)")
+    assert lines[-1] == "decision: closed by rule 'registration-closed'"
+
+
+def test_throttle(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(capsys, "-c", config, "POST", "/api/login", "--ip", "203.0.113.7")
+    assert "client 203.0.113.7" in lines[0]
+    assert rule_line(lines, "registration-closed").endswith(
+        "no: path /api/login matches none of ['/api/register']"
+    )
+    assert rule_line(lines, "scraper-watch").endswith("no: User-Agent does not match")
+    assert rule_line(lines, "login").endswith("MATCH: throttle 10/minute, burst 5, key ip")
+    decision = lines[-1]
+    assert decision.startswith("decision: throttle by 'login'")
+    assert "203.0.113.7" in decision
+    assert "5 at once, then 10/minute" in decision
+    assert "429 beyond" in decision
+
+
+def test_throttle_by_header(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(capsys, "-c", config, "GET", "/api/partner/orders", "-H", "X-Api-Key: k-123")
+    assert rule_line(lines, "partner").endswith("MATCH: throttle 100/10s, burst 100, key header:X-Api-Key")
+    assert "k-123" in lines[-1]
+    without = explain(capsys, "-c", config, "GET", "/api/partner/orders")
+    assert rule_line(without, "partner").endswith("no: header X-Api-Key is not present")
+    assert without[-1] == "decision: forward to the upstream (no rule matched)"
+
+
+def test_no_match(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(capsys, "-c", config, "GET", "/home")
+    assert lines[1] == "path:     /home  (forwarded upstream as /home)"
+    reasons = lines[lines.index("rules:") + 1 : -1]
+    assert len(reasons) == 6
+    assert all(" no: " in line for line in reasons)
+    assert rule_line(lines, "registration-closed").endswith("no: method GET is not one of ['POST']")
+    assert rule_line(lines, "maintenance").endswith(
+        "no: host 'localhost' is not one of ['legacy.example.com']"
+    )
+    assert lines[-1] == "decision: forward to the upstream (no rule matched)"
+
+
+def test_host_from_the_url_and_the_default_retry_after(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = explain(capsys, "-c", config, "GET", "http://LEGACY.example.com:8080/anything?x=1")
+    assert "(Host: LEGACY.example.com:8080" in lines[0]
+    assert "MATCH: close (503, Retry-After 120s)" in rule_line(lines, "maintenance")
+    assert lines[-1] == "decision: closed by rule 'maintenance'"
+
+
+@pytest.mark.parametrize(
+    "url", ["/api%2fregister", "/api\\register", "/api/register%00", "/api/%252e%252e/x"]
+)
+def test_unsafe_path(config: str, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    lines = explain(capsys, "-c", config, "POST", url)
+    assert len(lines) == 2
+    assert lines[-1].startswith("decision: 400 Bad Request (")
+    assert lines[-1].endswith("no rule is consulted")
+
+
+def test_dry_run(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(capsys, "-c", config, "GET", "/internal/x", "-H", "User-Agent: Scrapy/2.11")
+    assert rule_line(lines, "scraper-watch").endswith("MATCH in dry-run: would block (403); matching goes on")
+    assert rule_line(lines, "internal").endswith("MATCH: block (403)")
+    assert lines[-1] == "decision: blocked by rule 'internal'"
+    # A dry-run match alone decides nothing.
+    lines = explain(capsys, "-c", config, "GET", "/home", "-H", "User-Agent: Scrapy/2.11")
+    assert "MATCH in dry-run" in rule_line(lines, "scraper-watch")
+    assert lines[-1] == "decision: forward to the upstream (no rule matched)"
+
+
+def test_bad_header_argument(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "-c", config, "GET", "/", "-H", "no colon"]) == 2
+    assert "invalid header 'no colon'" in capsys.readouterr().err
+
+
+def test_a_broken_config_is_reported_not_explained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("upstream: http://127.0.0.1:8000\nrules:\n  - name: x\n    action: shut\n")
+    assert main(["explain", "-c", str(path), "GET", "/"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}:4:13: rules.0.action:")
