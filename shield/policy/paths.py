@@ -11,7 +11,7 @@ backslash, a NUL or control character, a backslash, a double-encoded dot or slas
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 # A path that is already canonical: segments of plain characters, none "." or "..".
@@ -21,8 +21,7 @@ _DOUBLE_ENCODED = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 _SAFE = "!$&'()*+,=:@-._~"
 
 
-@dataclass(frozen=True, slots=True)
-class CanonicalPath:
+class CanonicalPath(NamedTuple):
     """``match`` is what rules see (no trailing slash, maybe case-folded); ``forward`` is the
     encoded form sent upstream (the same segments, the client's trailing slash kept)."""
 

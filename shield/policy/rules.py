@@ -93,6 +93,21 @@ def _describe(test: ValueMatch) -> str:
     return f"= {test.equals!r}" if test.equals is not None else f"~ /{test.regex}/"
 
 
+Check = tuple[Callable[["RequestView"], bool], Callable[["RequestView"], str]]
+
+
+def _query_value(view: RequestView, name: str) -> str | None:
+    values = view.query.get(name)
+    return values[0] if values else None
+
+
+_readers: dict[str, Callable[[RequestView, str], str | None]] = {
+    "header": lambda view, name: view.headers.get(name),
+    "cookie": lambda view, name: view.cookies.get(name),
+    "query parameter": _query_value,
+}
+
+
 class PathMatcher:
     """Exact paths, segment-bounded prefixes ('/api/**') and wildcard patterns of one rule."""
 
@@ -168,6 +183,7 @@ class CompiledRule:
     __slots__ = (
         "action",
         "authenticated",
+        "checks",
         "cidrs",
         "config",
         "cookie_tests",
@@ -196,7 +212,12 @@ class CompiledRule:
         self.dry_run = rule.mode == "dry-run"
         self.authenticated = {"anonymous": False, "authenticated": True, "everyone": None}[rule.for_]
         self.methods = frozenset(match.methods) if match.methods else None
-        self.paths = PathMatcher(match.paths, case_insensitive=ci) if match.paths else None
+        # '/**' matches every path: no path check at all.
+        self.paths = (
+            PathMatcher(match.paths, case_insensitive=ci)
+            if match.paths and "/**" not in match.paths
+            else None
+        )
         self.first_segments = first_segments(match.paths, case_insensitive=ci)
         self.hosts = _host_matcher(match.hosts) if match.hosts else None
         self.header_tests = tuple((n, _value_test(t)) for n, t in (match.headers or {}).items())
@@ -212,33 +233,70 @@ class CompiledRule:
         self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
         self.verdict = Verdict(rule.name, rule.action, outcome[rule.action], self.dry_run)
+        self.checks = self._compile_checks()
+
+    def _compile_checks(self) -> tuple[Check, ...]:
+        """One (test, explanation) pair per condition the rule has, cheapest first."""
+        match = self.config.match
+        checks: list[Check] = []
+        if (methods := self.methods) is not None:
+            listed = sorted(methods)
+            checks.append(
+                (lambda v: v.method in methods, lambda v: f"method {v.method} is not one of {listed}")
+            )
+        if self.paths is not None:
+            path_matches = self.paths.matches
+            checks.append(
+                (lambda v: path_matches(v.path), lambda v: f"path {v.path} matches none of {match.paths}")
+            )
+        if (wanted := self.authenticated) is not None:
+            checks.append(
+                (
+                    lambda v: v.identity.authenticated is wanted,
+                    lambda v: f"rule is for {self.config.for_} clients; this one is {v.identity.label}",
+                )
+            )
+        if (hosts := self.hosts) is not None:
+            checks.append((lambda v: hosts(v.host), lambda v: f"host {v.host!r} is not one of {match.hosts}"))
+        if cidrs := self.cidrs:
+            checks.append(
+                (
+                    lambda v: _in_cidrs(v.client_ip, cidrs),
+                    lambda v: f"client {v.client_ip} is outside {match.client_cidrs}",
+                )
+            )
+        if agents := self.user_agents:
+            checks.append(
+                (
+                    lambda v: any(p.search(v.headers.get("User-Agent", "")) for p in agents),
+                    lambda v: "User-Agent does not match",
+                )
+            )
+        for kind, tests, specs in (
+            ("header", self.header_tests, match.headers),
+            ("cookie", self.cookie_tests, match.cookies),
+            ("query parameter", self.query_tests, match.query),
+        ):
+            for name, test in tests:
+                why = f"{kind} {name} is not {_describe((specs or {})[name])}"
+                read = _readers[kind]
+                checks.append(
+                    (lambda v, n=name, t=test, r=read: t(r(v, n)), lambda v, w=why: w)  # type: ignore[misc]
+                )
+        return tuple(checks)
+
+    def matches(self, view: RequestView) -> bool:
+        # An explicit loop: all() over a generator costs a frame per call on the hot path.
+        for check, _ in self.checks:  # noqa: SIM110
+            if not check(view):
+                return False
+        return True
 
     def mismatch(self, view: RequestView) -> str | None:
         """Why this rule does not apply to ``view``, or None when it does."""
-        if self.methods is not None and view.method not in self.methods:
-            return f"method {view.method} is not one of {sorted(self.methods)}"
-        if self.paths is not None and not self.paths.matches(view.path):
-            return f"path {view.path} matches none of {self.config.match.paths}"
-        if self.authenticated is not None and view.identity.authenticated is not self.authenticated:
-            return f"rule is for {self.config.for_} clients; this one is {view.identity.label}"
-        if self.hosts is not None and not self.hosts(view.host):
-            return f"host {view.host!r} is not one of {self.config.match.hosts}"
-        if self.cidrs and not _in_cidrs(view.client_ip, self.cidrs):
-            return f"client {view.client_ip} is outside {self.config.match.client_cidrs}"
-        if self.user_agents:
-            agent = view.headers.get("User-Agent", "")
-            if not any(pattern.search(agent) for pattern in self.user_agents):
-                return "User-Agent does not match"
-        for name, test in self.header_tests:
-            if not test(view.headers.get(name)):
-                return f"header {name} is not {_describe((self.config.match.headers or {})[name])}"
-        for name, test in self.cookie_tests:
-            if not test(view.cookies.get(name)):
-                return f"cookie {name} is not {_describe((self.config.match.cookies or {})[name])}"
-        for name, test in self.query_tests:
-            values = view.query.get(name)
-            if not test(values[0] if values else None):
-                return f"query parameter {name} is not {_describe((self.config.match.query or {})[name])}"
+        for check, explain in self.checks:
+            if not check(view):
+                return explain(view)
         return None
 
     def state_key(self, view: RequestView) -> str:
@@ -307,7 +365,7 @@ class Policy:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
         dry_runs: list[CompiledRule] | None = None
         for rule in self.candidates(view.method, view.path):
-            if rule.mismatch(view) is None:
+            if rule.matches(view):
                 if not rule.dry_run:
                     return rule, dry_runs
                 if dry_runs is None:
