@@ -7,7 +7,9 @@ from aiohttp.pytest_plugin import AiohttpServer
 from tests.conftest import MakeShield, url_of
 
 
-async def test_forwards_a_request_and_its_answer(aiohttp_server: AiohttpServer, make_shield: MakeShield) -> None:
+async def test_forwards_a_request_and_its_answer(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
     seen: list[web.Request] = []
 
     async def hello(request: web.Request) -> web.Response:
