@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config.model import ShieldConfig
+from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.policy.identity import IdentityResolver, NoIdentity
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, Policy, RequestView
@@ -33,7 +34,7 @@ def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
     if rule.action == "close":
         # The Retry-After the client gets (see actions.closed), not the raw config value.
         seconds = max(1, math.ceil(config.retry_after or default_retry_after))
-        return f"close (503, Retry-After {seconds}s): {config.message!r}"
+        return f"close (503, Retry-After {seconds}s): {config.message or DEFAULT_CLOSE_MESSAGE!r}"
     if rule.action == "throttle":
         assert rule.rate is not None
         counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""

@@ -134,7 +134,7 @@ class Gatekeeper:
             stats.requests[(rule.name, action, "closed", identity.label)] += 1
             config = rule.config
             closed = actions.closed(
-                message=config.message or "This feature is temporarily unavailable.",
+                message=config.message or actions.DEFAULT_CLOSE_MESSAGE,
                 retry_after=config.retry_after or runtime.config.policy.default_retry_after,
                 accept=accept,
                 template=runtime.close_template,
@@ -192,9 +192,8 @@ class Gatekeeper:
     @staticmethod
     def _refusal(request: web.BaseRequest, response: ShieldAnswer) -> ShieldAnswer:
         # A client waiting for 100 Continue never sends its body: close rather than wait for it.
-        expect = request.headers.get("Expect")
-        if expect is not None and request.body_exists:
-            response.force_close()
+        if "Expect" in request.headers and request.body_exists:
+            response.close_connection_after(request)
         return response
 
     def _record_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:

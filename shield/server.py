@@ -24,7 +24,7 @@ from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
 from shield.limiter import MemoryLimiter
 from shield.metrics import ProxyStats, build_registry
-from shield.policy.identity import NoIdentity
+from shield.policy.identity import IdentityResolver, NoIdentity
 from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.reload import PolicyHolder, build_runtime
 from shield.upstream import UpstreamPool
@@ -124,12 +124,14 @@ class Shield:
         admin: bool = True,
         reuse_port: bool = False,
         clock: Clock | None = None,
+        identities: IdentityResolver | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self._with_admin = admin
         self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
+        self.identities = identities or NoIdentity()
         self.stats = ProxyStats()
         self.registry = build_registry(self.stats)
         self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
@@ -195,7 +197,7 @@ class Shield:
             proxy=proxy,
             websockets=self.websockets,
             limiter=self.limiter,
-            identities=NoIdentity(),
+            identities=self.identities,
             clock=self.clock,
             stats=self.stats,
         )

@@ -527,6 +527,26 @@ async def test_expect_100_continue_on_a_closed_route_gets_503_without_100(
     assert upstream.hits == []
 
 
+async def test_a_refused_expect_100_continue_closes_at_once_instead_of_waiting_for_the_body(
+    upstream: Upstream, start: StartShield
+) -> None:
+    shield = await start(upstream.url, rules=[REGISTRATION_CLOSED])
+    reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+    try:
+        writer.write(
+            b"POST /api/register HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 1000000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        started = asyncio.get_running_loop().time()
+        # read() returns at EOF: the connection must close now, not after aiohttp's lingering time.
+        response = await asyncio.wait_for(reader.read(), 5)
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        writer.close()
+    assert response.startswith(b"HTTP/1.1 503 ")
+    assert elapsed < 2.0
+
+
 async def test_expect_100_continue_on_an_open_route_is_forwarded(
     upstream: Upstream, start: StartShield
 ) -> None:

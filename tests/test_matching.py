@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import ValidationError
 
 from shield.config.rules import PolicyOptions, Rule
 from shield.policy.identity import ANONYMOUS, Identity
@@ -158,6 +159,20 @@ def test_query_values_are_decoded() -> None:
     policy = one_rule(query={"action": "register"})
     assert matches(policy, view(query="action=%72egister"))
     assert not matches(policy, view(query="ACTION=register"))
+
+
+def test_a_repeated_query_parameter_matches_on_any_of_its_values() -> None:
+    # Frameworks disagree on which of ?action=login&action=register counts; the rule sees both.
+    policy = one_rule(query={"action": "register"})
+    assert matches(policy, view(query="action=login&action=register"))
+    assert matches(policy, view(query="action=register&action=login"))
+    assert not matches(one_rule(query={"action": "absent"}), view(query="action=login"))
+
+
+def test_a_repeated_header_matches_on_any_of_its_lines() -> None:
+    headers = CIMultiDict([("X-Role", "user"), ("X-Role", "admin")])
+    request = RequestView("GET", "/", "shop.example", CIMultiDictProxy(headers), "", "192.0.2.1", ANONYMOUS)
+    assert matches(one_rule(headers={"X-Role": "admin"}), request)
 
 
 def test_all_conditions_must_hold() -> None:
@@ -316,7 +331,7 @@ def _random_rule(rng: random.Random, index: int) -> dict[str, Any]:
     if rng.random() < 0.5:
         match["methods"] = rng.sample(METHODS, rng.randint(1, 2))
     if rng.random() < 0.8:
-        match["paths"] = rng.sample(PATTERNS, rng.choice([0, 1, 1, 1, 2, 3]))
+        match["paths"] = rng.sample(PATTERNS, rng.choice([1, 1, 1, 2, 3]))
     if rng.random() < 0.15:
         match["hosts"] = rng.sample(["shop.example", "*.example.com", "other.example"], 1)
     if rng.random() < 0.15:
@@ -391,12 +406,8 @@ def test_index_never_changes_the_answer(case_insensitive: bool) -> None:
     assert checked * 0.2 < decided_by_a_rule < checked * 0.95
 
 
-def test_index_with_empty_lists() -> None:
-    # An empty list must mean the same thing to the index as to the rule's own check.
-    policy = make_policy(
-        {"name": "no-paths", "match": {"paths": []}, "action": "block"},
-        {"name": "no-methods", "match": {"methods": [], "paths": ["/x"]}, "action": "block"},
-        {"name": "no-hosts", "match": {"hosts": [], "paths": ["/y"]}, "action": "block"},
-    )
-    for request in (view("GET", "/x"), view("GET", "/y"), view("GET", "/z")):
-        assert policy.match(request) == linear_scan(policy, request)
+@pytest.mark.parametrize("condition", ["paths", "methods", "hosts", "client_cidrs", "user_agents"])
+def test_an_empty_list_is_refused_rather_than_guessed(condition: str) -> None:
+    # Does "paths: []" mean "no path" or "any path"? The file must say; an empty list is an error.
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        Rule.model_validate({"name": "empty", "match": {condition: []}, "action": "block"})

@@ -7,6 +7,7 @@ that into a line and column.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shield.config.model import ShieldConfig
 from shield.config.rules import Rule
@@ -21,19 +22,32 @@ class Finding:
     severity: str = "error"
 
 
-def lint(config: ShieldConfig) -> list[Finding]:
+def duplicate_names(data: dict[str, Any]) -> list[Finding]:
+    """Rule names used twice, read from the raw file so they show up beside any other error."""
     findings: list[Finding] = []
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return findings
     seen: dict[str, int] = {}
-    for index, rule in enumerate(config.rules):
-        if rule.name in seen:
+    for index, rule in enumerate(rules):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
             findings.append(
                 Finding(
                     ("rules", index, "name"),
-                    f"rules.{index}.name: duplicate rule name {rule.name!r} (also rules.{seen[rule.name]})",
+                    f"rules.{index}.name: duplicate rule name {name!r} (also rules.{seen[name]})",
                 )
             )
         else:
-            seen[rule.name] = index
+            seen[name] = index
+    return findings
+
+
+def lint(config: ShieldConfig) -> list[Finding]:
+    """Findings that need the validated config: rules that can never match."""
+    findings: list[Finding] = []
     for index, rule in enumerate(config.rules):
         for earlier_index, earlier in enumerate(config.rules[:index]):
             if shadows(earlier, rule):

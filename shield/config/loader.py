@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from shield.config.lint import lint
+from shield.config.lint import Finding, duplicate_names, lint
 from shield.config.model import ShieldConfig
 from shield.errors import ConfigError, ConfigIssue
 
@@ -57,22 +57,29 @@ def parse_config(
     data = _to_python(root, name, issues)
     if not isinstance(data, dict):
         issues.append(_issue_at(root, name, "the config file must be a mapping of sections"))
-    if issues:
         raise ConfigError(issues)
+    issues += [_finding_issue(root, name, finding) for finding in duplicate_names(data)]
     try:
         config = ShieldConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_issues_from(exc, root, name)) from exc
-    found: list[ConfigIssue] = []
-    for finding in lint(config):
-        node, _ = _locate(root, finding.loc, at_key=False)
-        line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        found.append(ConfigIssue(name, line, column, finding.message, finding.severity))
-    if any(issue.severity == "error" for issue in found):
-        raise ConfigError(sorted(found, key=lambda issue: (issue.line, issue.column)))
+        issues += _issues_from(exc, root, name)
+        raise ConfigError(_sorted(issues)) from exc
+    issues += [_finding_issue(root, name, finding) for finding in lint(config)]
+    if any(issue.severity == "error" for issue in issues):
+        raise ConfigError(_sorted(issues))
     if warnings is not None:
-        warnings.extend(found)
+        warnings.extend(issues)
     return config
+
+
+def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(issues, key=lambda issue: (issue.line, issue.column))
+
+
+def _finding_issue(root: yaml.Node, name: str, finding: Finding) -> ConfigIssue:
+    node, _ = _locate(root, finding.loc, at_key=False)
+    line, column = node.start_mark.line + 1, node.start_mark.column + 1
+    return ConfigIssue(name, line, column, finding.message, finding.severity)
 
 
 def _issue_at(node: yaml.Node, name: str, message: str) -> ConfigIssue:
@@ -141,13 +148,27 @@ def _model_at(loc: Location) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _suggestion(loc: Location) -> str:
+def _field_names(loc: Location) -> list[str] | None:
     model = _model_at(loc[:-1])
-    if model is None or not isinstance(loc[-1], str):
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return None
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _suggested_name(loc: Location) -> str | None:
+    names = _field_names(loc)
+    if names is None:
+        return None
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _suggestion(loc: Location) -> str:
+    names = _field_names(loc)
+    if names is None:
         return ""
-    names = [f.alias or n for n, f in model.model_fields.items()]
-    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(names)})"
+    suggested = _suggested_name(loc)
+    return f" (did you mean {suggested!r}?)" if suggested else f" (expected one of: {', '.join(names)})"
 
 
 def _clean_loc(loc: Location) -> Location:
@@ -160,9 +181,20 @@ def _clean_loc(loc: Location) -> Location:
 def _issues_from(exc: ValidationError, root: yaml.Node, name: str) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     seen: set[tuple[int, int, str]] = set()
-    for error in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # A misspelt key ('acton') already says "did you mean 'action'?": no separate "missing".
+    misspelt = {
+        (*_clean_loc(tuple(e["loc"]))[:-1], suggested)
+        for e in errors
+        if e["type"] == "extra_forbidden"
+        for suggested in [_suggested_name(_clean_loc(tuple(e["loc"])))]
+        if suggested is not None
+    }
+    for error in errors:
         loc = _clean_loc(tuple(error["loc"]))
         kind = error["type"]
+        if kind == "missing" and loc in misspelt:
+            continue
         dotted = ".".join(str(step) for step in loc) or "(top level)"
         if kind == "extra_forbidden":
             message = f"{dotted}: unknown key{_suggestion(loc)}"

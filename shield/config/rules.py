@@ -10,7 +10,14 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from shield.config.base import Section
 from shield.config.units import Duration
@@ -19,6 +26,7 @@ _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 _PERIODS |= {"d": 86400, "day": 86400}
 ACTIONS = ("allow", "block", "close", "throttle")
+DEFAULT_CLOSE_MESSAGE = "This feature is temporarily unavailable."
 KEY_PARTS = ("ip", "user", "route")
 
 
@@ -118,14 +126,15 @@ PathPattern = Annotated[str, BeforeValidator(lambda v: _check_path(v) if isinsta
 class Match(Section):
     """Every condition given must hold; a list means any of its items."""
 
-    methods: list[str] | None = Field(None, description="HTTP methods, e.g. [POST, PUT].")
+    methods: list[str] | None = Field(None, min_length=1, description="HTTP methods, e.g. [POST, PUT].")
     paths: list[PathPattern] | None = Field(
         None,
+        min_length=1,
         description="Normalized path patterns: '/api/login' exact, '/api/*' one segment, "
         "'/api/**' the prefix at any depth (and '/api' itself), '/api/reg*' a name prefix.",
     )
     hosts: list[str] | None = Field(
-        None, description="Host names (case-insensitive, port ignored); '*.example.com'."
+        None, min_length=1, description="Host names (case-insensitive, port ignored); '*.example.com'."
     )
     headers: dict[str, ValueMatch] | None = Field(
         None, description="Header name -> present / equals / regex."
@@ -137,9 +146,11 @@ class Match(Section):
         None, description="Query parameter -> present / equals / regex."
     )
     client_cidrs: list[str] | None = Field(
-        None, description="Client addresses, e.g. [10.0.0.0/8, 2001:db8::/32]."
+        None, min_length=1, description="Client addresses, e.g. [10.0.0.0/8, 2001:db8::/32]."
     )
-    user_agents: list[str] | None = Field(None, description="Regexes searched in the User-Agent header.")
+    user_agents: list[str] | None = Field(
+        None, min_length=1, description="Regexes searched in the User-Agent header."
+    )
 
     @field_validator("methods")
     @classmethod
@@ -225,18 +236,28 @@ class Rule(Section):
             raise ValueError("a rule name is 1-64 letters, digits, '_', '.', ':' or '-'")
         return value
 
+    @field_validator("limit", "burst", "count")
+    @classmethod
+    def _throttle_only(cls, value: object, info: ValidationInfo) -> object:
+        # Field validators run in declaration order, so ``action`` is known here and the error
+        # points at the offending key rather than at the whole rule.
+        action = info.data.get("action")
+        if value is not None and action is not None and action != "throttle":
+            raise ValueError(f"'{info.field_name}' only applies to action: throttle, not {action}")
+        return value
+
+    @field_validator("message", "retry_after")
+    @classmethod
+    def _close_only(cls, value: object, info: ValidationInfo) -> object:
+        action = info.data.get("action")
+        if value is not None and action is not None and action != "close":
+            raise ValueError(f"'{info.field_name}' only applies to action: close, not {action}")
+        return value
+
     @model_validator(mode="after")
-    def _fields_fit_action(self) -> Rule:
+    def _throttle_has_limit(self) -> Rule:
         if self.action == "throttle" and self.limit is None:
             raise ValueError("a throttle rule needs a limit, e.g. limit: 10/minute")
-        if self.action != "throttle":
-            for field in ("limit", "burst", "count"):
-                if getattr(self, field) is not None:
-                    raise ValueError(f"'{field}' only applies to action: throttle")
-        if self.action != "close":
-            for field in ("message", "retry_after"):
-                if getattr(self, field) is not None:
-                    raise ValueError(f"'{field}' only applies to action: close")
         return self
 
     @property

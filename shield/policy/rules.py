@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
+
+from multidict import MultiMapping
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
@@ -44,7 +46,7 @@ class RequestView:
         method: str,
         path: str,
         host: str,
-        headers: Mapping[str, str],
+        headers: MultiMapping[str],
         query_string: str,
         client_ip: str,
         identity: Identity,
@@ -96,16 +98,24 @@ def _describe(test: ValueMatch) -> str:
 Check = tuple[Callable[["RequestView"], bool], Callable[["RequestView"], str]]
 
 
-def _query_value(view: RequestView, name: str) -> str | None:
-    values = view.query.get(name)
-    return values[0] if values else None
+def _cookie_values(view: RequestView, name: str) -> list[str]:
+    value = view.cookies.get(name)
+    return [] if value is None else [value]
 
 
-_readers: dict[str, Callable[[RequestView, str], str | None]] = {
-    "header": lambda view, name: view.headers.get(name),
-    "cookie": lambda view, name: view.cookies.get(name),
-    "query parameter": _query_value,
+# Every occurrence is tested, and one that passes is enough: with ?action=login&action=register
+# some frameworks see the first value and others the last, so a rule must see both.
+_readers: dict[str, Callable[[RequestView, str], Sequence[str]]] = {
+    "header": lambda view, name: view.headers.getall(name, ()),
+    "cookie": _cookie_values,
+    "query parameter": lambda view, name: view.query.get(name, ()),
 }
+
+
+def _any_value(test: Callable[[str | None], bool], values: Sequence[str]) -> bool:
+    if not values:
+        return test(None)
+    return any(test(value) for value in values)
 
 
 class PathMatcher:
@@ -281,7 +291,7 @@ class CompiledRule:
                 why = f"{kind} {name} is not {_describe((specs or {})[name])}"
                 read = _readers[kind]
                 checks.append(
-                    (lambda v, n=name, t=test, r=read: t(r(v, n)), lambda v, w=why: w)  # type: ignore[misc]
+                    (lambda v, n=name, t=test, r=read: _any_value(t, r(v, n)), lambda v, w=why: w)  # type: ignore[misc]
                 )
         return tuple(checks)
 
