@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from yarl import URL
 
 from shield.config.model import ShieldConfig
 from shield.demo import build_demo_app, try_lines
@@ -31,5 +32,9 @@ async def _demo(config: ShieldConfig, config_path: str, upstream_port: int) -> N
 
 def run_demo(config: ShieldConfig, *, config_path: str, upstream_port: int | None = None) -> int:
     install_uvloop()
-    asyncio.run(_demo(config, config_path, upstream_port or config.upstream.port))
+    if upstream_port is not None and upstream_port != config.upstream.port:
+        # The demo service listens on --upstream-port: Shield must forward there, not to the file's.
+        url = str(URL(config.upstream.url).with_port(upstream_port))
+        config = config.model_copy(update={"upstream": config.upstream.model_copy(update={"url": url})})
+    asyncio.run(_demo(config, config_path, config.upstream.port))
     return 0
