@@ -102,6 +102,12 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
+def _quoted_pair(text: str) -> str:
+    # Inside a quoted-string (RFC 9110 §5.6.4) a client's '"' would end the value and let it
+    # append its own for= to Shield's Forwarded element.
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 class RequestHeadBuilder:
     """Builds the upstream request head in one pass over the client's raw headers.
 
@@ -157,7 +163,7 @@ class RequestHeadBuilder:
                 if lower == b"host":
                     host = value
                 elif lower == b"via":
-                    via = value
+                    via = value if via is None else via + b", " + value
                 elif lower == b"connection":
                     named = value if named is None else named + b"," + value
                 continue
@@ -180,7 +186,7 @@ class RequestHeadBuilder:
         if self._forwarded:
             forwarded = f"for={_forwarded_node(client_ip)};proto={self._proto}"
             if host is not None:
-                forwarded += f';host="{host.decode("latin-1")}"'
+                forwarded += f';host="{_quoted_pair(host.decode("latin-1"))}"'
             parts += (b"Forwarded: ", forwarded.encode("latin-1"), b"\r\n")
         parts += (framing, b"\r\n")
         return b"".join(parts)
