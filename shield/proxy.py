@@ -145,7 +145,12 @@ class Proxy:
         else:
             content_length = request.content_length
             if content_length is not None and content_length > settings.max_body_size:
-                return plain_response(413, "Request body too large.", close=True)
+                too_large = answer(413, "Request body too large.", close=True)
+                if "Expect" in request.headers:
+                    # The client waits for 100 Continue and never sends the body: hang up at once
+                    # rather than let aiohttp linger for it.
+                    too_large.close_connection_after(request)
+                return too_large
             _continue_if_expected(request)
             if content_length is not None and content_length <= SMALL_BODY:
                 try:
