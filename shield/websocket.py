@@ -148,11 +148,18 @@ async def _pump(
         elif kind is WSMsgType.PONG:
             await sink.pong(message.data)
         elif kind is WSMsgType.CLOSE:
-            code = message.data if isinstance(message.data, int) else 1000
-            await sink.close(code=code, message=(message.extra or "").encode())
+            await sink.close(code=_sendable(message.data, 1000), message=(message.extra or "").encode())
             return
-        else:  # CLOSING, CLOSED, ERROR
-            code = source.close_code or 1011
+        else:  # CLOSING (the other pump is relaying a close to source), CLOSED, ERROR
+            default = 1000 if kind is WSMsgType.CLOSING else 1011
             with contextlib.suppress(Exception):
-                await sink.close(code=code)
+                await sink.close(code=_sendable(source.close_code, default))
             return
+
+
+def _sendable(code: object, default: int) -> int:
+    """``code`` if it may appear in a Close frame, else ``default``: a frame without a code
+    arrives as 0, and 1005, 1006 and 1015 must never be sent (RFC 6455 §7.4.1)."""
+    if isinstance(code, int) and code >= 1000 and code not in (1005, 1006, 1015):
+        return code
+    return default

@@ -101,6 +101,7 @@ async def test_a_client_close_code_reaches_the_upstream(
         await ws.close(code=4001, message=b"client leaving")
     await asyncio.wait_for(seen.closed.wait(), 5)
     assert seen.close_code == 4001
+    assert ws.close_code in (1000, 4001)  # the close reply is a normal one, not an error
 
 
 async def test_an_upstream_close_code_reaches_the_client(
@@ -115,6 +116,28 @@ async def test_an_upstream_close_code_reaches_the_client(
         assert message.data == 4002
         assert message.extra == "upstream says bye"
     assert ws.close_code == 4002
+
+
+async def test_a_close_without_a_code_reaches_the_upstream_as_a_normal_close(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    # Browsers send a Close frame with no status code on ws.close(); it must not be relayed as an
+    # invalid code (0 or 1005 may never appear on the wire, RFC 6455 §7.4.1).
+    seen = Seen()
+    shield = await start(aiohttp_server, make_shield, seen)
+    reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+    writer.write(bytes([0x88, 0x80, 1, 2, 3, 4]))  # FIN + Close, masked, no payload
+    reply = await asyncio.wait_for(reader.readexactly(4), 5)
+    writer.close()
+    await asyncio.wait_for(seen.closed.wait(), 5)
+    assert [kind for kind, _ in seen.messages] == []  # no protocol error on the upstream's side
+    assert seen.close_code == 1000
+    assert reply == bytes([0x88, 0x02]) + (1000).to_bytes(2, "big")
 
 
 async def test_the_subprotocol_the_upstream_chose_is_echoed(
