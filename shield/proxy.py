@@ -171,14 +171,15 @@ class Proxy:
 
         head_request = method == "HEAD"
         retry = not streamed and method in IDEMPOTENT
+        fresh = False
         conn: UpstreamConnection | None = None
         upload: asyncio.Task[None] | None = None
         try:
             while True:
-                conn = self.pool.take_idle()
+                conn = None if fresh else self.pool.take_idle()
                 reused = conn is not None
                 if conn is None:
-                    conn, reused = await self.pool.acquire()
+                    conn, reused = await self.pool.acquire(fresh=fresh)
                 try:
                     conn.start(head, head_request=head_request)
                     if streamed:
@@ -193,6 +194,7 @@ class Proxy:
                     # connection, and only what is safe to send twice (RFC 9112 §9.3.1).
                     if retry and reused and not conn.received_any:
                         retry = False
+                        fresh = True
                         conn.close()
                         continue
                     raise

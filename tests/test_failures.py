@@ -385,3 +385,35 @@ async def test_a_header_within_max_header_size_passes(
 
     assert response.status == 200
     assert upstream.requests[0].header(b"X-Big") == [b"x" * 900]
+
+
+async def test_a_retry_never_reuses_another_dead_pooled_connection(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    both_connected = asyncio.Event()
+    connections: set[asyncio.StreamWriter] = set()
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def respond(request: UpstreamRequest, writer: asyncio.StreamWriter) -> None:
+        # Two requests in flight at once leave two connections in Shield's pool; after that the
+        # upstream (restarted, say) hangs up on any pooled connection it is sent a request on.
+        if writer in answered:
+            writer.close()
+            return
+        connections.add(writer)
+        if len(connections) == 2:
+            both_connected.set()
+        await both_connected.wait()
+        answered.add(writer)
+        writer.write(OK)
+
+    upstream = await raw_upstream(respond)
+    shield = await make_shield(upstream.url)
+    request = b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n"
+    warm = await asyncio.gather(exchange(shield, request), exchange(shield, request))
+    assert [response.status for response in warm] == [200, 200]
+
+    response = await exchange(shield, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    assert response.status == 200
+    assert [r.line for r in upstream.requests].count(b"GET /after HTTP/1.1") == 2
