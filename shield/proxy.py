@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
@@ -88,6 +88,21 @@ class ClientBodyError(Exception):
 
 def plain_response(status: int, text: str, *, close: bool = False) -> web.Response:
     return answer(status, text, close=close)
+
+
+class RelayedResponse(web.StreamResponse):
+    """A streamed upstream answer: aiohttp must not invent a Content-Type the upstream left out.
+
+    ``StreamResponse`` defaults it to application/octet-stream (aiohttp 3.14
+    ``_prepare_headers``, no public opt-out), which would turn a page the browser sniffs into a
+    download, and only for the bodies that happen to stream.
+    """
+
+    async def _prepare_headers(self) -> None:
+        invented = hdrs.CONTENT_TYPE not in self.headers
+        await super()._prepare_headers()
+        if invented:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
 
 
 class WrittenResponse:
@@ -275,7 +290,7 @@ class Proxy:
             headers["Server"] = "shield"
         for name, value in extra or ():
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        response = web.StreamResponse(status=conn.status, headers=headers)
+        response = RelayedResponse(status=conn.status, headers=headers)
         if declared is not None:
             response.content_length = int(declared)
         idle = self.settings.upstream_idle

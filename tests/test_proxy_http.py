@@ -697,3 +697,49 @@ async def test_early_hints_before_the_final_answer_leave_it_intact(
     assert (response.status, response.body) == (200, b"<html>")
     assert response.header(b"Link") == []
     assert response.header(b"Content-Type") == [b"text/html"]
+
+
+async def test_an_unasked_100_continue_from_the_upstream_is_not_mistaken_for_the_answer(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    _, shield = await proxied(
+        raw_upstream,
+        make_shield,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone",
+        OK,
+    )
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        first = await read_response(reader)
+        writer.write(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        following = await read_response(reader)
+
+    assert (first.status, first.body) == (201, b"done")
+    assert (following.status, following.body) == (200, b"ok")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_shield_invents_no_content_type(
+    raw_upstream: StartUpstream, make_shield: MakeShield, streamed: bool
+) -> None:
+    client_got_head = asyncio.Event()
+    if not streamed:
+        client_got_head.set()
+    respond = await answer_in_two_parts(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", b"def", client_got_head
+    )
+    upstream = await raw_upstream(respond)
+    shield = await make_shield(upstream.url)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        _, headers, raw = await read_head(reader)
+        client_got_head.set()
+        body, _ = await read_body(reader, headers)
+    response = Response(200, headers, body, raw)
+
+    assert response.body == b"abcdef"
+    assert response.header(b"Content-Type") == []
+    assert response.header(b"Server") == [b"shield"]
+    assert len(response.header(b"Date")) == 1
