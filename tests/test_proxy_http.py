@@ -743,3 +743,27 @@ async def test_shield_invents_no_content_type(
     assert response.header(b"Content-Type") == []
     assert response.header(b"Server") == [b"shield"]
     assert len(response.header(b"Date")) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        (b"GET", b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"),
+    ],
+    ids=["204 with a body", "HEAD with a body"],
+)
+async def test_body_bytes_an_upstream_sends_where_none_belong_never_reach_the_client(
+    raw_upstream: StartUpstream, make_shield: MakeShield, method: bytes, answer: bytes
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield, answer, OK)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(method + b" /r HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = await read_response(reader, head_request=method == b"HEAD")
+        writer.write(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        following = await read_response(reader)
+
+    assert first.status in (200, 204)
+    assert (following.status, following.body) == (200, b"ok")
+    assert [r.line for r in upstream.requests][-1] == b"GET /next HTTP/1.1"
