@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def require_c_parser() -> None:
             "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS set, or no wheel for "
             "this platform); Shield refuses to run on the pure-Python parser"
         )
+
+
+_KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -76,6 +80,27 @@ class GuardedRequestHandler(RequestHandler):
             self.force_close()
             if self.transport is not None:
                 self.transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's own error answers (malformed requests), without echoing the bad input back
+        and without announcing the aiohttp version. Logged at debug level only: under attack a
+        flood of malformed requests must not become a flood of tracebacks."""
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+        else:
+            log.debug("refused a malformed request with %d: %s", status, exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; the connection is broken")
+        reason = HTTPStatus(status).phrase if status in _KNOWN_STATUSES else "Error"
+        answer = web.Response(status=status, text=f"{reason}.\n", headers={"Server": "shield"})
+        answer.force_close()
+        return answer
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_deadline is not None:
@@ -213,6 +238,8 @@ class Shield:
             max_headers=limits.max_headers,
             auto_decompress=False,
             access_log=None,
+            # After a refusal, read and discard the rest of a body for at most this long.
+            lingering_time=2.0,
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -267,6 +294,8 @@ class Shield:
         if self._listener is not None:
             self._listener.close()
         if self._server is not None:
+            # Close idle keep-alive connections now; busy ones close once their request is done.
+            self._server.pre_shutdown()
             try:
                 await asyncio.wait_for(self._server.shutdown(grace), grace + 1.0)
             except TimeoutError:

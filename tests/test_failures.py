@@ -375,6 +375,24 @@ async def test_a_line_over_max_header_size_gets_aiohttps_400(
     assert upstream.heads == []
 
 
+async def test_a_malformed_request_gets_a_plain_400_that_echoes_nothing_and_logs_no_traceback(
+    raw_upstream: StartUpstream, make_shield: MakeShield, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await raw_upstream(replying(OK))
+    shield = await make_shield(upstream.url)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET /\x01<script>x</script> HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = await read_response(reader)
+        rest = await read_until_closed(reader)
+
+    assert response.status == 400
+    assert response.header(b"Server") == [b"shield"]
+    assert b"script" not in response.body + rest
+    assert upstream.heads == []
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 async def test_a_header_within_max_header_size_passes(
     raw_upstream: StartUpstream, make_shield: MakeShield
 ) -> None:

@@ -228,11 +228,6 @@ async def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits
     assert loop.time() - signalled < 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shield/server.py Shield.stop awaits web.Server.shutdown() without pre_shutdown() first, "
-    "so each idle keep-alive connection holds the exit for the whole grace period",
-)
 async def test_sigterm_does_not_wait_for_idle_keepalive_connections(
     aiohttp_server: AiohttpServer, run_shield: StartShield
 ) -> None:

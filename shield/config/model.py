@@ -146,7 +146,7 @@ class Timeouts(Section):
 
 class Limits(Section):
     max_header_size: Size = Field(
-        8190, ge=256, description="Request line and each header line (431/414 past it)."
+        8190, ge=256, description="Request line and each header line (400 past it)."
     )
     max_headers: int = Field(128, ge=8, description="Header lines per request.")
     max_body_size: Size = Field(100 * 1024**2, ge=0, description="Request body bytes (413 past it).")
