@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,13 @@ async def make_shield() -> AsyncIterator[MakeShield]:
     yield make
     for shield in started:
         await shield.stop(grace=1.0)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now, for configs of subprocesses."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def url_of(shield: Shield, path: str = "/") -> str:

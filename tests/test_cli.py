@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from shield import __version__
 from shield.cli import main
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "tests" / "configs"
@@ -129,12 +129,6 @@ def test_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"shield {__version__}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_demo_serves_the_sample_app_behind_shield(tmp_path: Path) -> None:

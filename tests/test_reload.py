@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from shield.clock import FakeClock
 from shield.config import load_config
 from shield.server import Shield
-from tests.conftest import url_of
+from tests.conftest import free_port, url_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -255,12 +254,6 @@ async def test_zero_failed_requests_during_20_reloads_under_load(
     assert sum(statuses.values()) > 100
     assert (await metrics(client, shield))['shield_config_reloads_total{result="success"}'] == 20
     assert await register(client, shield) == 200  # the last file written
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
+
+from tests.conftest import free_port
 
 GIB = 1024**3
 MIB = 1024**2
@@ -34,12 +35,6 @@ BLOCK = random.Random(0).randbytes(MIB)
 def block(index: int) -> bytes:
     """The index-th MiB of a test body: numbered, so a lost or repeated block changes the hash."""
     return index.to_bytes(8, "big") + BLOCK[8:]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def memory_kib(pid: int) -> dict[str, int]:
