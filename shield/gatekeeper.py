@@ -119,16 +119,15 @@ class Gatekeeper:
         if rule is None:
             return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
 
-        debug = runtime.config.policy.debug_header
+        debug = runtime.debug_header
         action = rule.action
-        accept = headers.get("Accept")
         if action == "allow":
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
             return await self._forward(request, target, extra, rule.name, action, identity.label)
         if action == "block":
             stats.requests[(rule.name, action, "blocked", identity.label)] += 1
             return self._refusal(
-                request, actions.blocked(accept=accept, extra=_debug(debug, rule, "blocked"))
+                request, actions.blocked(accept=headers.get("Accept"), extra=_debug(debug, rule, "blocked"))
             )
         if action == "close":
             stats.requests[(rule.name, action, "closed", identity.label)] += 1
@@ -136,7 +135,7 @@ class Gatekeeper:
             closed = actions.closed(
                 message=config.message or actions.DEFAULT_CLOSE_MESSAGE,
                 retry_after=config.retry_after or runtime.config.policy.default_retry_after,
-                accept=accept,
+                accept=headers.get("Accept"),
                 template=runtime.close_template,
                 extra=_debug(debug, rule, "closed"),
             )
@@ -153,7 +152,9 @@ class Gatekeeper:
             result = self.limiter.peek(key, rate, self.clock.now())
         if not result.allowed:
             stats.requests[(rule.name, action, "throttled", identity.label)] += 1
-            refusal = actions.throttled(result, accept=accept, extra=_debug(debug, rule, "throttled"))
+            refusal = actions.throttled(
+                result, accept=headers.get("Accept"), extra=_debug(debug, rule, "throttled")
+            )
             return self._refusal(request, refusal)
         extra = ratelimit_headers(result)
         if debug:

@@ -37,6 +37,7 @@ class Runtime:
     policy: Policy
     close_template: Template
     version: str
+    debug_header: bool
 
 
 def build_runtime(config: ShieldConfig, text: str) -> Runtime:
@@ -49,6 +50,7 @@ def build_runtime(config: ShieldConfig, text: str) -> Runtime:
         policy=Policy(config.rules, config.policy),
         close_template=template,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
+        debug_header=config.policy.debug_header,
     )
 
 

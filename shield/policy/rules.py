@@ -23,6 +23,7 @@ from shield.limiter import Gcra
 from shield.policy.identity import Identity
 from shield.policy.paths import fold_case
 
+_BY_IP = ("ip",)
 ANY = ""  # index key for "any method" / "any first segment"
 
 
@@ -311,6 +312,8 @@ class CompiledRule:
 
     def state_key(self, view: RequestView) -> str:
         """The throttle bucket of ``view``; a missing header, cookie or user falls back to the IP."""
+        if self.key_parts == _BY_IP:
+            return self.state_prefix + view.client_ip
         parts = []
         for part in self.key_parts:
             if part == "ip":
