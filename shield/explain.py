@@ -110,5 +110,5 @@ def explain(
             f"has room ({decided.rate.burst} at once, then {decided.config.limit}); 429 beyond"
         )
     else:
-        lines.append(f"decision: {decided.verdict.outcome} by rule {decided.name!r}")
+        lines.append(f"decision: {decided.outcome} by rule {decided.name!r}")
     return lines

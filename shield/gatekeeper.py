@@ -204,7 +204,7 @@ class Gatekeeper:
                 result = self.limiter.hit(rule.state_key(view), rule.rate, self.clock.now())
                 outcome = "forwarded" if result.allowed else "throttled"
             else:
-                outcome = rule.verdict.outcome
+                outcome = rule.outcome
             self.stats.dry_run[(rule.name, outcome)] += 1
             if outcome != "forwarded":
                 log.info(

@@ -25,7 +25,6 @@ from shield.config.units import Duration
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 _PERIODS |= {"d": 86400, "day": 86400}
-ACTIONS = ("allow", "block", "close", "throttle")
 DEFAULT_CLOSE_MESSAGE = "This feature is temporarily unavailable."
 KEY_PARTS = ("ip", "user", "route")
 

@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
@@ -180,16 +179,6 @@ def first_segments(patterns: list[str] | None, *, case_insensitive: bool) -> fro
     return frozenset(segments)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A rule's answer, fixed at compile time for every action but throttle."""
-
-    rule: str
-    action: str
-    outcome: str  # forwarded, blocked, closed, throttled
-    dry_run: bool
-
-
 class CompiledRule:
     __slots__ = (
         "action",
@@ -206,12 +195,12 @@ class CompiledRule:
         "key_parts",
         "methods",
         "name",
+        "outcome",
         "paths",
         "query_tests",
         "rate",
         "state_prefix",
         "user_agents",
-        "verdict",
     )
 
     def __init__(self, rule: Rule, options: PolicyOptions) -> None:
@@ -243,7 +232,7 @@ class CompiledRule:
         # Throttle state survives a reload only while name and rate stay the same.
         self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
-        self.verdict = Verdict(rule.name, rule.action, outcome[rule.action], self.dry_run)
+        self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
 
     def _compile_checks(self) -> tuple[Check, ...]:
