@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset")
+STATE_BACKENDS = ("memory", "redis")
 
 
 class ProxyStats:
@@ -30,6 +31,8 @@ class ProxyStats:
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
         self.last_reload_success = 0.0
         self.config_version = ""
+        # backend -> failed calls to the shared state (Redis errors and timeouts)
+        self.state_errors: Counter[str] = Counter({backend: 0 for backend in STATE_BACKENDS})
 
 
 class ShieldCollector(Collector):
@@ -83,6 +86,14 @@ class ShieldCollector(Collector):
         )
         info.add_metric([stats.config_version], 1)
         yield info
+        state_errors = CounterMetricFamily(
+            "shield_state_errors",
+            "Calls to the shared state backend that failed or timed out.",
+            labels=["backend"],
+        )
+        for backend, count in sorted(stats.state_errors.items()):
+            state_errors.add_metric([backend], count)
+        yield state_errors
 
 
 def build_registry(stats: ProxyStats) -> CollectorRegistry:
