@@ -20,7 +20,7 @@ from aiohttp import web
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.limiter import RateLimitResult
 
-__all__ = ["DEFAULT_CLOSE_MESSAGE", "ShieldAnswer", "answer", "blocked", "closed", "throttled"]
+__all__ = ["DEFAULT_CLOSE_MESSAGE", "ShieldAnswer", "answer", "blocked", "closed", "throttled", "unavailable"]
 
 
 class ShieldAnswer(web.Response):
@@ -106,3 +106,13 @@ def blocked(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
         body = json.dumps({"error": "Forbidden."})
         return ShieldAnswer(status=403, text=body, content_type="application/json", headers=extra)
     return ShieldAnswer(status=403, text="Forbidden.\n", headers=extra)
+
+
+def unavailable(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    """A throttle that cannot reach its shared state and was told to fail closed (on_error: deny)."""
+    headers = {"Retry-After": "1", "Cache-Control": "no-store", **extra}
+    message = "The service is busy. Please try again shortly."
+    if wants_json(accept):
+        body = json.dumps({"error": message, "retry_after": 1})
+        return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
+    return ShieldAnswer(status=503, text=message + "\n", headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -17,15 +18,22 @@ class AdminState:
     started: float = field(default_factory=time.monotonic)
     upstream_seen: bool = False
     shutting_down: bool = False
+    # Why a dependency Shield can serve without (the shared state) is failing, or None.
+    degraded: Callable[[], str | None] = lambda: None
 
     def readiness(self) -> tuple[bool, str]:
+        """Ready or not, and why. A degraded state backend stays ready: the failure policy
+        serves requests, and failing every replica's readiness at once would be an outage."""
         if self.shutting_down:
             return False, "shutting down"
         if self.upstream_seen:
-            return True, "ready"
-        if time.monotonic() - self.started >= self.ready_grace:
-            return True, "ready (upstream not seen yet; grace period over)"
-        return False, "waiting for the upstream to answer"
+            reason = "ready"
+        elif time.monotonic() - self.started >= self.ready_grace:
+            reason = "ready (upstream not seen yet; grace period over)"
+        else:
+            return False, "waiting for the upstream to answer"
+        degraded = self.degraded()
+        return True, reason if degraded is None else f"{reason}; degraded: {degraded}"
 
 
 STATE = web.AppKey("state", AdminState)

@@ -16,13 +16,14 @@ from aiohttp import web
 from shield import actions
 from shield.actions import ShieldAnswer, answer
 from shield.clock import Clock
-from shield.limiter import MemoryLimiter, RateLimitResult
+from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
 from shield.policy.identity import IdentityResolver
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
 from shield.proxy import Proxy
 from shield.reload import PolicyHolder
+from shield.state import StateBackend
 from shield.target import request_target
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
 
@@ -56,7 +57,7 @@ class Gatekeeper:
         holder: PolicyHolder,
         proxy: Proxy,
         websockets: WebSocketRelay,
-        limiter: MemoryLimiter,
+        state: StateBackend,
         identities: IdentityResolver,
         clock: Clock,
         stats: ProxyStats,
@@ -64,7 +65,9 @@ class Gatekeeper:
         self.holder = holder
         self.proxy = proxy
         self.websockets = websockets
-        self.limiter = limiter
+        self.limiter = state.memory
+        self.shared = state.redis
+        self.on_state_error = state.config.on_error
         self.identities = identities
         self.clock = clock
         self.stats = stats
@@ -115,7 +118,10 @@ class Gatekeeper:
         )
         rule, dry_runs = policy.match(view)
         if dry_runs is not None:
-            self._record_dry_runs(dry_runs, view)
+            if self.shared is None:
+                self._record_dry_runs(dry_runs, view)
+            else:
+                await self._record_shared_dry_runs(dry_runs, view)
         if rule is None:
             return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
 
@@ -146,25 +152,42 @@ class Gatekeeper:
         assert rate is not None
         key = rule.state_key(view)
         counting = rule.count_statuses
-        if counting is None:
+        shared = self.shared
+        result: RateLimitResult | None
+        if shared is not None:
+            result = await shared.decide(key, rate, 1 if counting is None else 0)
+        elif counting is None:
             result = self.limiter.hit(key, rate, self.clock.now())
         else:
             result = self.limiter.peek(key, rate, self.clock.now())
-        if not result.allowed:
+        if result is None:
+            # The shared state did not answer in time; on_error says what that means.
+            if self.on_state_error == "deny":
+                stats.requests[(rule.name, action, "error", identity.label)] += 1
+                refusal = actions.unavailable(
+                    accept=headers.get("Accept"), extra=_debug(debug, rule, "state unavailable")
+                )
+                return self._refusal(request, refusal)
+            extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else []
+        elif not result.allowed:
             stats.requests[(rule.name, action, "throttled", identity.label)] += 1
             refusal = actions.throttled(
                 result, accept=headers.get("Accept"), extra=_debug(debug, rule, "throttled")
             )
             return self._refusal(request, refusal)
-        extra = ratelimit_headers(result)
-        if debug:
-            extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
+        else:
+            extra = ratelimit_headers(result)
+            if debug:
+                extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
         if "Upgrade" in headers and is_websocket_upgrade(request):
             return await self._websocket(request, target, rule.name, action, identity.label)
-        forwarded = await self.proxy.forward(request, target, extra)
+        forwarded = await self.proxy.forward(request, target, extra or None)
         stats.requests[rule.name, action, _outcome(forwarded), identity.label] += 1
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
-            self.limiter.hit(key, rate, self.clock.now())
+            if shared is not None:
+                shared.charge(key, rate)
+            else:
+                self.limiter.hit(key, rate, self.clock.now())
         return forwarded
 
     async def _forward(
@@ -202,19 +225,33 @@ class Gatekeeper:
             if rule.action == "throttle":
                 assert rule.rate is not None
                 result = self.limiter.hit(rule.state_key(view), rule.rate, self.clock.now())
-                outcome = "forwarded" if result.allowed else "throttled"
+                self._record_dry_run(rule, view, "forwarded" if result.allowed else "throttled")
             else:
-                outcome = rule.outcome
-            self.stats.dry_run[(rule.name, outcome)] += 1
-            if outcome != "forwarded":
-                log.info(
-                    "dry-run rule %s would have %s %s %s from %s",
-                    rule.name,
-                    outcome,
-                    view.method,
-                    view.path,
-                    view.client_ip,
+                self._record_dry_run(rule, view, rule.outcome)
+
+    async def _record_shared_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
+        assert self.shared is not None
+        for rule in rules:
+            if rule.action == "throttle":
+                assert rule.rate is not None
+                result = await self.shared.decide(rule.state_key(view), rule.rate)
+                self._record_dry_run(
+                    rule, view, "throttled" if result and not result.allowed else "forwarded"
                 )
+            else:
+                self._record_dry_run(rule, view, rule.outcome)
+
+    def _record_dry_run(self, rule: CompiledRule, view: RequestView, outcome: str) -> None:
+        self.stats.dry_run[(rule.name, outcome)] += 1
+        if outcome != "forwarded":
+            log.info(
+                "dry-run rule %s would have %s %s %s from %s",
+                rule.name,
+                outcome,
+                view.method,
+                view.path,
+                view.client_ip,
+            )
 
 
 def _outcome(response: web.StreamResponse) -> str:

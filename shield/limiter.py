@@ -63,6 +63,13 @@ class Gcra:
         """The verdict a request at ``now`` would get, without charging it."""
         return self.apply(tat, now)[0]
 
+    def result(self, allowed: bool, reset_after: float, retry_after: float) -> RateLimitResult:
+        """A verdict reached elsewhere (the Redis script), in the same units as ``apply``'s."""
+        if not allowed:
+            return RateLimitResult(False, self.burst, 0, reset_after, retry_after)
+        remaining = int((self.tolerance - reset_after) / self.interval + 1e-9)
+        return RateLimitResult(True, self.burst, remaining, reset_after, 0.0)
+
     def signature(self) -> tuple[int, float, int]:
         return (self.count, self.period, self.burst)
 
@@ -71,12 +78,16 @@ class MemoryLimiter:
     """TATs by key in one process, bounded by ``max_keys``.
 
     Keys whose TAT is in the past hold a full bucket, the same as no key at all, so they are
-    dropped first when room is needed; otherwise the least recently charged key goes.
+    dropped first when room is needed, and ``sweep`` drops them in the background so memory
+    falls back after an attack; otherwise the least recently charged key goes.
     """
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
         self.max_keys = max_keys
         self._tats: dict[str, float] = {}
+        # The most keys held since the dict was last rebuilt: Python dicts never shrink their
+        # table on deletion, so after a flood of keys has expired the dict is copied.
+        self._peak = 0
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -97,9 +108,32 @@ class MemoryLimiter:
 
     def _evict(self, now: float) -> None:
         tats = self._tats
+        self._peak = max(self._peak, len(tats))
         target = self.max_keys - max(1, self.max_keys // 100)
         expired = [key for key, tat in tats.items() if tat <= now]
         for key in expired[: len(tats) - target]:
             del tats[key]
         while len(tats) > target:
             del tats[next(iter(tats))]
+
+    def keys(self) -> list[str]:
+        """A snapshot of the keys, for sweeping in chunks while requests go on."""
+        keys = list(self._tats)
+        self._peak = max(self._peak, len(keys))
+        return keys
+
+    def sweep(self, now: float, keys: list[str]) -> None:
+        """Forget those of ``keys`` whose bucket is full again (their TAT has passed)."""
+        tats = self._tats
+        for key in keys:
+            tat = tats.get(key)
+            if tat is not None and tat <= now:
+                del tats[key]
+
+    def compact(self) -> None:
+        """Rebuild the dict once most of its keys are gone, returning the table's memory."""
+        size = len(self._tats)
+        self._peak = max(self._peak, size)
+        if self._peak >= 1024 and size < self._peak // 4:
+            self._tats = dict(self._tats)
+            self._peak = size

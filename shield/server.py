@@ -23,11 +23,11 @@ from shield.clock import Clock, MonotonicClock
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
-from shield.limiter import MemoryLimiter
 from shield.metrics import ProxyStats, build_registry
 from shield.policy.identity import IdentityResolver, NoIdentity
 from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.reload import PolicyHolder, build_runtime
+from shield.state import StateBackend
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay
 
@@ -162,7 +162,8 @@ class Shield:
         self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
         text = Path(config_path).read_text(encoding="utf-8") if config_path else config.model_dump_json()
         self.holder = PolicyHolder(build_runtime(config, text), self.stats, config_path)
-        self.limiter = MemoryLimiter()
+        self.state = StateBackend(config.state, clock=self.clock, stats=self.stats)
+        self.admin_state.degraded = self.state.health
         self._server: PublicServer | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -204,6 +205,7 @@ class Shield:
             idle_timeout=config.upstream.pool.idle_timeout,
             connect_timeout=config.timeouts.connect,
         )
+        await self.state.start()
         listener_tls = listener_ssl_context(config)
         proxy = Proxy(
             ForwardSettings.from_config(config),
@@ -221,7 +223,7 @@ class Shield:
             holder=self.holder,
             proxy=proxy,
             websockets=self.websockets,
-            limiter=self.limiter,
+            state=self.state,
             identities=self.identities,
             clock=self.clock,
             stats=self.stats,
@@ -310,6 +312,7 @@ class Shield:
             await self.websockets.close()
         if self.pool is not None:
             await self.pool.close()
+        await self.state.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 

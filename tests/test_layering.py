@@ -12,6 +12,8 @@ PURE = [
     *sorted((PACKAGE / "policy").glob("*.py")),
     *sorted((PACKAGE / "config").glob("*.py")),
     PACKAGE / "limiter.py",
+    PACKAGE / "state" / "breaker.py",
+    PACKAGE / "state" / "overlimit.py",
     PACKAGE / "headers.py",
     PACKAGE / "target.py",
     PACKAGE / "response.py",

@@ -46,8 +46,8 @@ def duplicate_names(data: dict[str, Any]) -> list[Finding]:
 
 
 def lint(config: ShieldConfig) -> list[Finding]:
-    """Findings that need the validated config: rules that can never match."""
-    findings: list[Finding] = []
+    """Findings that need the validated config: rules that can never match, limits multiplied."""
+    findings: list[Finding] = per_worker_limits(config)
     for index, rule in enumerate(config.rules):
         for earlier_index, earlier in enumerate(config.rules[:index]):
             if shadows(earlier, rule):
@@ -61,6 +61,22 @@ def lint(config: ShieldConfig) -> list[Finding]:
                 )
                 break
     return findings
+
+
+def per_worker_limits(config: ShieldConfig) -> list[Finding]:
+    """Workers with memory state count apart, so each would let the whole limit through."""
+    state = config.state
+    throttles = [rule.name for rule in config.rules if rule.action == "throttle"]
+    if config.workers == 1 or state.backend != "memory" or state.per_worker_limits or not throttles:
+        return []
+    return [
+        Finding(
+            ("workers",),
+            f"workers: {config.workers} with state.backend: memory gives each worker its own "
+            f"counters, so throttle rule {throttles[0]!r} would let {config.workers} times its limit "
+            "through; use state.backend: redis, or set state.per_worker_limits: true to accept it",
+        )
+    ]
 
 
 def shadows(earlier: Rule, later: Rule) -> bool:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shield.config.base import Section
 from shield.config.rules import PolicyOptions, Rule
+from shield.config.state import StateConfig
 from shield.config.units import Duration, Size
 
 
@@ -168,6 +169,7 @@ class ShieldConfig(Section):
     listen: Listener = Field(default_factory=Listener)
     upstream: Upstream
     admin: Admin = Field(default_factory=Admin)
+    state: StateConfig = Field(default_factory=StateConfig)
     workers: int = Field(1, ge=1, le=256, description="Processes sharing the listen port (SO_REUSEPORT).")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)

@@ -1,0 +1,102 @@
+"""A redis-py asyncio client from ``state.url``: a single server, Sentinel or Cluster.
+
+redis-py reads ``redis://``, ``rediss://`` and ``unix://`` URLs itself. It has no URL form for
+Sentinel or Cluster with several seed hosts, so those two are parsed here:
+``redis+sentinel://[:password@]host:26379,host2:26379/SERVICE[/DB]`` and
+``redis+cluster://[:password@]host:7000,host2:7001``. A ``rediss+`` scheme asks for TLS.
+
+Retries are off: a call either answers within ``state.timeout`` or the failure policy decides,
+and redis-py's own retries would only make a dead server slower to notice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from shield.config.state import StateConfig
+
+RedisClient = Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class SeedList:
+    """The parts of a multi-host URL: credentials, (host, port) seeds and the path segments."""
+
+    username: str | None
+    password: str | None
+    hosts: list[tuple[str, int]]
+    path: list[str]
+    tls: bool
+
+
+def parse_seed_url(url: str, default_port: int) -> SeedList:
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    hosts = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        if not host:
+            raise ValueError(f"state.url {url!r}: a seed host is empty")
+        if port and not port.isdigit():
+            raise ValueError(f"state.url {url!r}: invalid port {port!r}")
+        hosts.append((host, int(port) if port else default_port))
+    return SeedList(
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        hosts=hosts,
+        path=[segment for segment in parts.path.split("/") if segment],
+        tls=parts.scheme.startswith("rediss"),
+    )
+
+
+def connect(config: StateConfig) -> RedisClient:
+    """A client for ``config.url``; nothing is sent until its first command."""
+    assert config.url is not None
+    scheme = urlsplit(config.url).scheme
+    common: dict[str, Any] = {
+        "socket_connect_timeout": config.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if scheme.endswith("+sentinel"):
+        seeds = parse_seed_url(config.url, 26379)
+        if not seeds.path:
+            raise ValueError(f"state.url {config.url!r}: name the Sentinel service, e.g. .../mymaster/0")
+        db = int(seeds.path[1]) if len(seeds.path) > 1 else 0
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            seeds.hosts,
+            sentinel_kwargs={"socket_connect_timeout": config.connect_timeout, "socket_timeout": 1.0},
+            username=seeds.username,
+            password=seeds.password,
+            ssl=seeds.tls,
+            db=db,
+            max_connections=config.pool_size,
+            **common,
+        )
+        master: Redis = sentinel.master_for(seeds.path[0])
+        return master
+    if scheme.endswith("+cluster"):
+        seeds = parse_seed_url(config.url, 6379)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds.hosts],
+            username=seeds.username,
+            password=seeds.password,
+            ssl=seeds.tls,
+            max_connections=config.pool_size,
+            **common,
+        )
+    return Redis.from_url(config.url, max_connections=config.pool_size, **common)

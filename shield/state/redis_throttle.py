@@ -1,0 +1,212 @@
+"""Throttle decisions shared by every replica through Redis, with a policy for when it fails.
+
+One decision is one GCRA step in a Lua script run by EVALSHA on Redis's clock. Decisions that
+arrive while earlier calls are out wait and leave together: at most ``pool_size`` calls are in
+flight, each carrying every decision queued when it left (up to ``MAX_BATCH``). At rest a
+decision costs one round trip with no added delay; under load one round trip carries many, so
+the Python client's cost per call (about 100 µs) is shared.
+
+Around that: keys Redis denied are answered locally until their retry time; a call that fails or
+outlasts ``state.timeout`` leaves its decisions to ``on_error``; consecutive failures open a
+circuit breaker so a dead Redis costs nothing per request until a probe finds it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Literal
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
+
+from shield.clock import Clock
+from shield.config.state import StateConfig
+from shield.limiter import Gcra, MemoryLimiter, RateLimitResult
+from shield.metrics import ProxyStats
+from shield.state.breaker import CircuitBreaker
+from shield.state.connect import RedisClient
+from shield.state.overlimit import OverLimitCache
+
+log = logging.getLogger("shield.state")
+
+SCRIPT = files("shield.state").joinpath("gcra.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+MAX_BATCH = 256
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+# Per decision: allowed (1/0), reset_after and retry_after in microseconds; None: no answer.
+Verdict = tuple[int, int, int] | None
+
+
+class _Decision:
+    __slots__ = ("args", "future", "key")
+
+    def __init__(self, key: str, args: tuple[int, int, int], future: asyncio.Future[Verdict]) -> None:
+        self.key = key
+        self.args = args
+        self.future = future
+
+
+class RedisThrottle:
+    def __init__(
+        self,
+        client: RedisClient,
+        config: StateConfig,
+        *,
+        clock: Clock,
+        stats: ProxyStats,
+        local: MemoryLimiter,
+    ) -> None:
+        self.client = client
+        self.key_prefix = config.key_prefix
+        self.timeout = config.timeout
+        self.max_in_flight = config.pool_size
+        self.on_error = config.on_error
+        self.clock = clock
+        self.stats = stats
+        self.local = local
+        self.over_limit = OverLimitCache(max(1000, config.max_keys // 10))
+        self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.open_for)
+        self.calls = 0
+        self.decisions = 0
+        self._cluster = isinstance(client, RedisCluster)
+        self._pending: list[_Decision] = []
+        self._in_flight = 0
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rates: dict[tuple[int, float, int], tuple[int, int]] = {}
+
+    async def start(self) -> None:
+        """Load the script, so the first requests do not pay for it; a Redis that is not up
+        yet is not fatal: the failure policy covers it until it answers."""
+        try:
+            async with asyncio.timeout(max(self.timeout, 1.0)):
+                await self.client.script_load(SCRIPT)
+        except _FAILURES as exc:
+            log.warning("redis state not reachable at start (%s); on_error: %s applies", exc, self.on_error)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.client.aclose()
+
+    def health(self) -> str | None:
+        """None while Redis answers; otherwise what requests get instead."""
+        state = self.breaker.state(self.clock.now())
+        if state == "closed":
+            return None
+        return f"redis state unavailable (circuit breaker {state}); on_error: {self.on_error}"
+
+    async def decide(
+        self, key: str, rate: Gcra, cost: int = 1, on_error: Literal["allow", "deny", "local"] | None = None
+    ) -> RateLimitResult | None:
+        """The verdict for ``key``; None when Redis cannot say and the policy is not ``local``."""
+        now = self.clock.now()
+        denied = self.over_limit.get(key, now)
+        if denied is not None:
+            return denied
+        if self.breaker.allows(now):
+            verdict = await self._submit(key, rate, cost)
+            if verdict is not None:
+                allowed, reset_after, retry_after = verdict
+                result = rate.result(allowed == 1, reset_after / 1e6, retry_after / 1e6)
+                if not allowed:
+                    self.over_limit.add(key, now, result)
+                return result
+        if (on_error or self.on_error) == "local":
+            if cost:
+                return self.local.hit(key, rate, self.clock.now(), cost)
+            return self.local.peek(key, rate, self.clock.now())
+        return None
+
+    def charge(self, key: str, rate: Gcra) -> None:
+        """Charge ``key`` without waiting for the verdict (after the upstream answered)."""
+        if self.breaker.allows(self.clock.now()):
+            self._submit(key, rate, 1)
+        elif self.on_error == "local":
+            self.local.hit(key, rate, self.clock.now())
+
+    def _submit(self, key: str, rate: Gcra, cost: int) -> asyncio.Future[Verdict]:
+        signature = (rate.count, rate.period, rate.burst)
+        micros = self._rates.get(signature)
+        if micros is None:
+            micros = self._rates[signature] = (round(rate.interval * 1e6), round(rate.tolerance * 1e6))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Verdict] = loop.create_future()
+        self._pending.append(_Decision(self.key_prefix + "t:{" + key + "}", (*micros, cost), future))
+        if not self._flush_scheduled and self._in_flight < self.max_in_flight:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        """Send what is queued, as long as a connection is free; the rest waits for one."""
+        self._flush_scheduled = False
+        pending = self._pending
+        while pending and self._in_flight < self.max_in_flight:
+            batch = pending[:MAX_BATCH]
+            del pending[:MAX_BATCH]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Decision]) -> None:
+        verdicts: Sequence[Verdict]
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._cluster:
+                    verdicts = await self._run_by_slot(batch)
+                else:
+                    verdicts = await self._run(batch)
+        except _FAILURES as exc:
+            self.stats.state_errors["redis"] += 1
+            was = self.breaker.state(self.clock.now())
+            self.breaker.failed(self.clock.now())
+            if was != "open" and self.breaker.state(self.clock.now()) == "open":
+                log.error("redis state failing (%r); skipping it for %.1fs", exc, self.breaker.open_for)
+            verdicts = [None] * len(batch)
+        else:
+            if self.breaker.state(self.clock.now()) != "closed":
+                log.warning("redis state answers again")
+            self.breaker.succeeded()
+            self.calls += 1
+            self.decisions += len(batch)
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._flush_scheduled:
+                self._flush()
+        for decision, verdict in zip(batch, verdicts, strict=True):
+            if not decision.future.done():
+                decision.future.set_result(verdict)
+
+    async def _run(self, batch: Sequence[_Decision]) -> list[Verdict]:
+        keys = [decision.key for decision in batch]
+        args = [value for decision in batch for value in decision.args]
+        try:
+            reply = await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            # Redis restarted or SCRIPT FLUSH: load it again, once, inside the same time budget.
+            await self.client.script_load(SCRIPT)
+            reply = await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[misc]
+        return [(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
+
+    async def _run_by_slot(self, batch: list[_Decision]) -> list[Verdict]:
+        """In a cluster one script call may only touch one hash slot: one call per slot."""
+        assert isinstance(self.client, RedisCluster)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, decision in enumerate(batch):
+            groups[self.client.keyslot(decision.key)].append(index)
+        replies = await asyncio.gather(
+            *(self._run([batch[i] for i in indexes]) for indexes in groups.values())
+        )
+        verdicts: list[Verdict] = [None] * len(batch)
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            for index, verdict in zip(indexes, reply, strict=True):
+                verdicts[index] = verdict
+        return verdicts
