@@ -1,11 +1,20 @@
-"""Shared fixtures: a Shield started in-process in front of a test's own upstream."""
+"""Shared fixtures: a Shield started in-process in front of a test's own upstream, or as a
+``shield run`` subprocess."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from shield.config.model import ShieldConfig
@@ -54,3 +63,90 @@ def free_port() -> int:
 
 def url_of(shield: Shield, path: str = "/") -> str:
     return f"http://127.0.0.1:{shield.port}{path}"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # The command name may hold spaces and parentheses: the fields start after the last ')'.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+@dataclass
+class ShieldProcess:
+    process: asyncio.subprocess.Process
+    port: int
+    admin_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    async def exit_code(self, within: float) -> int:
+        return await asyncio.wait_for(self.process.wait(), within)
+
+
+StartShield = Callable[..., Awaitable[ShieldProcess]]
+
+
+@pytest.fixture
+async def run_shield(tmp_path: Path) -> AsyncIterator[StartShield]:
+    """``await run_shield(upstream_url, "extra: yaml")``: ``shield run`` in a subprocess, serving.
+
+    Each process gets its own config file and log (``shield-N.yaml``, ``shield-N.log``), so a
+    test may run several side by side."""
+    started: list[ShieldProcess] = []
+    numbers = count(1)
+
+    async def start(upstream_url: str, extra: str = "") -> ShieldProcess:
+        port, admin_port = free_port(), free_port()
+        number = next(numbers)
+        config, log_path = tmp_path / f"shield-{number}.yaml", tmp_path / f"shield-{number}.log"
+        config.write_text(
+            f"listen: 127.0.0.1:{port}\nupstream: {upstream_url}\nadmin: {{listen: {admin_port}}}\n{extra}"
+        )
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shield", "run", "-c", str(config), stdout=log, stderr=log
+            )
+        shield = ShieldProcess(process, port, admin_port)
+        started.append(shield)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        async with aiohttp.ClientSession() as client:
+            while True:
+                assert process.returncode is None, log_path.read_text()
+                try:
+                    async with client.get(shield.admin_url("/healthz")) as response:
+                        if response.status == 200:
+                            return shield
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert loop.time() < deadline, "shield did not start"
+                await asyncio.sleep(0.05)
+
+    yield start
+    for shield in started:
+        for child in children_of(shield.pid):
+            os.kill(child, signal.SIGKILL)
+        if shield.process.returncode is None:
+            shield.process.kill()
+        await shield.process.wait()

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +19,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from shield.server import Shield
-from tests.conftest import MakeShield, free_port, url_of
+from tests.conftest import MakeShield, StartShield, children_of, free_port, url_of
 
 
 class TcpSocket(NamedTuple):
@@ -56,22 +54,6 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        # The command name may hold spaces and parentheses: the fields start after the last ')'.
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry))
-    return sorted(found)
-
-
 def is_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -97,69 +79,6 @@ async def is_refused(port: int) -> bool:
     writer.close()
     await writer.wait_closed()
     return False
-
-
-@dataclass
-class ShieldProcess:
-    process: asyncio.subprocess.Process
-    port: int
-    admin_port: int
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-
-    async def exit_code(self, within: float) -> int:
-        return await asyncio.wait_for(self.process.wait(), within)
-
-
-StartShield = Callable[..., Awaitable[ShieldProcess]]
-
-
-@pytest.fixture
-async def run_shield(tmp_path: Path) -> AsyncIterator[StartShield]:
-    """``await run_shield(upstream_url, "extra: yaml")``: ``shield run`` in a subprocess, serving."""
-    started: list[ShieldProcess] = []
-
-    async def start(upstream_url: str, extra: str = "") -> ShieldProcess:
-        port, admin_port = free_port(), free_port()
-        config = tmp_path / "shield.yaml"
-        config.write_text(
-            f"listen: 127.0.0.1:{port}\nupstream: {upstream_url}\nadmin: {{listen: {admin_port}}}\n{extra}"
-        )
-        with (tmp_path / "shield.log").open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shield", "run", "-c", str(config), stdout=log, stderr=log
-            )
-        shield = ShieldProcess(process, port, admin_port)
-        started.append(shield)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        async with aiohttp.ClientSession() as client:
-            while True:
-                assert process.returncode is None, (tmp_path / "shield.log").read_text()
-                try:
-                    async with client.get(f"http://127.0.0.1:{admin_port}/healthz") as response:
-                        if response.status == 200:
-                            return shield
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert loop.time() < deadline, "shield did not start"
-                await asyncio.sleep(0.05)
-
-    yield start
-    for shield in started:
-        for child in children_of(shield.pid):
-            os.kill(child, signal.SIGKILL)
-        if shield.process.returncode is None:
-            shield.process.kill()
-        await shield.process.wait()
 
 
 @dataclass
