@@ -39,7 +39,7 @@ class StateConfig(Section):
     max_keys: int = Field(
         1_000_000,
         ge=100,
-        description="Throttle buckets kept in memory at most (about 150 bytes each); the least "
+        description="Throttle buckets kept in memory at most (about 250 bytes each); the least "
         "recently charged go first. Also bounds the redis backend's local caches.",
     )
     url: str | None = Field(
