@@ -16,6 +16,14 @@ if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/d
     for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# The metrics tests run Prometheus' own tools: promtool (check metrics, check rules) and a real
+# prometheus server scraping Shield. Debian's package ships both.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+fi
+
 .venv/bin/ruff check shield tests
 .venv/bin/ruff format --check shield tests
 .venv/bin/mypy

@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
-    return run(config, config_path=args.config, worker=args.worker)
+    return run(config, config_path=args.config, worker=args.worker, stats_dir=args.stats_dir)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="serve with a config file")
     run.add_argument("-c", "--config", required=True, help="the YAML config file")
     run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--stats-dir", default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check", help="validate a config file and exit")

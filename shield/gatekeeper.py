@@ -18,6 +18,7 @@ from shield.actions import ShieldAnswer, answer
 from shield.clock import Clock
 from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
+from shield.observe import EXCHANGE
 from shield.policy.identity import IdentityResolver
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
@@ -98,13 +99,15 @@ class Gatekeeper:
                 target = forward + sep + query
         client_ip = request.remote or "unknown"
         identity = self.identities.identify(headers, client_ip)
-        stats = self.stats
+        exchange = request[EXCHANGE]
+        exchange.client_ip = client_ip
+        exchange.path = match_path
 
         if not policy.rules:
             if "Upgrade" in headers and is_websocket_upgrade(request):
                 return await self._websocket(request, target, _DEFAULT, "allow", identity.label)
             response = await self.proxy.forward(request, target, None)
-            stats.requests[_DEFAULT, "allow", _outcome(response), identity.label] += 1
+            exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
             return response
 
         view = RequestView(
@@ -131,12 +134,12 @@ class Gatekeeper:
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
             return await self._forward(request, target, extra, rule.name, action, identity.label)
         if action == "block":
-            stats.requests[(rule.name, action, "blocked", identity.label)] += 1
+            exchange.decided(rule.name, action, "blocked", identity.label)
             return self._refusal(
                 request, actions.blocked(accept=headers.get("Accept"), extra=_debug(debug, rule, "blocked"))
             )
         if action == "close":
-            stats.requests[(rule.name, action, "closed", identity.label)] += 1
+            exchange.decided(rule.name, action, "closed", identity.label)
             config = rule.config
             closed = actions.closed(
                 message=config.message or actions.DEFAULT_CLOSE_MESSAGE,
@@ -163,14 +166,14 @@ class Gatekeeper:
         if result is None:
             # The shared state did not answer in time; on_error says what that means.
             if self.on_state_error == "deny":
-                stats.requests[(rule.name, action, "error", identity.label)] += 1
+                exchange.decided(rule.name, action, "error", identity.label)
                 refusal = actions.unavailable(
                     accept=headers.get("Accept"), extra=_debug(debug, rule, "state unavailable")
                 )
                 return self._refusal(request, refusal)
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else []
         elif not result.allowed:
-            stats.requests[(rule.name, action, "throttled", identity.label)] += 1
+            exchange.decided(rule.name, action, "throttled", identity.label)
             refusal = actions.throttled(
                 result, accept=headers.get("Accept"), extra=_debug(debug, rule, "throttled")
             )
@@ -182,7 +185,7 @@ class Gatekeeper:
         if "Upgrade" in headers and is_websocket_upgrade(request):
             return await self._websocket(request, target, rule.name, action, identity.label)
         forwarded = await self.proxy.forward(request, target, extra or None)
-        stats.requests[rule.name, action, _outcome(forwarded), identity.label] += 1
+        exchange.decided(rule.name, action, _outcome(forwarded), identity.label)
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
             if shared is not None:
                 shared.charge(key, rate)
@@ -202,7 +205,7 @@ class Gatekeeper:
         if "Upgrade" in request.headers and is_websocket_upgrade(request):
             return await self._websocket(request, target, rule, action, identity)
         response = await self.proxy.forward(request, target, extra)
-        self.stats.requests[rule, action, _outcome(response), identity] += 1
+        request[EXCHANGE].decided(rule, action, _outcome(response), identity)
         return response
 
     async def _websocket(
@@ -210,7 +213,7 @@ class Gatekeeper:
     ) -> web.StreamResponse:
         added = self.proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
         response = await self.websockets.relay(request, target, added)
-        self.stats.requests[rule, action, _outcome(response), identity] += 1
+        request[EXCHANGE].decided(rule, action, _outcome(response), identity)
         return response
 
     @staticmethod

@@ -58,9 +58,10 @@ CLIENT_ADDRESS_HEADERS = frozenset(
     }
 )
 
-# Managed by Shield when it writes the upstream request: framing, Host, Via and Expect
-# (Shield answers 100-continue itself, after its rules allowed the request).
-_MANAGED_REQUEST = frozenset({b"content-length", b"host", b"via", b"expect"})
+# Managed by Shield when it writes the upstream request: framing, Host, Via, Expect (Shield
+# answers 100-continue itself, after its rules allowed the request) and X-Request-ID (the client's
+# is passed on only when it is sane, see ``shield.request_id``).
+_MANAGED_REQUEST = frozenset({b"content-length", b"host", b"via", b"expect", b"x-request-id"})
 
 _DROP_REQUEST = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | _MANAGED_REQUEST
 _DROP_REQUEST_STRIP_REWRITE = _DROP_REQUEST | REWRITE_HEADERS
@@ -150,6 +151,7 @@ class RequestHeadBuilder:
         raw: tuple[tuple[bytes, bytes], ...],
         client_ip: str,
         framing: bytes,
+        request_id: str | None = None,
     ) -> bytes:
         """The request line and headers, ending with the blank line; ``framing`` is
         ``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty."""
@@ -188,14 +190,16 @@ class RequestHeadBuilder:
             if host is not None:
                 forwarded += f';host="{_quoted_pair(host.decode("latin-1"))}"'
             parts += (b"Forwarded: ", forwarded.encode("latin-1"), b"\r\n")
+        if request_id is not None:
+            parts += (b"X-Request-ID: ", request_id.encode("latin-1"), b"\r\n")
         parts += (framing, b"\r\n")
         return b"".join(parts)
 
     def forwarding_headers(
-        self, raw: tuple[tuple[bytes, bytes], ...], client_ip: str
+        self, raw: tuple[tuple[bytes, bytes], ...], client_ip: str, request_id: str | None = None
     ) -> list[tuple[bytes, bytes]]:
         """The headers ``build`` adds, as pairs (for the WebSocket handshake)."""
-        head = self.build(b"GET", b"/", raw, client_ip, b"")
+        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id)
         added = []
         for line in head.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b": ")

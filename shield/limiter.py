@@ -138,10 +138,12 @@ class MemoryLimiter:
             if tat is not None and tat <= now:
                 del tats[key]
 
-    def compact(self) -> None:
+    def compact(self) -> bool:
         """Rebuild the dict once most of its keys are gone, returning the table's memory."""
         size = len(self._tats)
         self._peak = max(self._peak, size)
         if self._peak >= 1024 and size < self._peak // 4:
             self._tats = OrderedDict(self._tats)
             self._peak = size
+            return True
+        return False

@@ -1,21 +1,90 @@
 """Every Prometheus metric Shield exports, in one place, with bounded label values.
 
 The hot path never touches prometheus_client: it adds to plain integers on ``ProxyStats``
-(one event loop per process, so no lock is needed), and a custom collector turns them into
-samples when /metrics is scraped.
+(one event loop per process, so no lock is needed) and drops durations into plain bucket
+arrays (``Histogram``: one ``bisect`` into bounds fixed at import, one list increment). A custom
+collector turns them into samples when /metrics is scraped.
+
+With ``workers: N`` each worker publishes a snapshot of its stats (``shield.worker_stats``) and
+the worker serving /metrics adds its peers' snapshots to its own live stats at scrape time, so
+one scrape sees every worker. Label values are rule names, decisions, identity classes, error
+kinds and backend names: all bounded by the config, never paths or addresses.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset")
 STATE_BACKENDS = ("memory", "redis")
+
+# Seconds. Shield's own answers take tens of microseconds, forwarded ones what the upstream takes:
+# fine steps below 100 ms where budgets live, coarse ones up to the 60 s upstream timeout.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class Histogram:
+    """A Prometheus histogram as plain numbers: per-bucket (not cumulative) counts and a sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "<=").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def add(self, other: Histogram) -> None:
+        if other.bounds != self.bounds:
+            raise ValueError("histograms with different buckets cannot be added")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count) pairs as the exposition format wants them, ending with +Inf."""
+        running = 0
+        buckets = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return buckets
+
+
+def _no_peers() -> list[ProxyStats]:
+    return []
 
 
 class ProxyStats:
@@ -24,6 +93,10 @@ class ProxyStats:
     def __init__(self) -> None:
         # (rule, action, decision, identity) -> count
         self.requests: Counter[tuple[str, str, str, str]] = Counter()
+        # rule -> how long Shield took to answer requests that rule decided
+        self.request_seconds: dict[str, Histogram] = {}
+        # time to the upstream's response headers, for requests it answered
+        self.upstream_seconds = Histogram()
         self.upstream_errors: Counter[str] = Counter({kind: 0 for kind in UPSTREAM_ERROR_KINDS})
         self.in_flight: Callable[[], float] = lambda: 0.0
         # (rule, would-be decision) for rules in mode: dry-run
@@ -33,67 +106,178 @@ class ProxyStats:
         self.config_version = ""
         # backend -> failed calls to the shared state (Redis errors and timeouts)
         self.state_errors: Counter[str] = Counter({backend: 0 for backend in STATE_BACKENDS})
+        # access log lines dropped because stdout could not keep up
+        self.access_log_dropped = 0
+        # the other workers' latest snapshots (workers > 1); set by the runner
+        self.peers: Callable[[], list[ProxyStats]] = _no_peers
+
+    def rule_histogram(self, rule: str) -> Histogram:
+        """The duration histogram of ``rule``, created on the rule's first request."""
+        histogram = self.request_seconds.get(rule)
+        if histogram is None:
+            histogram = self.request_seconds[rule] = Histogram()
+        return histogram
+
+    def add(self, other: ProxyStats) -> None:
+        """Add ``other``'s counters and histograms to these (gauges are not added)."""
+        self.requests.update(other.requests)
+        for rule, histogram in other.request_seconds.items():
+            self.rule_histogram(rule).add(histogram)
+        self.upstream_seconds.add(other.upstream_seconds)
+        self.upstream_errors.update(other.upstream_errors)
+        self.dry_run.update(other.dry_run)
+        self.config_reloads.update(other.config_reloads)
+        self.state_errors.update(other.state_errors)
+        self.access_log_dropped += other.access_log_dropped
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the collector exports, as JSON-ready values."""
+        return {
+            "requests": [[*labels, count] for labels, count in self.requests.items()],
+            "request_seconds": {rule: [h.counts, h.total] for rule, h in self.request_seconds.items()},
+            "upstream_seconds": [self.upstream_seconds.counts, self.upstream_seconds.total],
+            "upstream_errors": dict(self.upstream_errors),
+            "in_flight": self.in_flight(),
+            "dry_run": [[*labels, count] for labels, count in self.dry_run.items()],
+            "config_reloads": dict(self.config_reloads),
+            "last_reload_success": self.last_reload_success,
+            "config_version": self.config_version,
+            "state_errors": dict(self.state_errors),
+            "access_log_dropped": self.access_log_dropped,
+            "buckets": list(DURATION_BUCKETS),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> ProxyStats:
+        """The stats a ``snapshot()`` was taken of (``ValueError`` if it is not one)."""
+        if data.get("buckets") != list(DURATION_BUCKETS):
+            raise ValueError("snapshot taken with other histogram buckets")
+        stats = cls()
+        for rule, action, decision, identity, count in data["requests"]:
+            stats.requests[rule, action, decision, identity] = int(count)
+        for rule, (counts, total) in data["request_seconds"].items():
+            stats.rule_histogram(rule).add(_histogram(counts, total))
+        stats.upstream_seconds = _histogram(*data["upstream_seconds"])
+        stats.upstream_errors.update({k: int(v) for k, v in data["upstream_errors"].items()})
+        in_flight = float(data["in_flight"])
+        stats.in_flight = lambda: in_flight
+        for rule, decision, count in data["dry_run"]:
+            stats.dry_run[rule, decision] = int(count)
+        stats.config_reloads.update({k: int(v) for k, v in data["config_reloads"].items()})
+        stats.last_reload_success = float(data["last_reload_success"])
+        stats.config_version = str(data["config_version"])
+        stats.state_errors.update({k: int(v) for k, v in data["state_errors"].items()})
+        stats.access_log_dropped = int(data["access_log_dropped"])
+        return stats
+
+
+def _histogram(counts: list[int], total: float) -> Histogram:
+    histogram = Histogram()
+    if len(counts) != len(histogram.counts):
+        raise ValueError("histogram snapshot of the wrong size")
+    histogram.counts = [int(c) for c in counts]
+    histogram.total = float(total)
+    return histogram
 
 
 class ShieldCollector(Collector):
     def __init__(self, stats: ProxyStats) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats = self._stats
-        requests = CounterMetricFamily(
-            "shield_requests",
-            "Requests answered by Shield, by the rule that decided and what it decided.",
-            labels=["rule", "action", "decision", "identity"],
-        )
-        for labels, count in sorted(stats.requests.items()):
-            requests.add_metric(list(labels), count)
-        yield requests
-        errors = CounterMetricFamily(
-            "shield_upstream_errors",
-            "Requests the upstream failed, by kind of failure.",
-            labels=["kind"],
-        )
-        for kind, count in sorted(stats.upstream_errors.items()):
-            errors.add_metric([kind], count)
-        yield errors
+    def collect(self) -> Iterator[Metric]:
+        own = self._stats
+        peers = own.peers()
+        workers = [own, *peers]
+        stats = own
+        if peers:
+            stats = ProxyStats()
+            for worker in workers:
+                stats.add(worker)
+        yield from _counters(stats)
+        yield from _histograms(stats)
         yield GaugeMetricFamily(
             "shield_in_flight_requests",
-            "Requests Shield is handling right now.",
-            value=stats.in_flight(),
+            "Requests Shield is handling right now (all workers).",
+            value=sum(worker.in_flight() for worker in workers),
         )
-        dry_run = CounterMetricFamily(
-            "shield_dry_run_decisions",
-            "What rules in mode dry-run would have decided (the requests were forwarded).",
-            labels=["rule", "decision"],
-        )
-        for (rule, decision), count in sorted(stats.dry_run.items()):
-            dry_run.add_metric([rule, decision], count)
-        yield dry_run
-        reloads = CounterMetricFamily(
-            "shield_config_reloads", "Config reloads, by result.", labels=["result"]
-        )
-        for result, count in sorted(stats.config_reloads.items()):
-            reloads.add_metric([result], count)
-        yield reloads
         yield GaugeMetricFamily(
             "shield_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last config load that succeeded.",
-            value=stats.last_reload_success,
+            "Unix time of the last config load that succeeded (the oldest among workers).",
+            value=min(worker.last_reload_success for worker in workers),
         )
         info = GaugeMetricFamily(
-            "shield_config_info", "The config in use; version is a hash of the file.", labels=["version"]
+            "shield_config_info",
+            "The config in use; version is a hash of the file (one series per version in use).",
+            labels=["version"],
         )
-        info.add_metric([stats.config_version], 1)
+        for version in sorted({worker.config_version for worker in workers}):
+            info.add_metric([version], 1)
         yield info
-        state_errors = CounterMetricFamily(
-            "shield_state_errors",
-            "Calls to the shared state backend that failed or timed out.",
-            labels=["backend"],
-        )
-        for backend, count in sorted(stats.state_errors.items()):
-            state_errors.add_metric([backend], count)
-        yield state_errors
+
+
+def _counter(name: str, documentation: str, labels: list[str], values: Iterable[Any]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, count in sorted(values):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
+
+
+def _counters(stats: ProxyStats) -> Iterator[Metric]:
+    yield _counter(
+        "shield_requests",
+        "Requests answered by Shield, by the rule that decided and what it decided.",
+        ["rule", "action", "decision", "identity"],
+        stats.requests.items(),
+    )
+    yield _counter(
+        "shield_upstream_errors",
+        "Requests the upstream failed, by kind of failure.",
+        ["kind"],
+        stats.upstream_errors.items(),
+    )
+    yield _counter(
+        "shield_dry_run_decisions",
+        "What rules in mode dry-run would have decided (the requests were forwarded).",
+        ["rule", "decision"],
+        stats.dry_run.items(),
+    )
+    yield _counter(
+        "shield_config_reloads",
+        "Config reloads, by result (each worker process reloads on its own).",
+        ["result"],
+        stats.config_reloads.items(),
+    )
+    yield _counter(
+        "shield_state_errors",
+        "Calls to the shared state backend that failed or timed out.",
+        ["backend"],
+        stats.state_errors.items(),
+    )
+    dropped = CounterMetricFamily(
+        "shield_access_log_dropped_lines",
+        "Access log lines dropped because stdout did not keep up.",
+    )
+    dropped.add_metric([], stats.access_log_dropped)
+    yield dropped
+
+
+def _histograms(stats: ProxyStats) -> Iterator[Metric]:
+    requests = HistogramMetricFamily(
+        "shield_request_duration_seconds",
+        "Time from a request's headers arriving to Shield's answer being handed to the "
+        "client connection, by the rule that decided (WebSocket sessions excluded).",
+        labels=["rule"],
+    )
+    for rule, histogram in sorted(stats.request_seconds.items()):
+        requests.add_metric([rule], histogram.cumulative(), histogram.total)
+    yield requests
+    upstream = HistogramMetricFamily(
+        "shield_upstream_duration_seconds",
+        "Time from sending a request upstream to receiving the upstream's response headers, "
+        "for requests the upstream answered.",
+    )
+    upstream.add_metric([], stats.upstream_seconds.cumulative(), stats.upstream_seconds.total)
+    yield upstream
 
 
 def build_registry(stats: ProxyStats) -> CollectorRegistry:

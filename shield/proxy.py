@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -26,6 +27,7 @@ from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder, filter_response_headers
 from shield.metrics import ProxyStats
+from shield.observe import EXCHANGE
 from shield.response import DateHeader, response_bytes
 from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
@@ -113,12 +115,13 @@ class WrittenResponse:
     ``web.Response`` per request cost more than the rest of the proxy's own work together.
     """
 
-    __slots__ = ("_data", "keep_alive", "status")
+    __slots__ = ("_data", "body_size", "keep_alive", "status")
 
-    def __init__(self, data: bytes, keep_alive: bool, status: int) -> None:
+    def __init__(self, data: bytes, keep_alive: bool, status: int, body_size: int = 0) -> None:
         self._data = data
         self.keep_alive = keep_alive
         self.status = status
+        self.body_size = body_size
 
     async def prepare(self, request: web.BaseRequest) -> None:
         transport = request.transport
@@ -153,6 +156,10 @@ class Proxy:
         with Shield's ``extra`` headers (RateLimit-*, X-Shield-Rule) added."""
         settings = self.settings
         method = request.method
+        exchange = request[EXCHANGE]
+        request_id = exchange.request_id
+        id_header = (b"X-Request-ID", request_id.encode("latin-1"))
+        extra = [id_header] if extra is None else [*extra, id_header]
         body: bytes | None = None
         streamed = chunked = False
         if not request.body_exists:
@@ -179,7 +186,7 @@ class Proxy:
                 chunked = content_length is None
                 framing = _CHUNKED if content_length is None else b"Content-Length: %d\r\n" % content_length
         head = self.heads.build(
-            method.encode(), target, request.raw_headers, request.remote or "unknown", framing
+            method.encode(), target, request.raw_headers, request.remote or "unknown", framing, request_id
         )
         if body:
             head += body
@@ -196,6 +203,7 @@ class Proxy:
                 if conn is None:
                     conn, reused = await self.pool.acquire(fresh=fresh)
                 try:
+                    sent_at = perf_counter()
                     conn.start(head, head_request=head_request)
                     if streamed:
                         upload = asyncio.get_running_loop().create_task(
@@ -203,6 +211,7 @@ class Proxy:
                         )
                     while not conn.headers_complete:
                         await conn.wait(settings.headers_timeout, NO_ANSWER)
+                    exchange.upstream_seconds = perf_counter() - sent_at
                     break
                 except UpstreamProtocolError:
                     # A pooled connection the upstream closed while idle: retry once, on a new
@@ -242,7 +251,8 @@ class Proxy:
                     date=self.date,
                     extra=extra,
                 )
-                return WrittenResponse(data, keep_alive, conn.status)  # type: ignore[return-value]
+                sent = 0 if head_request else len(body)
+                return WrittenResponse(data, keep_alive, conn.status, sent)  # type: ignore[return-value]
             return await self._stream_response(request, conn, extra)
         finally:
             if upload is not None and not upload.done():
@@ -294,10 +304,13 @@ class Proxy:
         if declared is not None:
             response.content_length = int(declared)
         idle = self.settings.upstream_idle
+        exchange = request[EXCHANGE]
+        exchange.sent = 0
         try:
             await response.prepare(request)
             while chunk := await conn.read(idle):
                 await response.write(chunk)
+                exchange.sent += len(chunk)
         except UpstreamError as error:
             conn.close()
             self.stats.upstream_errors[error.kind] += 1

@@ -26,7 +26,17 @@ from shield.policy.rules import Policy
 log = logging.getLogger("shield.reload")
 
 # Sections a reload cannot change in a running process.
-_RESTART_ONLY = ("listen", "upstream", "admin", "state", "workers", "timeouts", "limits", "forwarding")
+_RESTART_ONLY = (
+    "listen",
+    "upstream",
+    "admin",
+    "state",
+    "workers",
+    "timeouts",
+    "limits",
+    "forwarding",
+    "access_log",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 SIGTERM or SIGINT starts a graceful shutdown (stop accepting, let in-flight requests finish
 within the grace period); a second one exits at once. With ``workers: N`` the parent starts N
 processes that bind the same port with SO_REUSEPORT, relays signals to them and restarts one
-that dies unexpectedly. Worker 0 also serves the admin listener.
+that dies unexpectedly. Worker 0 also serves the admin listener, and its /metrics adds up the
+stats every worker publishes into a directory the supervisor made (``shield.worker_stats``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from shield.config.model import ShieldConfig
 from shield.server import Shield, install_uvloop
+from shield.worker_stats import WorkerStats
 
 log = logging.getLogger("shield")
 
@@ -30,10 +35,17 @@ async def serve(
     config_path: str | None = None,
     worker: int | None = None,
     started: Callable[[Shield], Awaitable[None]] | None = None,
+    stats_dir: str | None = None,
 ) -> None:
     shield = Shield(config, config_path=config_path, admin=worker in (None, 0), reuse_port=worker is not None)
+    shared = None
+    if stats_dir is not None and worker is not None:
+        shared = WorkerStats(Path(stats_dir), worker, shield.stats)
+        shared.restore()
+        shield.stats.peers = shared.peers
     await shield.start()
     loop = asyncio.get_running_loop()
+    publishing = loop.create_task(shared.run()) if shared is not None else None
     stopping = asyncio.Event()
     signals = 0
 
@@ -56,6 +68,9 @@ async def serve(
         await started(shield)
     await stopping.wait()
     await shield.stop()
+    if shared is not None and publishing is not None:
+        publishing.cancel()
+        shared.publish()
     log.info("stopped")
 
 
@@ -70,16 +85,26 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-def run(config: ShieldConfig, *, config_path: str, worker: int | None = None) -> int:
+def run(
+    config: ShieldConfig, *, config_path: str, worker: int | None = None, stats_dir: str | None = None
+) -> int:
     """Serve until stopped; the process entry point behind ``shield run``."""
     if config.workers > 1 and worker is None:
         return supervise(config, config_path)
     install_uvloop()
-    asyncio.run(serve(config, config_path=config_path, worker=worker))
+    asyncio.run(serve(config, config_path=config_path, worker=worker, stats_dir=stats_dir))
     return 0
 
 
 def supervise(config: ShieldConfig, config_path: str) -> int:
+    stats_dir = tempfile.mkdtemp(prefix="shield-workers-")
+    try:
+        return _supervise(config, config_path, stats_dir)
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+def _supervise(config: ShieldConfig, config_path: str, stats_dir: str) -> int:
     def spawn(index: int) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
@@ -90,6 +115,8 @@ def supervise(config: ShieldConfig, config_path: str) -> int:
             config_path,
             "--worker",
             str(index),
+            "--stats-dir",
+            stats_dir,
         ]
         return subprocess.Popen(command)
 

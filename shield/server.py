@@ -18,12 +18,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
 from shield.clock import Clock, MonotonicClock
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
 from shield.metrics import ProxyStats, build_registry
+from shield.observe import Observer
 from shield.policy.identity import IdentityResolver, NoIdentity
 from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.reload import PolicyHolder, build_runtime
@@ -172,6 +174,8 @@ class Shield:
         self.pool: UpstreamPool | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.websockets: WebSocketRelay | None = None
+        log_settings = config.access_log
+        self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
 
     @property
     def port(self) -> int:
@@ -231,8 +235,9 @@ class Shield:
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
         limits = config.limits
+        observer = Observer(gatekeeper.handle, stats=self.stats, access_log=self.access_log)
         self._server = PublicServer(
-            gatekeeper.handle,
+            observer.handle,
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
             max_line_size=limits.max_header_size,
@@ -315,6 +320,8 @@ class Shield:
         await self.state.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 def install_uvloop() -> bool:

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from shield.headers import filter_request_headers
+from shield.observe import EXCHANGE
 
 log = logging.getLogger("shield.websocket")
 
@@ -84,6 +85,9 @@ class WebSocketRelay:
             if name.lower() not in _HANDSHAKE
         ]
         headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra_headers]
+        exchange = request.get(EXCHANGE)
+        if exchange is not None:
+            headers.append(("X-Request-ID", exchange.request_id))
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
@@ -114,6 +118,8 @@ class WebSocketRelay:
             max_msg_size=self._max_msg_size,
             compress=False,
         )
+        if exchange is not None:
+            downstream.headers["X-Request-ID"] = exchange.request_id
         try:
             await downstream.prepare(request)
             to_upstream = asyncio.create_task(_pump(downstream, upstream))

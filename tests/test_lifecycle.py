@@ -6,6 +6,7 @@ Signal handling is tested on real ``shield run`` processes; the admin endpoints 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,3 +288,64 @@ async def test_the_admin_listener_binds_loopback_by_default(make_shield: MakeShi
     shield = await make_shield(f"http://127.0.0.1:{free_port()}", admin={"listen": {"port": 0}})
     bound = {s.local_ip for s in tcp_sockets() if s.listening and s.local_port == shield.admin_port}
     assert bound == {"127.0.0.1"}
+
+
+def stats_dir_of(pid: int) -> Path:
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return Path(args[args.index(b"--stats-dir") + 1].decode())
+
+
+async def test_one_scrape_with_two_workers_counts_both_workers_requests(
+    aiohttp_server: AiohttpServer, run_shield: StartShield
+) -> None:
+    upstream_url, _ = await slow_upstream(aiohttp_server, delay=0)
+    shield = await run_shield(upstream_url, "workers: 2\n")
+    await until(lambda: len(children_of(shield.pid)) == 2, 15, "both workers run")
+    stats_dir = stats_dir_of(children_of(shield.pid)[0])
+    admin = f"http://127.0.0.1:{shield.admin_port}/metrics"
+
+    async with aiohttp.ClientSession() as client:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while True:  # both workers up and the admin listener answering
+            try:
+                async with client.get(admin) as response:
+                    if response.status == 200 and (stats_dir / "worker-1.json").exists():
+                        break
+            except aiohttp.ClientError:
+                pass
+            assert loop.time() < deadline, "the workers never came up"
+            await asyncio.sleep(0.1)
+
+        # A new connection per request, so SO_REUSEPORT spreads them over both workers.
+        sent = 40
+        for _ in range(sent):
+            async with aiohttp.ClientSession() as fresh, fresh.get(shield.url("/ping")) as response:
+                assert response.status == 200
+
+        def requests(text: str) -> float:
+            return sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "shield_requests_total"
+            )
+
+        while True:  # worker 1 publishes its counts every second
+            async with client.get(admin) as response:
+                total = requests(await response.text())
+            if total == sent:
+                break
+            assert total < sent and loop.time() < deadline + 5, f"scrape counted {total} of {sent}"
+            await asyncio.sleep(0.2)
+
+    # Worker 1 really served some of them: the sum is not worker 0's count alone.
+    worker_1 = requests_in_snapshot(stats_dir / "worker-1.json")
+    assert 0 < worker_1 < sent
+    shield.terminate()
+    assert await shield.exit_code(within=10) == 0
+    assert not stats_dir.exists()
+
+
+def requests_in_snapshot(path: Path) -> int:
+    return sum(int(row[-1]) for row in json.loads(path.read_text())["requests"])

@@ -256,7 +256,8 @@ async def test_upstream_gets_the_clients_request_plus_only_shields_forwarding_he
 
     assert (response.status, response.body) == (200, b"ok")
     # No User-Agent, Accept, Accept-Encoding or Content-Type of Shield's own.
-    assert upstream.requests[0].head == (
+    head, _, request_id = upstream.requests[0].head.partition(b"\r\nX-Request-ID: ")
+    assert head == (
         b"GET /x HTTP/1.1\r\n"
         b"Host: shop.example\r\n"
         b"X-Forwarded-For: 127.0.0.1\r\n"
@@ -264,6 +265,7 @@ async def test_upstream_gets_the_clients_request_plus_only_shields_forwarding_he
         b"X-Forwarded-Host: shop.example\r\n"
         b"Via: 1.1 shield"
     )
+    assert response.header(b"X-Request-ID") == [request_id]
 
 
 async def test_client_claims_about_its_address_are_overwritten_not_appended_to(

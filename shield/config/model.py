@@ -163,6 +163,13 @@ class Forwarding(Section):
     via: str = Field("1.1 shield", description="The Via value added to forwarded requests.")
 
 
+class AccessLog(Section):
+    enabled: bool = Field(False, description="Write one JSON line per request to stdout.")
+    sample: float = Field(
+        1.0, gt=0.0, le=1.0, description="Share of requests logged (0.01 logs one in a hundred)."
+    )
+
+
 class ShieldConfig(Section):
     """The whole config file."""
 
@@ -174,6 +181,7 @@ class ShieldConfig(Section):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
     forwarding: Forwarding = Field(default_factory=Forwarding)
+    access_log: AccessLog = Field(default_factory=AccessLog)
     policy: PolicyOptions = Field(default_factory=PolicyOptions)
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")

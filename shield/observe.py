@@ -1,0 +1,140 @@
+"""Recording each request: its id, what was decided, how long it took, one access log line.
+
+``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (under the typed
+key ``EXCHANGE``, so the gatekeeper and the proxy fill it without new parameters on their
+methods): the gatekeeper writes what it decided, the proxy how long the upstream took. Once the
+answer is ready the observer counts the decision, drops the duration into the rule's histogram,
+puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
+
+Requests refused before a rule could be asked (a malformed target or path, CONNECT) are not
+counted in ``shield_requests_total``; they are logged with rule and decision null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+
+from aiohttp import web
+
+from shield.access_log import AccessLog, format_line
+from shield.metrics import ProxyStats
+from shield.request_id import RequestIds
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+# What nginx logs for a client that went away before its answer was ready.
+CLIENT_CLOSED = 499
+
+
+class Exchange:
+    """What is known about one request as it crosses Shield."""
+
+    __slots__ = (
+        "action",
+        "client_ip",
+        "decision",
+        "identity",
+        "path",
+        "request_id",
+        "rule",
+        "sent",
+        "upstream_seconds",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.rule: str | None = None
+        self.action = ""
+        self.decision: str | None = None
+        self.identity = "anonymous"
+        self.client_ip: str | None = None
+        self.path: str | None = None
+        self.upstream_seconds: float | None = None
+        self.sent = -1  # body bytes of a streamed answer, counted by the proxy
+
+    def decided(self, rule: str, action: str, decision: str, identity: str) -> None:
+        self.rule = rule
+        self.action = action
+        self.decision = decision
+        self.identity = identity
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+def body_size(response: web.StreamResponse, exchange: Exchange) -> int:
+    """Body bytes of the answer (what the client receives after the head)."""
+    if exchange.sent >= 0:
+        return exchange.sent
+    size = getattr(response, "body_size", None)  # the proxy's pre-written answers
+    if size is not None:
+        return int(size)
+    if isinstance(response, web.Response):
+        body = response.body
+        return len(body) if isinstance(body, bytes | bytearray) else 0
+    return 0
+
+
+class Observer:
+    """The public listener's handler: ``handler`` with accounting around it."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        stats: ProxyStats,
+        access_log: AccessLog | None,
+        request_ids: RequestIds | None = None,
+    ) -> None:
+        self._handler = handler
+        self._stats = stats
+        self._log = access_log
+        self._ids = request_ids or RequestIds()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = perf_counter()
+        exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
+        request[EXCHANGE] = exchange
+        try:
+            response = await self._handler(request)
+        except asyncio.CancelledError:
+            if self._log is not None and self._log.sampled():
+                self._write_log(request, exchange, CLIENT_CLOSED, 0, perf_counter() - started)
+            raise
+        elapsed = perf_counter() - started
+        stats = self._stats
+        rule = exchange.rule
+        if rule is not None:
+            stats.requests[rule, exchange.action, exchange.decision or "", exchange.identity] += 1
+            if not isinstance(response, web.WebSocketResponse):
+                (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
+        if exchange.upstream_seconds is not None:
+            stats.upstream_seconds.observe(exchange.upstream_seconds)
+        if isinstance(response, web.StreamResponse) and not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        if self._log is not None and self._log.sampled():
+            self._write_log(request, exchange, response.status, body_size(response, exchange), elapsed)
+        return response
+
+    def _write_log(
+        self, request: web.BaseRequest, exchange: Exchange, status: int, size: int, elapsed: float
+    ) -> None:
+        assert self._log is not None
+        self._log.write(
+            format_line(
+                stamp=self._log.stamp(),
+                request_id=exchange.request_id,
+                client_ip=exchange.client_ip or request.remote or "unknown",
+                identity=exchange.identity,
+                method=request.method,
+                path=exchange.path,
+                rule=exchange.rule,
+                decision=exchange.decision,
+                status=status,
+                size=size,
+                duration=elapsed,
+                upstream=exchange.upstream_seconds,
+            )
+        )
