@@ -106,6 +106,9 @@ class ProxyStats:
         self.config_version = ""
         # backend -> failed calls to the shared state (Redis errors and timeouts)
         self.state_errors: Counter[str] = Counter({backend: 0 for backend in STATE_BACKENDS})
+        # backend -> calls that answered, and the decisions they carried (batching at work)
+        self.state_calls: Counter[str] = Counter()
+        self.state_decisions: Counter[str] = Counter()
         # access log lines dropped because stdout could not keep up
         self.access_log_dropped = 0
         # the other workers' latest snapshots (workers > 1); set by the runner
@@ -128,6 +131,8 @@ class ProxyStats:
         self.dry_run.update(other.dry_run)
         self.config_reloads.update(other.config_reloads)
         self.state_errors.update(other.state_errors)
+        self.state_calls.update(other.state_calls)
+        self.state_decisions.update(other.state_decisions)
         self.access_log_dropped += other.access_log_dropped
 
     def snapshot(self) -> dict[str, Any]:
@@ -143,6 +148,8 @@ class ProxyStats:
             "last_reload_success": self.last_reload_success,
             "config_version": self.config_version,
             "state_errors": dict(self.state_errors),
+            "state_calls": dict(self.state_calls),
+            "state_decisions": dict(self.state_decisions),
             "access_log_dropped": self.access_log_dropped,
             "buckets": list(DURATION_BUCKETS),
         }
@@ -167,6 +174,8 @@ class ProxyStats:
         stats.last_reload_success = float(data["last_reload_success"])
         stats.config_version = str(data["config_version"])
         stats.state_errors.update({k: int(v) for k, v in data["state_errors"].items()})
+        stats.state_calls.update({k: int(v) for k, v in data.get("state_calls", {}).items()})
+        stats.state_decisions.update({k: int(v) for k, v in data.get("state_decisions", {}).items()})
         stats.access_log_dropped = int(data["access_log_dropped"])
         return stats
 
@@ -252,6 +261,18 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         "Calls to the shared state backend that failed or timed out.",
         ["backend"],
         stats.state_errors.items(),
+    )
+    yield _counter(
+        "shield_state_calls",
+        "Calls to the shared state backend that answered; one call carries many decisions.",
+        ["backend"],
+        stats.state_calls.items(),
+    )
+    yield _counter(
+        "shield_state_decisions",
+        "Throttle decisions the shared state backend answered.",
+        ["backend"],
+        stats.state_decisions.items(),
     )
     dropped = CounterMetricFamily(
         "shield_access_log_dropped_lines",

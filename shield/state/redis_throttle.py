@@ -72,14 +72,22 @@ class RedisThrottle:
         self.local = local
         self.over_limit = OverLimitCache(max(1000, config.max_keys // 10))
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.open_for)
-        self.calls = 0
-        self.decisions = 0
         self._cluster = isinstance(client, RedisCluster)
         self._pending: list[_Decision] = []
         self._in_flight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._rates: dict[tuple[int, float, int], tuple[int, int]] = {}
+
+    @property
+    def calls(self) -> int:
+        """Redis calls that answered."""
+        return self.stats.state_calls["redis"]
+
+    @property
+    def decisions(self) -> int:
+        """Decisions those calls carried."""
+        return self.stats.state_decisions["redis"]
 
     async def start(self) -> None:
         """Load the script, so the first requests do not pay for it; a Redis that is not up
@@ -175,8 +183,8 @@ class RedisThrottle:
             if self.breaker.state(self.clock.now()) != "closed":
                 log.warning("redis state answers again")
             self.breaker.succeeded()
-            self.calls += 1
-            self.decisions += len(batch)
+            self.stats.state_calls["redis"] += 1
+            self.stats.state_decisions["redis"] += len(batch)
         finally:
             self._in_flight -= 1
             if self._pending and not self._flush_scheduled:

@@ -45,8 +45,10 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 PATHS: dict[str, int] = {"/2b": 2, "/16k": 16384}  # benchmark path -> body size
-TARGETS = ("direct", "nginx", "shield", "shield+rules")
-SHIELDS = ("shield", "shield+rules")
+TARGETS = ("direct", "nginx", "shield", "shield+rules", "shield+redis")
+SHIELDS = ("shield", "shield+rules", "shield+redis")
+# The same 20 rules, with throttle state in Redis (the one at --redis-url) instead of memory.
+WITH_RULES = ("shield+rules", "shield+redis")
 RULE_COUNT = 20
 OTHER_LOAD_LIMIT = 10.0  # % of a core used by processes we did not start: "the machine is not quiet"
 
@@ -452,7 +454,9 @@ def bench_rules() -> list[dict[str, Any]]:
 LAST_RULE = "everything-else"
 
 
-def shield_config(port: int, admin_port: int, upstream_port: int, rules: bool) -> str:
+def shield_config(
+    port: int, admin_port: int, upstream_port: int, rules: bool, redis_url: str | None = None
+) -> str:
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "upstream": f"http://127.0.0.1:{upstream_port}",
@@ -461,6 +465,8 @@ def shield_config(port: int, admin_port: int, upstream_port: int, rules: bool) -
     if rules:
         config["rules"] = bench_rules()
         assert len(config["rules"]) == RULE_COUNT and config["rules"][-1]["name"] == LAST_RULE
+    if redis_url is not None:
+        config["state"] = {"backend": "redis", "url": redis_url, "key_prefix": f"bench:{os.getpid()}:"}
     text: str = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
     return text
 
@@ -813,6 +819,18 @@ def scrape_decisions(admin_url: str) -> dict[str, float]:
 # Main
 
 
+def scrape_batching(admin_url: str) -> dict[str, float]:
+    """How many throttle decisions each Redis call carried, from Shield's own counters."""
+    _, body = http_get(admin_url + "/metrics")
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        for name in ("calls", "decisions", "errors"):
+            if line.startswith(f'shield_state_{name}_total{{backend="redis"}}'):
+                values[name] = float(line.rsplit(" ", 1)[1])
+    calls = values.get("calls", 0.0)
+    return {**values, "per_call": values.get("decisions", 0.0) / calls if calls else 0.0}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -843,6 +861,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=60,
         help="before each run, wait up to this many seconds for other processes to leave the cores idle",
+    )
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of target shield+redis"
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="the JSON results")
     args = parser.parse_args(argv)
@@ -911,12 +932,15 @@ def start_servers(
             continue
         port, admin_port = free_port(), free_port()
         conf = root / f"{target}.yaml"
-        conf.write_text(shield_config(port, admin_port, upstream_port, rules=target == "shield+rules"))
-        if target == "shield+rules":
+        redis_url = args.redis_url if target == "shield+redis" else None
+        conf.write_text(
+            shield_config(port, admin_port, upstream_port, rules=target in WITH_RULES, redis_url=redis_url)
+        )
+        if target in WITH_RULES:
             check = subprocess.run([shield, "check", "-c", str(conf)], capture_output=True, text=True)
             if check.returncode != 0:
                 reason = first_line(check.stderr) or first_line(check.stdout) or f"exit {check.returncode}"
-                print(f"shield+rules: skipped (rules engine not available: {reason})", flush=True)
+                print(f"{target}: skipped ({reason})", flush=True)
                 meta["skipped"][target] = reason
                 continue
             print(f"shield check: {first_line(check.stdout)}")
@@ -975,12 +999,19 @@ def bench(
         for target, admin_url in admin_urls.items():
             decisions = scrape_decisions(admin_url)
             meta["decisions"][target] = decisions
-            if target == "shield+rules":
+            if target in WITH_RULES:
                 wrong = {k: v for k, v in decisions.items() if f'rule="{LAST_RULE}"' not in k and v}
                 if wrong or not decisions:
                     raise BenchError(
-                        f"shield+rules: requests decided by other rules than {LAST_RULE}: {decisions}"
+                        f"{target}: requests decided by other rules than {LAST_RULE}: {decisions}"
                     )
+            if target == "shield+redis":
+                batching = scrape_batching(admin_url)
+                meta["redis_batching"] = batching
+                print(
+                    f"shield+redis: {batching['decisions']:,.0f} decisions in {batching['calls']:,.0f} Redis "
+                    f"calls ({batching['per_call']:.1f} per call), {batching['errors']:,.0f} errors"
+                )
         for target, decisions in meta["decisions"].items():
             print(f"{target} decisions: " + ", ".join(f"{k} {v:,.0f}" for k, v in decisions.items()))
 
@@ -1056,8 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
         "upstream share (near 100% there means the load side, not the proxy, set the pace); other: the\n"
         "largest share of either core used by user processes the benchmark did not start, worst round"
     )
+    for path, by_target in summary.items():
+        if "shield+redis" in by_target and "shield+rules" in by_target:
+            ratio = by_target["shield+redis"]["rps"] / by_target["shield+rules"]["rps"]
+            print(f"{path}: shield+redis keeps {ratio:.2f}x the throughput of shield+rules (memory state)")
     for target, reason in meta["skipped"].items():
-        print(f"{target}: skipped (rules engine not available: {reason})")
+        print(f"{target}: skipped ({reason})")
     print(f"\ncommand: {command}")
     print(f"wrk:     {meta['wrk_command']}")
     print(
