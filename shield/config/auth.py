@@ -122,10 +122,17 @@ class JwtKey(Section):
         if (kind == "secret") != source.startswith("secret"):
             needs = "secret_env or secret_file" if kind == "secret" else "public_key_file or jwks_file"
             raise ValueError(f"{self.algorithms[0]} needs {needs}, not {source}")
-        if self.secret_env:
-            self._keys = [(None, _env(self.secret_env).encode())]
-        elif self.secret_file:
-            self._keys = [(None, _read(self.secret_file).strip())]
+        if self.secret_env or self.secret_file:
+            secret = (
+                _env(self.secret_env).encode() if self.secret_env else _read(str(self.secret_file)).strip()
+            )
+            # RFC 7518 §3.2: an HMAC key at least as long as the hash; PyJWT warns per token otherwise.
+            needed = max(int(name[2:]) // 8 for name in self.algorithms)
+            if len(secret) < needed:
+                raise ValueError(
+                    f"the secret is {len(secret)} bytes; {self.algorithms} need at least {needed}"
+                )
+            self._keys = [(None, secret)]
         elif self.public_key_file:
             self._keys = [(None, _public_key(_read(self.public_key_file), kind, self.public_key_file))]
         elif self.jwks_file:
