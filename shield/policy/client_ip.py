@@ -83,7 +83,7 @@ def _forwarded_for(value: str) -> list[str]:
 class ClientResolver:
     """Resolves ``Client`` values from the peer and, behind trusted proxies, the chain."""
 
-    __slots__ = ("_header", "_peers", "_prefix", "_trusted", "_trusted_peers")
+    __slots__ = ("_chains", "_header", "_hops", "_peers", "_prefix", "_trusted", "_trusted_peers")
 
     def __init__(
         self,
@@ -101,6 +101,12 @@ class ClientResolver:
         # case, and the whole answer for them); trusted peers go to the other set.
         self._peers: dict[str, Client] = {}
         self._trusted_peers: set[str] = set()
+        # Hop text -> (address text, throttle key, is trusted), or None when it is no address:
+        # parsing an address costs microseconds, and the same proxies and clients appear in
+        # chain after chain.
+        self._hops: dict[str, tuple[str, str, bool] | None] = {}
+        # (peer, every line of the header) -> the Client walked from them.
+        self._chains: dict[tuple[str, ...], Client] = {}
 
     def is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted if network.version == address.version)
@@ -138,25 +144,48 @@ class ClientResolver:
             peers.clear()
         peers.add(peer)
 
-    def _hops(self, headers: MultiMapping[str]) -> list[str]:
-        # Every line of the field, in order: reading only the first (or last) line is a known
-        # way to make a limiter and an application disagree about the client.
+    def _hop(self, text: str) -> tuple[str, str, bool] | None:
+        hops = self._hops
+        try:
+            return hops[text]
+        except KeyError:
+            pass
+        address = parse_address(text)
+        hop = None if address is None else (str(address), self.key(address), self.is_trusted(address))
+        if len(hops) >= PEER_CACHE_SIZE:
+            hops.clear()
+        hops[text] = hop
+        return hop
+
+    def _chain(self, lines: list[str]) -> list[str]:
         if self._header == "Forwarded":
-            return [node for value in headers.getall("Forwarded", ()) for node in _forwarded_for(value)]
-        return [hop for value in headers.getall("X-Forwarded-For", ()) for hop in value.split(",")]
+            return [node for value in lines for node in _forwarded_for(value)]
+        return [hop for value in lines for hop in value.split(",")]
 
     def _walk(self, peer: str, headers: MultiMapping[str]) -> Client:
-        peer_address = parse_address(peer)
-        assert peer_address is not None  # only parseable peers are found trusted
-        client = peer_address
-        kept: list[str] = [str(peer_address)]  # the chain sent upstream, right to left
-        for hop in reversed(self._hops(headers)):
-            address = parse_address(hop)
-            if address is None:
+        # Every line of the field, in order: reading only the first (or last) line is a known
+        # way to make a limiter and an application disagree about the client.
+        lines = headers.getall(self._header, [])
+        memo = (peer, *lines)
+        client = self._chains.get(memo)
+        if client is None:
+            client = self._walk_chain(peer, lines)
+            if len(self._chains) >= PEER_CACHE_SIZE:
+                self._chains.clear()
+            self._chains[memo] = client
+        return client
+
+    def _walk_chain(self, peer: str, lines: list[str]) -> Client:
+        hop = self._hop(peer)
+        assert hop is not None  # only parseable peers are found trusted
+        client, key, _ = hop
+        kept = [client]  # the chain sent upstream, right to left
+        for text in reversed(self._chain(lines)):
+            hop = self._hop(text.strip())
+            if hop is None:
                 break  # a malformed hop ends the walk: the last good hop is the client
-            client = address
-            kept.append(str(address))
-            if not self.is_trusted(address):
+            client, key, trusted = hop
+            kept.append(client)
+            if not trusted:
                 break
-        text = str(client)
-        return Client(text, self.key(client), ", ".join(reversed(kept)), via_proxy=True)
+        return Client(client, key, ", ".join(reversed(kept)), via_proxy=True)
