@@ -104,6 +104,8 @@ class PolicyHolder:
             return False
         old = self.current.config
         changed = [s for s in _RESTART_ONLY if getattr(old, s) != getattr(config, s)]
+        if old.auth.introspection != config.auth.introspection:
+            changed.append("auth.introspection")
         if changed:
             log.warning("config sections %s changed; they take effect on restart only", ", ".join(changed))
         self.current = runtime
