@@ -70,7 +70,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     try:
-        lines = explain(config, args.method, args.url, args.header, args.ip)
+        lines = explain(config, args.method, args.url, args.header, args.ip, cookie_args=args.cookie)
     except ValueError as error:
         print(f"shield explain: {error}", file=sys.stderr)
         return 2
@@ -118,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "-H", "--header", action="append", default=[], help="a request header, 'Name: value' (repeatable)"
     )
-    explain.add_argument("--ip", default="127.0.0.1", help="the client address (default 127.0.0.1)")
+    explain.add_argument(
+        "-b", "--cookie", action="append", default=[], help="a cookie, 'name=value' (repeatable)"
+    )
+    explain.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="the TCP peer's address (default 127.0.0.1); behind trusted proxies the client is "
+        "read from the forwarding header given with -H",
+    )
     explain.set_defaults(func=cmd_explain)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")

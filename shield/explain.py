@@ -7,13 +7,16 @@ maths on a fresh bucket), so what it prints is what the running Shield decides.
 from __future__ import annotations
 
 import math
+import time
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config.model import ShieldConfig
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
-from shield.policy.identity import IdentityResolver, NoIdentity
+from shield.policy.auth import Authenticator, cookie_value
+from shield.policy.client_ip import Client, ClientResolver
+from shield.policy.identity import Identity, IdentityResolver, NoIdentity
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, Policy, RequestView
 from shield.target import request_target
@@ -29,6 +32,48 @@ def parse_header_args(values: list[str]) -> CIMultiDict[str]:
     return headers
 
 
+def parse_cookie_args(values: list[str]) -> str | None:
+    """``["a=1", "b=2"]`` -> the Cookie header ``a=1; b=2``."""
+    for value in values:
+        if "=" not in value or not value.partition("=")[0].strip():
+            raise ValueError(f"invalid cookie {value!r}: write 'name=value'")
+    return "; ".join(v.strip() for v in values) or None
+
+
+def _client_text(config: ShieldConfig, peer: str, client: Client) -> str:
+    trusted = config.clients.trusted_proxies
+    if not client.via_proxy:
+        why = "no trusted proxies" if not trusted else "not a trusted proxy"
+        return f"client:   {client.ip}  (the TCP peer, {why}: forwarding headers ignored; key {client.key})"
+    return (
+        f"client:   {client.ip}  (peer {peer} is a trusted proxy; {config.clients.header} walked "
+        f"from the right past trusted hops; key {client.key}; "
+        f"upstream gets X-Forwarded-For: {client.forwarded_for})"
+    )
+
+
+def _identify(config: ShieldConfig, headers: CIMultiDictProxy[str], client_ip: str) -> Identity:
+    auth = config.auth
+    resolver: IdentityResolver = NoIdentity()
+    if auth.jwt is not None or auth.signed_cookie is not None:
+        resolver = Authenticator(auth, time.time)
+    identity = resolver.identify(headers, client_ip)
+    spec = auth.introspection
+    if identity.authenticated or spec is None:
+        return identity
+    cookie = cookie_value(headers.get("Cookie", ""), spec.cookie) if spec.cookie else None
+    header = headers.get(spec.header) if spec.header else None
+    if not cookie and not header:
+        return identity
+    sent = f"cookie {spec.cookie}" if cookie else f"header {spec.header}"
+    return Identity(
+        False,
+        None,
+        f"{identity.how}; Shield would ask the upstream at {spec.path} with the {sent} "
+        "(explain makes no call: anonymous here, whatever the answer)",
+    )
+
+
 def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
     config = rule.config
     if rule.action == "close":
@@ -38,7 +83,7 @@ def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
     if rule.action == "throttle":
         assert rule.rate is not None
         counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""
-        return f"throttle {config.limit}, burst {rule.rate.burst}, key {config.key}{counting}"
+        return f"throttle {config.limit_text}, burst {rule.rate.burst}, key {config.key}{counting}"
     return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
 
 
@@ -49,9 +94,13 @@ def explain(
     header_args: list[str],
     client_ip: str,
     identities: IdentityResolver | None = None,
+    cookie_args: list[str] | None = None,
 ) -> list[str]:
-    """The lines ``shield explain`` prints."""
+    """The lines ``shield explain`` prints; ``client_ip`` is the TCP peer."""
     headers = parse_header_args(header_args)
+    cookies = parse_cookie_args(cookie_args or [])
+    if cookies is not None:
+        headers.add("Cookie", cookies)
     parts = urlsplit(url)
     if parts.scheme and parts.netloc and "Host" not in headers:
         headers["Host"] = parts.netloc
@@ -69,9 +118,19 @@ def explain(
     except UnsafePath as error:
         return [*lines, f"decision: 400 Bad Request ({error}); no rule is consulted"]
     lines.append(f"path:     {canonical.match}  (forwarded upstream as {canonical.forward})")
-    identity = (identities or NoIdentity()).identify(CIMultiDictProxy(headers), client_ip)
+    clients = config.clients
+    peer = client_ip
+    client = ClientResolver(clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header)
+    resolved = client.resolve(peer, CIMultiDictProxy(headers))
+    client_ip = resolved.ip
+    view_headers = CIMultiDictProxy(headers)
+    if identities is not None:
+        identity = identities.identify(view_headers, client_ip)
+    else:
+        identity = _identify(config, view_headers, client_ip)
     who = f"{identity.label}" + (f" as {identity.user}" if identity.user else "")
     lines.append(f"identity: {who} ({identity.how})")
+    lines.append(_client_text(config, peer, resolved))
     view = RequestView(
         method,
         canonical.match,
@@ -80,6 +139,7 @@ def explain(
         query,
         client_ip,
         identity,
+        resolved.key,
     )
     lines.append("rules:")
     candidates = set(map(id, policy.candidates(method, canonical.match)))
@@ -104,10 +164,12 @@ def explain(
     if decided is None:
         lines.append("decision: forward to the upstream (no rule matched)")
     elif decided.action == "throttle":
-        assert decided.rate is not None
+        rate = decided.rates[identity.authenticated]
+        limit = decided.config.authenticated_rate if identity.authenticated else decided.config.rate
+        assert rate is not None
         lines.append(
             f"decision: throttle by {decided.name!r}: forwarded while bucket {decided.state_key(view)!r} "
-            f"has room ({decided.rate.burst} at once, then {decided.config.limit}); 429 beyond"
+            f"has room ({rate.burst} at once, then {limit.text if limit else ''}); 429 beyond"
         )
     else:
         lines.append(f"decision: {decided.outcome} by rule {decided.name!r}")

@@ -16,9 +16,12 @@ from aiohttp import web
 from shield import actions
 from shield.actions import ShieldAnswer, answer
 from shield.clock import Clock
+from shield.headers import identity_lines
+from shield.introspect import Introspector
 from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
 from shield.observe import EXCHANGE
+from shield.policy.client_ip import ClientResolver
 from shield.policy.identity import IdentityResolver
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
@@ -59,9 +62,12 @@ class Gatekeeper:
         proxy: Proxy,
         websockets: WebSocketRelay,
         state: StateBackend,
-        identities: IdentityResolver,
+        identities: IdentityResolver | None,
         clock: Clock,
         stats: ProxyStats,
+        clients: ClientResolver | None = None,
+        introspector: Introspector | None = None,
+        identity_headers: bool = False,
     ) -> None:
         self.holder = holder
         self.proxy = proxy
@@ -72,6 +78,9 @@ class Gatekeeper:
         self.identities = identities
         self.clock = clock
         self.stats = stats
+        self.clients = clients or ClientResolver()
+        self.introspector = introspector
+        self.identity_headers = identity_headers
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
@@ -97,16 +106,25 @@ class Gatekeeper:
             forward = canonical.forward.encode()
             if forward != raw_path:
                 target = forward + sep + query
-        client_ip = request.remote or "unknown"
-        identity = self.identities.identify(headers, client_ip)
+        client = self.clients.resolve(request.remote or "unknown", headers)
+        client_ip = client.ip
+        identity = (self.identities or runtime.identities).identify(headers, client_ip)
+        if self.introspector is not None and not identity.authenticated:
+            identity = await self.introspector.identify(headers, identity)
+        # What the upstream is told: the client chain, and who Shield saw when asked to say.
+        upstream = (
+            (client.forwarded_for, identity_lines(client_ip, identity.user))
+            if self.identity_headers
+            else client.upstream
+        )
         exchange = request[EXCHANGE]
         exchange.client_ip = client_ip
         exchange.path = match_path
 
         if not policy.rules:
             if "Upgrade" in headers and is_websocket_upgrade(request):
-                return await self._websocket(request, target, _DEFAULT, "allow", identity.label)
-            response = await self.proxy.forward(request, target, None)
+                return await self._websocket(request, target, _DEFAULT, "allow", identity.label, upstream)
+            response = await self.proxy.forward(request, target, None, upstream)
             exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
             return response
 
@@ -118,6 +136,7 @@ class Gatekeeper:
             query.decode("latin-1"),
             client_ip,
             identity,
+            client.key,
         )
         rule, dry_runs = policy.match(view)
         if dry_runs is not None:
@@ -126,13 +145,13 @@ class Gatekeeper:
             else:
                 await self._record_shared_dry_runs(dry_runs, view)
         if rule is None:
-            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label)
+            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label, upstream)
 
         debug = runtime.debug_header
         action = rule.action
         if action == "allow":
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
-            return await self._forward(request, target, extra, rule.name, action, identity.label)
+            return await self._forward(request, target, extra, rule.name, action, identity.label, upstream)
         if action == "block":
             exchange.decided(rule.name, action, "blocked", identity.label)
             return self._refusal(
@@ -151,7 +170,7 @@ class Gatekeeper:
             return self._refusal(request, closed)
 
         # throttle
-        rate = rule.rate
+        rate = rule.rates[identity.authenticated]
         assert rate is not None
         key = rule.state_key(view)
         counting = rule.count_statuses
@@ -183,8 +202,8 @@ class Gatekeeper:
             if debug:
                 extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
         if "Upgrade" in headers and is_websocket_upgrade(request):
-            return await self._websocket(request, target, rule.name, action, identity.label)
-        forwarded = await self.proxy.forward(request, target, extra or None)
+            return await self._websocket(request, target, rule.name, action, identity.label, upstream)
+        forwarded = await self.proxy.forward(request, target, extra or None, upstream)
         exchange.decided(rule.name, action, _outcome(forwarded), identity.label)
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
             if shared is not None:
@@ -201,17 +220,25 @@ class Gatekeeper:
         rule: str,
         action: str,
         identity: str,
+        upstream: tuple[str, bytes],
     ) -> web.StreamResponse:
         if "Upgrade" in request.headers and is_websocket_upgrade(request):
-            return await self._websocket(request, target, rule, action, identity)
-        response = await self.proxy.forward(request, target, extra)
+            return await self._websocket(request, target, rule, action, identity, upstream)
+        response = await self.proxy.forward(request, target, extra, upstream)
         request[EXCHANGE].decided(rule, action, _outcome(response), identity)
         return response
 
     async def _websocket(
-        self, request: web.BaseRequest, target: bytes, rule: str, action: str, identity: str
+        self,
+        request: web.BaseRequest,
+        target: bytes,
+        rule: str,
+        action: str,
+        identity: str,
+        upstream: tuple[str, bytes],
     ) -> web.StreamResponse:
-        added = self.proxy.heads.forwarding_headers(request.raw_headers, request.remote or "unknown")
+        forwarded_for, who = upstream
+        added = self.proxy.heads.forwarding_headers(request.raw_headers, forwarded_for, who=who)
         response = await self.websockets.relay(request, target, added)
         request[EXCHANGE].decided(rule, action, _outcome(response), identity)
         return response
@@ -226,8 +253,9 @@ class Gatekeeper:
     def _record_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
         for rule in rules:
             if rule.action == "throttle":
-                assert rule.rate is not None
-                result = self.limiter.hit(rule.state_key(view), rule.rate, self.clock.now())
+                rate = rule.rates[view.identity.authenticated]
+                assert rate is not None
+                result = self.limiter.hit(rule.state_key(view), rate, self.clock.now())
                 self._record_dry_run(rule, view, "forwarded" if result.allowed else "throttled")
             else:
                 self._record_dry_run(rule, view, rule.outcome)
@@ -236,8 +264,9 @@ class Gatekeeper:
         assert self.shared is not None
         for rule in rules:
             if rule.action == "throttle":
-                assert rule.rate is not None
-                result = await self.shared.decide(rule.state_key(view), rule.rate)
+                rate = rule.rates[view.identity.authenticated]
+                assert rate is not None
+                result = await self.shared.decide(rule.state_key(view), rate)
                 self._record_dry_run(
                     rule, view, "throttled" if result and not result.allowed else "forwarded"
                 )

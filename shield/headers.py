@@ -9,6 +9,7 @@ after the filtering, so a client-named ``Connection: X-Forwarded-For`` cannot re
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
@@ -58,12 +59,16 @@ CLIENT_ADDRESS_HEADERS = frozenset(
     }
 )
 
+# Who Shield saw (``forwarding.identity_headers``). Always stripped from clients, option on or
+# off: an application reading them must only ever see values Shield wrote.
+IDENTITY_HEADERS = frozenset({b"x-shield-user", b"x-shield-client-ip", b"x-shield-authenticated"})
+
 # Managed by Shield when it writes the upstream request: framing, Host, Via, Expect (Shield
 # answers 100-continue itself, after its rules allowed the request) and X-Request-ID (the client's
 # is passed on only when it is sane, see ``shield.request_id``).
 _MANAGED_REQUEST = frozenset({b"content-length", b"host", b"via", b"expect", b"x-request-id"})
 
-_DROP_REQUEST = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | _MANAGED_REQUEST
+_DROP_REQUEST = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | IDENTITY_HEADERS | _MANAGED_REQUEST
 _DROP_REQUEST_STRIP_REWRITE = _DROP_REQUEST | REWRITE_HEADERS
 DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 
@@ -101,6 +106,20 @@ def filter_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[by
 
 def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
+
+
+def identity_lines(client_ip: str, user: str | None) -> bytes:
+    """The X-Shield-* header lines telling the upstream who Shield saw. A user id is
+    percent-encoded UTF-8, so no claim value can break the header (CR, LF, non-ASCII)."""
+    lines = b"X-Shield-Client-IP: " + client_ip.encode("ascii", "replace") + b"\r\n"
+    if user is None:
+        return lines + b"X-Shield-Authenticated: false\r\n"
+    return (
+        lines
+        + b"X-Shield-Authenticated: true\r\nX-Shield-User: "
+        + quote(user, safe="!$&'()*+,-./:;=?@_~").encode("ascii")
+        + b"\r\n"
+    )
 
 
 def _quoted_pair(text: str) -> str:
@@ -152,9 +171,12 @@ class RequestHeadBuilder:
         client_ip: str,
         framing: bytes,
         request_id: str | None = None,
+        who: bytes = b"",
     ) -> bytes:
         """The request line and headers, ending with the blank line; ``framing`` is
-        ``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty."""
+        ``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty.
+        ``client_ip`` is the X-Forwarded-For value: the client, or behind trusted proxies the
+        chain from the client to the peer; ``who`` is Shield's identity header lines."""
         drop = self._drop
         host = via = None
         named: bytes | None = None
@@ -186,20 +208,26 @@ class RequestHeadBuilder:
             parts += (b"X-Forwarded-Host: ", host, b"\r\n")
         parts += (b"Via: ", via + b", " + self._via if via else self._via, b"\r\n")
         if self._forwarded:
-            forwarded = f"for={_forwarded_node(client_ip)};proto={self._proto}"
+            *hops, last = client_ip.split(", ")
+            forwarded = "".join(f"for={_forwarded_node(hop)}, " for hop in hops)
+            forwarded += f"for={_forwarded_node(last)};proto={self._proto}"
             if host is not None:
                 forwarded += f';host="{_quoted_pair(host.decode("latin-1"))}"'
             parts += (b"Forwarded: ", forwarded.encode("latin-1"), b"\r\n")
         if request_id is not None:
             parts += (b"X-Request-ID: ", request_id.encode("latin-1"), b"\r\n")
-        parts += (framing, b"\r\n")
+        parts += (who, framing, b"\r\n")
         return b"".join(parts)
 
     def forwarding_headers(
-        self, raw: tuple[tuple[bytes, bytes], ...], client_ip: str, request_id: str | None = None
+        self,
+        raw: tuple[tuple[bytes, bytes], ...],
+        client_ip: str,
+        request_id: str | None = None,
+        who: bytes = b"",
     ) -> list[tuple[bytes, bytes]]:
         """The headers ``build`` adds, as pairs (for the WebSocket handshake)."""
-        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id)
+        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id, who)
         added = []
         for line in head.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b": ")
@@ -209,4 +237,6 @@ class RequestHeadBuilder:
 
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-_ADDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"})
+_ADDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"} | IDENTITY_HEADERS
+)

@@ -150,10 +150,15 @@ class Proxy:
         self.date = DateHeader()
 
     async def forward(
-        self, request: web.BaseRequest, target: bytes, extra: list[tuple[bytes, bytes]] | None = None
+        self,
+        request: web.BaseRequest,
+        target: bytes,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        upstream: tuple[str, bytes] | None = None,
     ) -> web.StreamResponse:
         """Send ``request`` upstream with ``target`` as its request-target; relay the answer,
-        with Shield's ``extra`` headers (RateLimit-*, X-Shield-Rule) added."""
+        with Shield's ``extra`` headers (RateLimit-*, X-Shield-Rule) added. ``upstream`` is the
+        X-Forwarded-For value and Shield's identity header lines (default: the peer, none)."""
         settings = self.settings
         method = request.method
         exchange = request[EXCHANGE]
@@ -185,8 +190,9 @@ class Proxy:
                 streamed = True
                 chunked = content_length is None
                 framing = _CHUNKED if content_length is None else b"Content-Length: %d\r\n" % content_length
+        forwarded_for, who = upstream or (request.remote or "unknown", b"")
         head = self.heads.build(
-            method.encode(), target, request.raw_headers, request.remote or "unknown", framing, request_id
+            method.encode(), target, request.raw_headers, forwarded_for, framing, request_id, who
         )
         if body:
             head += body

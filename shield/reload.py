@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from string import Template
 
 from shield.actions import load_close_template
@@ -21,6 +21,8 @@ from shield.config.loader import parse_config
 from shield.config.model import ShieldConfig
 from shield.errors import ConfigError
 from shield.metrics import ProxyStats
+from shield.policy.auth import Authenticator
+from shield.policy.identity import IdentityResolver, NoIdentity
 from shield.policy.rules import Policy
 
 log = logging.getLogger("shield.reload")
@@ -36,6 +38,7 @@ _RESTART_ONLY = (
     "limits",
     "forwarding",
     "access_log",
+    "clients",
 )
 
 
@@ -48,6 +51,15 @@ class Runtime:
     close_template: Template
     version: str
     debug_header: bool
+    identities: IdentityResolver = field(default_factory=NoIdentity)
+
+
+def identity_resolver(config: ShieldConfig) -> IdentityResolver:
+    """JWT and signed-cookie checks per ``auth:``; nobody is authenticated without them."""
+    auth = config.auth
+    if auth.jwt is None and auth.signed_cookie is None:
+        return NoIdentity()
+    return Authenticator(auth, time.time)
 
 
 def build_runtime(config: ShieldConfig, text: str) -> Runtime:
@@ -61,6 +73,7 @@ def build_runtime(config: ShieldConfig, text: str) -> Runtime:
         close_template=template,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
         debug_header=config.policy.debug_header,
+        identities=identity_resolver(config),
     )
 
 
@@ -102,6 +115,8 @@ class PolicyHolder:
             return False
         old = self.current.config
         changed = [s for s in _RESTART_ONLY if getattr(old, s) != getattr(config, s)]
+        if old.auth.introspection != config.auth.introspection:
+            changed.append("auth.introspection")
         if changed:
             log.warning("config sections %s changed; they take effect on restart only", ", ".join(changed))
         self.current = runtime

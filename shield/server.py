@@ -24,10 +24,13 @@ from shield.clock import Clock, MonotonicClock
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
+from shield.introspect import Introspector, introspection_cache
 from shield.metrics import ProxyStats, build_registry
 from shield.observe import Observer
-from shield.policy.identity import IdentityResolver, NoIdentity
+from shield.policy.client_ip import ClientResolver
+from shield.policy.identity import IdentityResolver
 from shield.proxy import ForwardSettings, Proxy, head_builder
+from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
 from shield.upstream import UpstreamPool
@@ -59,13 +62,58 @@ class GuardedRequestHandler(RequestHandler):
     the same wait for a request is still unfinished when it fires, the connection is closed.
     """
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float, proxy_protocol: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
         self._guarded_wait: object = None
+        # With PROXY protocol on, bytes wait here until the PROXY header is complete.
+        self._proxy_pending: bytes | None = b"" if proxy_protocol else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._proxy_pending is not None:
+            self._header_deadline = self._loop.call_later(self._header_timeout, self._proxy_overdue)
+
+    def _proxy_overdue(self) -> None:
+        self._header_deadline = None
+        if self._proxy_pending is not None and self.transport is not None:
+            self.transport.close()
+
+    def _proxy_header(self, data: bytes) -> bytes | None:
+        """The bytes after the PROXY header, or None while it is incomplete (or refused)."""
+        assert self._proxy_pending is not None
+        buffered = self._proxy_pending + data
+        try:
+            parsed = parse_proxy_header(buffered)
+        except ProxyHeaderError as error:
+            log.debug("closing a connection without a valid PROXY header: %s", error)
+            self._proxy_pending = b""
+            if self.transport is not None:
+                self.transport.close()
+            return None
+        if parsed is None:
+            self._proxy_pending = buffered
+            return None
+        length, source = parsed
+        self._proxy_pending = None
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        if source is not None:
+            # aiohttp caches the transport's peername on the protocol (RequestHandler.peername,
+            # an under_cached_property) and every request reads it: request.remote is the client.
+            self._cache["peername"] = source
+        return buffered[length:]
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy_pending is not None:
+            rest = self._proxy_header(data)
+            if not rest:
+                return
+            data = rest
         super().data_received(data)
         # A whole request in one read (the common case) resolves the waiter: no timer needed.
         waiter = self._waiter
@@ -112,13 +160,20 @@ class GuardedRequestHandler(RequestHandler):
 
 
 class PublicServer(web.Server):
-    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Any, *, header_timeout: float, proxy_protocol: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(handler, handler_cancellation=True, **kwargs)
         self._header_timeout = header_timeout
+        self._proxy_protocol = proxy_protocol
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(
-            self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs
+            self,
+            loop=self._loop,
+            header_timeout=self._header_timeout,
+            proxy_protocol=self._proxy_protocol,
+            **self._kwargs,
         )
 
 
@@ -158,7 +213,8 @@ class Shield:
         self._with_admin = admin
         self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
-        self.identities = identities or NoIdentity()
+        # None: the resolver of the config in force (``auth:``, reloaded with it).
+        self.identities = identities
         self.stats = ProxyStats()
         self.registry = build_registry(self.stats)
         self.admin_state = AdminState(ready_grace=config.admin.ready_grace)
@@ -173,6 +229,7 @@ class Shield:
         self._tasks: list[asyncio.Task[None]] = []
         self.pool: UpstreamPool | None = None
         self.gatekeeper: Gatekeeper | None = None
+        self.introspector: Introspector | None = None
         self.websockets: WebSocketRelay | None = None
         log_settings = config.access_log
         self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
@@ -223,6 +280,15 @@ class Shield:
             connect_timeout=config.timeouts.connect,
             max_msg_size=4 * 1024 * 1024,
         )
+        introspection = config.auth.introspection
+        if introspection is not None:
+            self.introspector = Introspector(
+                introspection,
+                config.upstream,
+                introspection_cache(introspection, self.clock),
+                ssl_context=upstream_tls,
+            )
+        clients = config.clients
         gatekeeper = Gatekeeper(
             holder=self.holder,
             proxy=proxy,
@@ -231,6 +297,11 @@ class Shield:
             identities=self.identities,
             clock=self.clock,
             stats=self.stats,
+            clients=ClientResolver(
+                clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header
+            ),
+            introspector=self.introspector,
+            identity_headers=config.forwarding.identity_headers,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -239,6 +310,7 @@ class Shield:
         self._server = PublicServer(
             observer.handle,
             header_timeout=config.timeouts.client_header,
+            proxy_protocol=config.listen.proxy_protocol,
             keepalive_timeout=config.timeouts.keepalive,
             max_line_size=limits.max_header_size,
             max_field_size=limits.max_header_size,
@@ -318,6 +390,8 @@ class Shield:
         if self.pool is not None:
             await self.pool.close()
         await self.state.close()
+        if self.introspector is not None:
+            await self.introspector.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self.access_log is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from shield.cli import main
@@ -153,3 +155,75 @@ def test_a_broken_config_is_reported_not_explained(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"{path}:4:13: rules.0.action:")
+
+
+IDENTITY_RULES = """\
+upstream: http://127.0.0.1:8000
+clients:
+  trusted_proxies: [10.0.0.0/8]
+auth:
+  jwt:
+    keys:
+      - algorithms: [HS256]
+        secret_env: SHIELD_EXPLAIN_SECRET
+  introspection:
+    path: /api/me
+    cookie: sid
+rules:
+  - name: registration-closed
+    match: { methods: [POST], paths: [/api/register] }
+    for: anonymous
+    action: close
+"""
+EXPLAIN_SECRET = "explain-test-secret-" + "s" * 44
+
+
+@pytest.fixture
+def identity_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SHIELD_EXPLAIN_SECRET", EXPLAIN_SECRET)
+    path = tmp_path / "identity.yaml"
+    path.write_text(IDENTITY_RULES)
+    return str(path)
+
+
+def test_identity_with_a_verified_token(identity_config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, EXPLAIN_SECRET, algorithm="HS256")
+    lines = explain(
+        capsys, "-c", identity_config, "POST", "/api/register", "-H", f"Authorization: Bearer {token}"
+    )
+    assert lines[2] == (
+        "identity: authenticated as alice (JWT from Authorization: Bearer, verified (HS256, key 0), "
+        "user from claim 'sub')"
+    )
+    assert rule_line(lines, "registration-closed").endswith(
+        "no: rule is for anonymous clients; this one is authenticated"
+    )
+    assert lines[-1] == "decision: forward to the upstream (no rule matched)"
+
+
+def test_identity_refused_and_introspection_not_called(
+    identity_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = explain(
+        capsys, "-c", identity_config, "POST", "/api/register",
+        "-H", "Authorization: Bearer not.a.token", "--cookie", "sid=opaque",
+    )  # fmt: skip
+    assert lines[2].startswith("identity: anonymous (JWT from Authorization: Bearer is malformed")
+    assert "Shield would ask the upstream at /api/me with the cookie sid" in lines[2]
+    assert lines[-1] == "decision: closed by rule 'registration-closed'"
+
+
+def test_client_behind_a_trusted_proxy(identity_config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = explain(
+        capsys, "-c", identity_config, "GET", "/", "--ip", "10.0.0.2",
+        "-H", "X-Forwarded-For: 6.6.6.6, 203.0.113.9",
+    )  # fmt: skip
+    assert lines[3].startswith("client:   203.0.113.9  (peer 10.0.0.2 is a trusted proxy;")
+    assert lines[3].endswith("upstream gets X-Forwarded-For: 203.0.113.9, 10.0.0.2)")
+    direct = explain(
+        capsys, "-c", identity_config, "GET", "/", "--ip", "2001:db8::7", "-H", "X-Forwarded-For: 1.1.1.1"
+    )
+    assert direct[3] == (
+        "client:   2001:db8::7  (the TCP peer, not a trusted proxy: forwarding headers ignored; "
+        "key 2001:db8::/64)"
+    )

@@ -19,6 +19,7 @@ PURE = [
     PACKAGE / "response.py",
     PACKAGE / "clock.py",
     PACKAGE / "explain.py",
+    PACKAGE / "proxy_protocol.py",
 ]
 IO_LIBRARIES = {
     "aiohttp",

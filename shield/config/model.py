@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from shield.config.auth import Auth, Clients
 from shield.config.base import Section
 from shield.config.rules import PolicyOptions, Rule
 from shield.config.state import StateConfig
@@ -45,6 +46,11 @@ class Listener(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     tls: TLSListener | None = None
+    proxy_protocol: bool = Field(
+        False,
+        description="Every connection starts with a PROXY protocol v1/v2 header (HAProxy, AWS NLB) "
+        "whose source address is the peer; a connection without one is closed.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +75,13 @@ class AdminListener(Listener):
         if isinstance(value, str):
             host, port = _split_host_port(value, "127.0.0.1")
             return {"host": host, "port": port}
+        return value
+
+    @field_validator("proxy_protocol")
+    @classmethod
+    def _public_only(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("proxy_protocol applies to the public listener only")
         return value
 
 
@@ -161,6 +174,11 @@ class Forwarding(Section):
         "through. They let a client reroute a request past per-route rules on many frameworks.",
     )
     via: str = Field("1.1 shield", description="The Via value added to forwarded requests.")
+    identity_headers: bool = Field(
+        False,
+        description="Tell the upstream who Shield saw: X-Shield-Client-IP, X-Shield-Authenticated, "
+        "X-Shield-User. Clients' own X-Shield-* identity headers are always stripped.",
+    )
 
 
 class AccessLog(Section):
@@ -182,6 +200,8 @@ class ShieldConfig(Section):
     limits: Limits = Field(default_factory=Limits)
     forwarding: Forwarding = Field(default_factory=Forwarding)
     access_log: AccessLog = Field(default_factory=AccessLog)
+    clients: Clients = Field(default_factory=Clients)
+    auth: Auth = Field(default_factory=Auth)
     policy: PolicyOptions = Field(default_factory=PolicyOptions)
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")

@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BeforeValidator,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -68,6 +70,25 @@ LimitText = Annotated[
     str,
     BeforeValidator(_limit),
     WithJsonSchema({"type": "string", "pattern": _LIMIT.pattern, "description": "e.g. 10/minute, 5/10s"}),
+]
+
+
+class IdentityLimits(Section):
+    """One limit for anonymous clients and another for authenticated users."""
+
+    anonymous: LimitText = Field(description="e.g. 60/minute")
+    authenticated: LimitText = Field(description="e.g. 600/minute")
+
+
+def _limit_kind(value: object) -> str:
+    return "function-identity-limits" if isinstance(value, dict | IdentityLimits) else "function-limit"
+
+
+# A tagged union, so a bad value reports the one error of the form it has, not one per form.
+# The tags start with "function-" so the loader leaves them out of the key path it reports.
+RuleLimit = Annotated[
+    Annotated[LimitText, Tag("function-limit")] | Annotated[IdentityLimits, Tag("function-identity-limits")],
+    Discriminator(_limit_kind),
 ]
 
 
@@ -219,7 +240,11 @@ class Rule(Section):
     message: str | None = Field(None, description="close: the text shown to clients.")
     retry_after: Duration | None = Field(None, description="close: Retry-After, e.g. 10m.")
     # throttle
-    limit: LimitText | None = Field(None, description="throttle: N/second|minute|hour|day or N/10s.")
+    limit: RuleLimit | None = Field(
+        None,
+        description="throttle: N/second|minute|hour|day or N/10s, or "
+        "{anonymous: LIMIT, authenticated: LIMIT}.",
+    )
     burst: int | None = Field(None, ge=1, description="throttle: requests allowed at once (default: N).")
     key: ThrottleKey = Field(
         "ip",
@@ -261,7 +286,22 @@ class Rule(Section):
 
     @property
     def rate(self) -> Limit | None:
+        """The limit of anonymous clients (the only one when a single limit is given)."""
+        if isinstance(self.limit, IdentityLimits):
+            return Limit(self.limit.anonymous)
         return Limit(self.limit) if self.limit is not None else None
+
+    @property
+    def authenticated_rate(self) -> Limit | None:
+        if isinstance(self.limit, IdentityLimits):
+            return Limit(self.limit.authenticated)
+        return self.rate
+
+    @property
+    def limit_text(self) -> str | None:
+        if isinstance(self.limit, IdentityLimits):
+            return f"{self.limit.anonymous} anonymous, {self.limit.authenticated} authenticated"
+        return self.limit
 
 
 class PolicyOptions(Section):

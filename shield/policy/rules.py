@@ -33,6 +33,7 @@ class RequestView:
         "_cookies",
         "_query",
         "client_ip",
+        "client_key",
         "headers",
         "host",
         "identity",
@@ -50,6 +51,7 @@ class RequestView:
         query_string: str,
         client_ip: str,
         identity: Identity,
+        client_key: str | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -57,6 +59,8 @@ class RequestView:
         self.headers = headers
         self.query_string = query_string
         self.client_ip = client_ip
+        # The throttle key of the address: an IPv6 client's prefix (see policy.client_ip).
+        self.client_key = client_key or client_ip
         self.identity = identity
         self._cookies: dict[str, str] | None = None
         self._query: dict[str, list[str]] | None = None
@@ -199,7 +203,9 @@ class CompiledRule:
         "paths",
         "query_tests",
         "rate",
+        "rates",
         "state_prefix",
+        "state_prefixes",
         "user_agents",
     )
 
@@ -225,12 +231,25 @@ class CompiledRule:
         self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
         self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
         self.user_agents = tuple(re.compile(p) for p in match.user_agents or ())
-        rate = rule.rate
+        rate, authenticated_rate = rule.rate, rule.authenticated_rate
         self.rate = Gcra(rate.count, rate.period, rule.burst) if rate is not None else None
+        other = (
+            Gcra(authenticated_rate.count, authenticated_rate.period, rule.burst)
+            if authenticated_rate is not None and authenticated_rate != rate
+            else self.rate
+        )
+        # Indexed by ``identity.authenticated``: (anonymous rate, authenticated rate).
+        self.rates = (self.rate, other)
         self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
         self.count_statuses = frozenset(rule.count.status) if rule.count else None
         # Throttle state survives a reload only while name and rate stay the same.
         self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
+        self.state_prefixes = (
+            self.state_prefix,
+            self.state_prefix
+            if other is self.rate or other is None
+            else f"{rule.name}|{'/'.join(map(str, other.signature()))}|",
+        )
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
@@ -301,21 +320,22 @@ class CompiledRule:
 
     def state_key(self, view: RequestView) -> str:
         """The throttle bucket of ``view``; a missing header, cookie or user falls back to the IP."""
+        prefix = self.state_prefixes[view.identity.authenticated]
         if self.key_parts == _BY_IP:
-            return self.state_prefix + view.client_ip
+            return prefix + view.client_key
         parts = []
         for part in self.key_parts:
             if part == "ip":
-                parts.append(view.client_ip)
+                parts.append(view.client_key)
             elif part == "route":
                 parts.append("*")
             elif part == "user":
-                parts.append("u:" + view.identity.user if view.identity.user else view.client_ip)
+                parts.append("u:" + view.identity.user if view.identity.user else view.client_key)
             else:
                 kind, _, name = part.partition(":")
                 value = view.headers.get(name) if kind == "header" else view.cookies.get(name)
-                parts.append(f"{kind[0]}:{value}" if value else view.client_ip)
-        return self.state_prefix + "|".join(parts)
+                parts.append(f"{kind[0]}:{value}" if value else view.client_key)
+        return prefix + "|".join(parts)
 
 
 def _host_matcher(hosts: list[str]) -> Callable[[str], bool]:
