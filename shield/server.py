@@ -285,7 +285,7 @@ class Shield:
             self.introspector = Introspector(
                 introspection,
                 config.upstream,
-                introspection_cache(introspection, self.clock),
+                self.state.identity_cache(introspection_cache(introspection, self.clock)),
                 ssl_context=upstream_tls,
             )
         clients = config.clients

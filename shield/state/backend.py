@@ -14,10 +14,12 @@ import functools
 
 from shield.clock import Clock
 from shield.config.state import StateConfig
+from shield.introspect import IdentityCache
 from shield.limiter import MemoryLimiter
 from shield.metrics import ProxyStats
 from shield.state.connect import connect
 from shield.state.redis_throttle import RedisThrottle
+from shield.state.shared_cache import SharedIdentityCache
 
 
 @functools.cache
@@ -77,6 +79,12 @@ class StateBackend:
             del keys
             if self.memory.compact():
                 release_freed_memory()
+
+    def identity_cache(self, local: IdentityCache) -> IdentityCache:
+        """Where introspection answers go: ``local`` alone, or shared through Redis behind it."""
+        if self.redis is None:
+            return local
+        return SharedIdentityCache(self.redis, local, self.config.key_prefix + "auth")
 
     def health(self) -> str | None:
         """None when state works as configured; otherwise why it is degraded."""
