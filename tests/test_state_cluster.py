@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.crc import key_slot
 
 from shield.server import Shield
@@ -91,25 +90,12 @@ async def sentinel_clients(sentinel: SentinelSetup) -> int:
         await redis.aclose()
 
 
-async def close_sentinel_connections(shield: Shield) -> None:
-    """Close what Shield leaves open to the Sentinels when it stops (see the xfail test below),
-    or their ResourceWarning would fail whichever later test collects them."""
-    assert shield.state.redis is not None
-    client = shield.state.redis.client
-    assert isinstance(client, Redis)
-    pool = client.connection_pool
-    assert isinstance(pool, SentinelConnectionPool)
-    for sentinel in pool.sentinel_manager.sentinels:
-        await sentinel.aclose()
-
-
 @pytest.fixture
 async def sentinel_shield(sentinel: SentinelSetup, upstream_url: str, prefix: str) -> AsyncIterator[Shield]:
     shield = Shield(shield_config(upstream_url, **throttled_by(sentinel.url, prefix, "5/minute")))
     await shield.start()
     yield shield
     await shield.stop(grace=1.0)
-    await close_sentinel_connections(shield)
 
 
 async def test_a_throttle_through_sentinel_counts_exactly_on_the_master(
@@ -126,12 +112,6 @@ async def test_a_throttle_through_sentinel_counts_exactly_on_the_master(
         await master.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shield/state/connect.py keeps no reference to the Sentinel object; RedisThrottle.close() "
-    "closes only the master's pool, so the connections to the Sentinels stay open (ResourceWarning "
-    "when collected)",
-)
 async def test_stopping_shield_closes_its_connections_to_the_sentinel(
     sentinel: SentinelSetup, upstream_url: str, prefix: str, client: aiohttp.ClientSession
 ) -> None:
@@ -142,10 +122,7 @@ async def test_stopping_shield_closes_its_connections_to_the_sentinel(
         assert await statuses(client, shield, "alice", 1) == [200]
     finally:
         await shield.stop(grace=1.0)
-    try:
-        assert await sentinel_clients(sentinel) == before
-    finally:
-        await close_sentinel_connections(shield)
+    assert await sentinel_clients(sentinel) == before
 
 
 async def test_a_throttle_on_a_cluster_counts_exactly(
@@ -188,13 +165,6 @@ async def test_each_clients_key_lives_on_the_node_serving_its_slot(
     assert unplaced == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shield/state/redis_throttle.py _run_by_slot sends one EVALSHA per slot all at once; a "
-    "batch over more than pool_size slots of one node exceeds that node's max_connections and "
-    "redis-py's cluster node raises MaxConnectionsError instead of waiting: the whole batch "
-    "goes to on_error",
-)
 async def test_concurrent_clients_on_many_slots_each_get_their_own_exact_limit(
     cluster: ClusterSetup,
     upstream_url: str,

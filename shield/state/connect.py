@@ -24,6 +24,8 @@ from redis.backoff import NoBackoff
 from shield.config.state import StateConfig
 
 RedisClient = Redis | RedisCluster
+# A cluster batch makes one call per hash slot, so each node gets a larger pool than pool_size.
+CLUSTER_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,20 @@ def parse_seed_url(url: str, default_port: int) -> SeedList:
     )
 
 
-def connect(config: StateConfig) -> RedisClient:
+@dataclass
+class Connection:
+    """The client commands go through, and the Sentinel clients behind it (closed with it)."""
+
+    client: RedisClient
+    sentinels: list[Redis]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for sentinel in self.sentinels:
+            await sentinel.aclose()
+
+
+def connect(config: StateConfig) -> Connection:
     """A client for ``config.url``; nothing is sent until its first command."""
     assert config.url is not None
     scheme = urlsplit(config.url).scheme
@@ -88,15 +103,16 @@ def connect(config: StateConfig) -> RedisClient:
             **common,
         )
         master: Redis = sentinel.master_for(seeds.path[0])
-        return master
+        return Connection(master, list(sentinel.sentinels))
     if scheme.endswith("+cluster"):
         seeds = parse_seed_url(config.url, 6379)
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in seeds.hosts],
             username=seeds.username,
             password=seeds.password,
             ssl=seeds.tls,
-            max_connections=config.pool_size,
+            max_connections=config.pool_size * CLUSTER_CONNECTIONS,
             **common,
         )
-    return Redis.from_url(config.url, max_connections=config.pool_size, **common)
+        return Connection(cluster, [])
+    return Connection(Redis.from_url(config.url, max_connections=config.pool_size, **common), [])

@@ -29,7 +29,7 @@ from shield.config.state import StateConfig
 from shield.limiter import Gcra, MemoryLimiter, RateLimitResult
 from shield.metrics import ProxyStats
 from shield.state.breaker import CircuitBreaker
-from shield.state.connect import RedisClient
+from shield.state.connect import CLUSTER_CONNECTIONS, Connection, RedisClient
 from shield.state.overlimit import OverLimitCache
 
 log = logging.getLogger("shield.state")
@@ -55,14 +55,15 @@ class _Decision:
 class RedisThrottle:
     def __init__(
         self,
-        client: RedisClient,
+        connection: Connection,
         config: StateConfig,
         *,
         clock: Clock,
         stats: ProxyStats,
         local: MemoryLimiter,
     ) -> None:
-        self.client = client
+        self.connection = connection
+        self.client: RedisClient = connection.client
         self.key_prefix = config.key_prefix
         self.timeout = config.timeout
         self.max_in_flight = config.pool_size
@@ -72,7 +73,10 @@ class RedisThrottle:
         self.local = local
         self.over_limit = OverLimitCache(max(1000, config.max_keys // 10))
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.open_for)
-        self._cluster = isinstance(client, RedisCluster)
+        self._cluster = isinstance(self.client, RedisCluster)
+        # Per-slot calls in flight at once, across a cluster's nodes (each node's pool is
+        # CLUSTER_CONNECTIONS x pool_size; see connect.py).
+        self._slot_calls = asyncio.Semaphore(config.pool_size * CLUSTER_CONNECTIONS)
         self._pending: list[_Decision] = []
         self._in_flight = 0
         self._flush_scheduled = False
@@ -101,7 +105,7 @@ class RedisThrottle:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self.client.aclose()
+        await self.connection.close()
 
     def health(self) -> str | None:
         """None while Redis answers; otherwise what requests get instead."""
@@ -172,7 +176,9 @@ class RedisThrottle:
                     verdicts = await self._run_by_slot(batch)
                 else:
                     verdicts = await self._run(batch)
-        except _FAILURES as exc:
+        except Exception as exc:  # whatever went wrong, every waiting request gets its answer
+            if not isinstance(exc, _FAILURES):
+                log.exception("redis state call failed unexpectedly")
             self.stats.state_errors["redis"] += 1
             was = self.breaker.state(self.clock.now())
             self.breaker.failed(self.clock.now())
@@ -205,14 +211,19 @@ class RedisThrottle:
         return [(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
 
     async def _run_by_slot(self, batch: list[_Decision]) -> list[Verdict]:
-        """In a cluster one script call may only touch one hash slot: one call per slot."""
+        """In a cluster one script call may only touch one hash slot, and redis-py refuses
+        scripts in cluster pipelines: one call per slot, concurrently, within the pool."""
         assert isinstance(self.client, RedisCluster)
         groups: dict[int, list[int]] = defaultdict(list)
         for index, decision in enumerate(batch):
             groups[self.client.keyslot(decision.key)].append(index)
-        replies = await asyncio.gather(
-            *(self._run([batch[i] for i in indexes]) for indexes in groups.values())
-        )
+        slots = self._slot_calls
+
+        async def run(indexes: list[int]) -> list[Verdict]:
+            async with slots:
+                return await self._run([batch[i] for i in indexes])
+
+        replies = await asyncio.gather(*(run(indexes) for indexes in groups.values()))
         verdicts: list[Verdict] = [None] * len(batch)
         for indexes, reply in zip(groups.values(), replies, strict=True):
             for index, verdict in zip(indexes, reply, strict=True):
