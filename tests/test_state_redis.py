@@ -139,19 +139,23 @@ async def hit(session: aiohttp.ClientSession, url: str, who: str) -> Reply:
         return Reply(response.status, headers)
 
 
-async def admin_text(session: aiohttp.ClientSession, shield: Shield, path: str) -> tuple[int, str]:
-    async with session.get(f"http://127.0.0.1:{shield.admin_port}{path}") as response:
+async def admin_text(session: aiohttp.ClientSession, admin_port: int, path: str) -> tuple[int, str]:
+    async with session.get(f"http://127.0.0.1:{admin_port}{path}") as response:
         return response.status, await response.text()
 
 
-async def state_errors(session: aiohttp.ClientSession, shield: Shield) -> float:
-    """shield_state_errors_total{backend="redis"}, as /metrics shows it."""
-    _, text = await admin_text(session, shield, "/metrics")
+async def redis_metric(session: aiohttp.ClientSession, admin_port: int, name: str) -> float:
+    """``name{backend="redis"}``, as the admin listener's /metrics shows it."""
+    _, text = await admin_text(session, admin_port, "/metrics")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "shield_state_errors_total" and sample.labels == {"backend": "redis"}:
+            if sample.name == name and sample.labels == {"backend": "redis"}:
                 return sample.value
-    raise AssertionError("no shield_state_errors_total{backend=redis} on /metrics")
+    raise AssertionError(f"no {name}{{backend=redis}} on /metrics")
+
+
+async def state_errors(session: aiohttp.ClientSession, shield: Shield) -> float:
+    return await redis_metric(session, shield.admin_port, "shield_state_errors_total")
 
 
 async def prefixed_keys(redis: Redis, prefix: str) -> list[str]:
@@ -164,7 +168,7 @@ async def evalsha_calls(redis: Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-# 1. The same limits and headers as memory state ------------------------------------------------
+# The same limits and headers as memory state ----------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
@@ -196,7 +200,7 @@ async def test_five_per_minute_lets_five_through_with_the_same_headers_on_either
     assert upstream.hits == ["alice"] * 5 + ["bob"] * 5
 
 
-# 2. One limit for every replica ---------------------------------------------------------------
+# One limit for every replica --------------------------------------------------------------------
 
 
 async def test_two_shield_processes_on_one_redis_let_exactly_the_burst_through_in_total(
@@ -222,9 +226,11 @@ async def test_two_shield_processes_on_one_redis_let_exactly_the_burst_through_i
     statuses = await asyncio.gather(*(one(i) for i in range(300)))
     assert sorted(statuses) == [200] * 50 + [429] * 250
     assert len(upstream.hits) == 50
+    for replica in replicas:  # each asked Redis (then answered its flood from its over-limit cache)
+        assert await redis_metric(client, replica.admin_port, "shield_state_decisions_total") > 0
 
 
-# 3. Redis dies, then comes back ----------------------------------------------------------------
+# Redis dies, then comes back --------------------------------------------------------------------
 
 
 @dataclass
@@ -238,7 +244,7 @@ class Outage:
     url: str
 
     async def readiness(self) -> tuple[int, str]:
-        return await admin_text(self.client, self.shield, "/readyz")
+        return await admin_text(self.client, self.shield.admin_port, "/readyz")
 
     async def until_redis_decides_again(self) -> None:
         """Send requests until one is decided by the restarted Redis (its key shows up there)."""
@@ -274,7 +280,7 @@ async def outage(
     url = url_of(shield, "/api/items")
     assert (await hit(client, url, "before")).remaining == 2
     assert await state_errors(client, shield) == 0
-    assert await admin_text(client, shield, "/readyz") == (200, "ready\n")
+    assert await admin_text(client, shield.admin_port, "/readyz") == (200, "ready\n")
     return Outage(shield, own_redis, client, prefix, url)
 
 
@@ -336,7 +342,7 @@ async def test_redis_down_with_on_error_local_counts_in_this_process(
     await assert_recovers_after_restart(outage)
 
 
-# 4. Redis forgets the script -------------------------------------------------------------------
+# Redis forgets the script -----------------------------------------------------------------------
 
 
 async def test_script_flush_mid_run_still_gets_a_correct_decision(
@@ -362,7 +368,36 @@ async def test_script_flush_mid_run_still_gets_a_correct_decision(
     assert await state_errors(client, shield) == 0  # recovered within the call, not via on_error
 
 
-# 5. Keys expire; denials write nothing ---------------------------------------------------------
+# A unix:// URL (Sentinel and Cluster URLs: test_state_cluster.py) --------------------------------
+
+
+async def test_a_throttle_over_a_unix_socket_counts_exactly(
+    upstream: Upstream,
+    make_shield: MakeShield,
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    client: aiohttp.ClientSession,
+) -> None:
+    directory = tmp_path_factory.mktemp("sock")  # short: a socket path must fit in 107 bytes
+    socket_path = directory / "redis.sock"
+    server = RedisServer(directory, args=("--unixsocket", str(socket_path), "--unixsocketperm", "700"))
+    server.start()
+    try:
+        state = redis_state(f"unix://{socket_path}", prefix)
+        shield = await make_shield(upstream.url, state=state, rules=[throttle("3/minute")])
+        replies = [await hit(client, url_of(shield, "/api/items"), "alice") for _ in range(4)]
+        assert [(reply.status, reply.remaining) for reply in replies] == [
+            (200, 2),
+            (200, 1),
+            (200, 0),
+            (429, 0),
+        ]
+        assert throttle_of(shield).decisions == 4
+    finally:
+        server.kill()
+
+
+# Keys expire; denials write nothing -------------------------------------------------------------
 
 
 async def test_an_allowed_request_leaves_a_key_that_expires_within_the_period(
@@ -414,7 +449,7 @@ async def test_a_denied_request_writes_nothing(
     assert 0 < await redis.pttl(key) <= ttl  # not pushed further out
 
 
-# 6. Over-limit cache ----------------------------------------------------------------------------
+# Over-limit cache -------------------------------------------------------------------------------
 
 
 async def test_a_denied_client_is_answered_429_without_redis_until_its_retry_time(
@@ -449,7 +484,7 @@ async def test_a_denied_client_is_answered_429_without_redis_until_its_retry_tim
     assert upstream.hits == ["alice", "alice", "bob", "alice"]
 
 
-# 7. A slow Redis ---------------------------------------------------------------------------------
+# A slow Redis -----------------------------------------------------------------------------------
 
 
 class DelayingProxy:
@@ -540,7 +575,7 @@ async def test_a_slow_redis_is_cut_off_at_the_timeout_and_later_answers_are_not_
         assert loop.time() - started < 0.3, "a request waited for Redis past state.timeout"
         assert list(replies) == [Reply(503, {"Retry-After": "1"})] * 2
     assert throttle_state.breaker.times_opened >= 1
-    status, body = await admin_text(client, shield, "/readyz")
+    status, body = await admin_text(client, shield.admin_port, "/readyz")
     assert status == 200
     assert "degraded: redis state unavailable (circuit breaker" in body
 
@@ -561,10 +596,10 @@ async def test_a_slow_redis_is_cut_off_at_the_timeout_and_later_answers_are_not_
         await asyncio.sleep(0.1)  # spread over the time the late replies arrive
     assert seen["a"] == [(200, 4), (200, 3), (200, 2), (200, 1), (200, 0), (429, 0)]
     assert seen["b"] == [(200, 2), (200, 1), (200, 0), (429, 0), (429, 0), (429, 0)]
-    assert await admin_text(client, shield, "/readyz") == (200, "ready\n")
+    assert await admin_text(client, shield.admin_port, "/readyz") == (200, "ready\n")
 
 
-# 8. Batching -----------------------------------------------------------------------------------
+# Batching ---------------------------------------------------------------------------------------
 
 
 async def test_fifty_concurrent_clients_share_redis_calls(
@@ -578,13 +613,17 @@ async def test_fifty_concurrent_clients_share_redis_calls(
         upstream.url, state=redis_state(shared_redis.url, prefix), rules=[throttle("5/minute")]
     )
     url = url_of(shield, "/api/items")
-    throttle_state = throttle_of(shield)
     await hit(client, url, "warmup")  # connections to Redis made before counting
-    calls, decisions = throttle_state.calls, throttle_state.decisions
 
+    async def counters() -> tuple[float, float]:
+        calls = await redis_metric(client, shield.admin_port, "shield_state_calls_total")
+        return calls, await redis_metric(client, shield.admin_port, "shield_state_decisions_total")
+
+    calls_before, decisions_before = await counters()
     replies = await asyncio.gather(*(hit(client, url, f"client-{i}") for i in range(50)))
     assert {reply.remaining for reply in replies} == {4}  # each its own bucket, each decided by Redis
-    calls, decisions = throttle_state.calls - calls, throttle_state.decisions - decisions
+    calls_after, decisions_after = await counters()
+    calls, decisions = calls_after - calls_before, decisions_after - decisions_before
     assert decisions == 50
-    print(f"\n50 concurrent decisions in {calls} Redis calls: {decisions / calls:.1f} per call")
+    print(f"\n50 concurrent decisions in {calls:.0f} Redis calls: {decisions / calls:.1f} per call")
     assert decisions / calls > 1
