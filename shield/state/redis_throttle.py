@@ -139,8 +139,14 @@ class RedisThrottle:
     def charge(self, key: str, rate: Gcra) -> None:
         """Charge ``key`` without waiting for the verdict (after the upstream answered)."""
         if self.breaker.allows(self.clock.now()):
-            self._submit(key, rate, 1)
+            future = self._submit(key, rate, 1)
+            if self.on_error == "local":
+                future.add_done_callback(lambda done: self._charge_locally(done, key, rate))
         elif self.on_error == "local":
+            self.local.hit(key, rate, self.clock.now())
+
+    def _charge_locally(self, done: asyncio.Future[Verdict], key: str, rate: Gcra) -> None:
+        if not done.cancelled() and done.result() is None:
             self.local.hit(key, rate, self.clock.now())
 
     def _submit(self, key: str, rate: Gcra, cost: int) -> asyncio.Future[Verdict]:
