@@ -38,7 +38,10 @@ def parse_when(text: str) -> Condition:
     from shield.config.rules import parse_limit  # the same N/period syntax as throttle limits
 
     if (match := _RATE.match(text)) is not None:
-        count, period = parse_limit(match.group(1))
+        try:
+            count, period = parse_limit(match.group(1))
+        except ValueError as exc:
+            raise ValueError(f"invalid trigger {text!r}: the rate is N/second, N/minute or N/10s") from exc
         return Condition("rate", float(count), period)
     if (match := _ERRORS.match(text)) is not None:
         percent = float(match.group(1))
