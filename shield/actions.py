@@ -20,7 +20,17 @@ from aiohttp import web
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.limiter import RateLimitResult
 
-__all__ = ["DEFAULT_CLOSE_MESSAGE", "ShieldAnswer", "answer", "blocked", "closed", "throttled", "unavailable"]
+__all__ = [
+    "DEFAULT_CLOSE_MESSAGE",
+    "Shed",
+    "ShieldAnswer",
+    "answer",
+    "blocked",
+    "closed",
+    "shed",
+    "throttled",
+    "unavailable",
+]
 
 
 class ShieldAnswer(web.Response):
@@ -116,3 +126,17 @@ def unavailable(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
         body = json.dumps({"error": message, "retry_after": 1})
         return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
     return ShieldAnswer(status=503, text=message + "\n", headers=headers)
+
+
+class Shed(ShieldAnswer):
+    """A 503 from load shedding: the upstream is saturated and better-placed requests went first."""
+
+
+def shed(retry_after: float, *, accept: str | None) -> Shed:
+    seconds = max(1, math.ceil(retry_after))
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store"}
+    message = "The service is under heavy load. Please try again shortly."
+    if wants_json(accept):
+        body = json.dumps({"error": message, "retry_after": seconds})
+        return Shed(status=503, text=body, content_type="application/json", headers=headers)
+    return Shed(status=503, text=message + "\n", headers=headers)

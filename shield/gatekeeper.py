@@ -14,26 +14,32 @@ import math
 from aiohttp import web
 
 from shield import actions
-from shield.actions import ShieldAnswer, answer
+from shield.actions import Shed, ShieldAnswer, answer
 from shield.clock import Clock
 from shield.headers import identity_lines
 from shield.introspect import Introspector
 from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
 from shield.observe import EXCHANGE
+from shield.overload import OverloadGate
+from shield.policy.admission import priority_class
 from shield.policy.client_ip import ClientResolver
 from shield.policy.identity import IdentityResolver
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
+from shield.policy.trigger import Trigger
 from shield.proxy import Proxy
 from shield.reload import PolicyHolder
 from shield.state import StateBackend
+from shield.status import StatusPage
 from shield.target import request_target
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
 
 log = logging.getLogger("shield.rules")
 
 _DEFAULT = "default"
+# The admission class of requests no rule matched, by ``identity.authenticated``.
+_DEFAULT_RANKS = (priority_class("normal", False), priority_class("normal", True))
 
 
 def host_name(host_header: str | None) -> str:
@@ -68,6 +74,8 @@ class Gatekeeper:
         clients: ClientResolver | None = None,
         introspector: Introspector | None = None,
         identity_headers: bool = False,
+        overload: OverloadGate | None = None,
+        status: StatusPage | None = None,
     ) -> None:
         self.holder = holder
         self.proxy = proxy
@@ -81,6 +89,8 @@ class Gatekeeper:
         self.clients = clients or ClientResolver()
         self.introspector = introspector
         self.identity_headers = identity_headers
+        self.overload = overload
+        self.status = status
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
@@ -120,11 +130,17 @@ class Gatekeeper:
         exchange = request[EXCHANGE]
         exchange.client_ip = client_ip
         exchange.path = match_path
+        if match_path == runtime.status_path and self.status is not None:
+            return self.status.answer(method, headers.get("Accept"))
 
         if not policy.rules:
             if "Upgrade" in headers and is_websocket_upgrade(request):
                 return await self._websocket(request, target, _DEFAULT, "allow", identity.label, upstream)
-            response = await self.proxy.forward(request, target, None, upstream)
+            if self.overload is None:
+                response = await self.proxy.forward(request, target, None, upstream)
+            else:
+                rank = _DEFAULT_RANKS[identity.authenticated]
+                response = await self.overload.forward(request, target, None, upstream, rank)
             exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
             return response
 
@@ -145,13 +161,30 @@ class Gatekeeper:
             else:
                 await self._record_shared_dry_runs(dry_runs, view)
         if rule is None:
-            return await self._forward(request, target, None, _DEFAULT, "allow", identity.label, upstream)
+            rank = _DEFAULT_RANKS[identity.authenticated]
+            return await self._forward(
+                request, target, None, _DEFAULT, "allow", identity.label, upstream, rank
+            )
 
         debug = runtime.debug_header
         action = rule.action
+        trigger = rule.trigger
+        if trigger is not None and trigger.hit(self.clock.now()):
+            exchange.decided(rule.name, action, "closed", identity.label)
+            closed = actions.closed(
+                message=trigger.config.message or actions.DEFAULT_CLOSE_MESSAGE,
+                retry_after=trigger.retry_after(self.clock.now()),
+                accept=headers.get("Accept"),
+                template=runtime.close_template,
+                extra=_debug(debug, rule, "auto-closed"),
+            )
+            return self._refusal(request, closed)
+        rank = rule.ranks[identity.authenticated]
         if action == "allow":
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
-            return await self._forward(request, target, extra, rule.name, action, identity.label, upstream)
+            return await self._forward(
+                request, target, extra, rule.name, action, identity.label, upstream, rank, trigger
+            )
         if action == "block":
             exchange.decided(rule.name, action, "blocked", identity.label)
             return self._refusal(
@@ -203,8 +236,13 @@ class Gatekeeper:
                 extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
         if "Upgrade" in headers and is_websocket_upgrade(request):
             return await self._websocket(request, target, rule.name, action, identity.label, upstream)
-        forwarded = await self.proxy.forward(request, target, extra or None, upstream)
+        if self.overload is None:
+            forwarded = await self.proxy.forward(request, target, extra or None, upstream)
+        else:
+            forwarded = await self.overload.forward(request, target, extra or None, upstream, rank)
         exchange.decided(rule.name, action, _outcome(forwarded), identity.label)
+        if trigger is not None and not isinstance(forwarded, Shed):
+            trigger.answered(self.clock.now(), forwarded.status >= 500)
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
             if shared is not None:
                 shared.charge(key, rate)
@@ -221,11 +259,18 @@ class Gatekeeper:
         action: str,
         identity: str,
         upstream: tuple[str, bytes],
+        rank: int,
+        trigger: Trigger | None = None,
     ) -> web.StreamResponse:
         if "Upgrade" in request.headers and is_websocket_upgrade(request):
             return await self._websocket(request, target, rule, action, identity, upstream)
-        response = await self.proxy.forward(request, target, extra, upstream)
+        if self.overload is None:
+            response = await self.proxy.forward(request, target, extra, upstream)
+        else:
+            response = await self.overload.forward(request, target, extra, upstream, rank)
         request[EXCHANGE].decided(rule, action, _outcome(response), identity)
+        if trigger is not None and not isinstance(response, Shed):
+            trigger.answered(self.clock.now(), response.status >= 500)
         return response
 
     async def _websocket(
@@ -287,8 +332,11 @@ class Gatekeeper:
 
 
 def _outcome(response: web.StreamResponse) -> str:
-    """'error' for Shield's own failure answers (502, 504, 413...), else 'forwarded'."""
-    return "error" if isinstance(response, ShieldAnswer) else "forwarded"
+    """'error' for Shield's own failure answers (502, 504, 413...), 'shed' for load shedding,
+    else 'forwarded'."""
+    if isinstance(response, ShieldAnswer):
+        return "shed" if isinstance(response, Shed) else "error"
+    return "forwarded"
 
 
 def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:

@@ -87,6 +87,10 @@ def _no_peers() -> list[ProxyStats]:
     return []
 
 
+def _no_closures() -> list[tuple[str, str, bool]]:
+    return []
+
+
 class ProxyStats:
     """Counters the proxy bumps per request; read only by the collector."""
 
@@ -111,6 +115,9 @@ class ProxyStats:
         self.state_decisions: Counter[str] = Counter()
         # access log lines dropped because stdout could not keep up
         self.access_log_dropped = 0
+        # (rule, state) -> auto-close transitions; (rule, source, closed) of closable rules
+        self.auto_close_transitions: Counter[tuple[str, str]] = Counter()
+        self.closed_rules: Callable[[], list[tuple[str, str, bool]]] = _no_closures
         # the other workers' latest snapshots (workers > 1); set by the runner
         self.peers: Callable[[], list[ProxyStats]] = _no_peers
 
@@ -134,6 +141,7 @@ class ProxyStats:
         self.state_calls.update(other.state_calls)
         self.state_decisions.update(other.state_decisions)
         self.access_log_dropped += other.access_log_dropped
+        self.auto_close_transitions.update(other.auto_close_transitions)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the collector exports, as JSON-ready values."""
@@ -151,6 +159,8 @@ class ProxyStats:
             "state_calls": dict(self.state_calls),
             "state_decisions": dict(self.state_decisions),
             "access_log_dropped": self.access_log_dropped,
+            "auto_close_transitions": [[*labels, n] for labels, n in self.auto_close_transitions.items()],
+            "closed_rules": [list(row) for row in self.closed_rules()],
             "buckets": list(DURATION_BUCKETS),
         }
 
@@ -177,6 +187,10 @@ class ProxyStats:
         stats.state_calls.update({k: int(v) for k, v in data.get("state_calls", {}).items()})
         stats.state_decisions.update({k: int(v) for k, v in data.get("state_decisions", {}).items()})
         stats.access_log_dropped = int(data["access_log_dropped"])
+        for rule, state, count in data.get("auto_close_transitions", []):
+            stats.auto_close_transitions[rule, state] = int(count)
+        closed = [(str(rule), str(source), bool(on)) for rule, source, on in data.get("closed_rules", [])]
+        stats.closed_rules = lambda: closed
         return stats
 
 
@@ -214,6 +228,7 @@ class ShieldCollector(Collector):
             "Unix time of the last config load that succeeded (the oldest among workers).",
             value=min(worker.last_reload_success for worker in workers),
         )
+        yield _closed_gauge(workers)
         info = GaugeMetricFamily(
             "shield_config_info",
             "The config in use; version is a hash of the file (one series per version in use).",
@@ -222,6 +237,22 @@ class ShieldCollector(Collector):
         for version in sorted({worker.config_version for worker in workers}):
             info.add_metric([version], 1)
         yield info
+
+
+def _closed_gauge(workers: list[ProxyStats]) -> Metric:
+    """1 while a rule is closed (in any worker: auto-close triggers run per process), else 0."""
+    closed: dict[tuple[str, str], bool] = {}
+    for worker in workers:
+        for rule, source, on in worker.closed_rules():
+            closed[rule, source] = closed.get((rule, source), False) or on
+    gauge = GaugeMetricFamily(
+        "shield_rule_closed",
+        "1 while a rule answers 503 closed: by the file (source=file) or a trigger (source=auto).",
+        labels=["rule", "source"],
+    )
+    for (rule, source), on in sorted(closed.items()):
+        gauge.add_metric([rule, source], 1.0 if on else 0.0)
+    return gauge
 
 
 def _counter(name: str, documentation: str, labels: list[str], values: Iterable[Any]) -> CounterMetricFamily:
@@ -273,6 +304,12 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         "Throttle decisions the shared state backend answered.",
         ["backend"],
         stats.state_decisions.items(),
+    )
+    yield _counter(
+        "shield_auto_close_transitions",
+        "Rules closing (state=closed) and reopening (state=open) on their auto_close trigger.",
+        ["rule", "state"],
+        stats.auto_close_transitions.items(),
     )
     dropped = CounterMetricFamily(
         "shield_access_log_dropped_lines",

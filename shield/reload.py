@@ -39,6 +39,7 @@ _RESTART_ONLY = (
     "forwarding",
     "access_log",
     "clients",
+    "overload",
 )
 
 
@@ -52,6 +53,7 @@ class Runtime:
     version: str
     debug_header: bool
     identities: IdentityResolver = field(default_factory=NoIdentity)
+    status_path: str | None = None  # the public status page, answered before any rule
 
 
 def identity_resolver(config: ShieldConfig) -> IdentityResolver:
@@ -62,18 +64,19 @@ def identity_resolver(config: ShieldConfig) -> IdentityResolver:
     return Authenticator(auth, time.time)
 
 
-def build_runtime(config: ShieldConfig, text: str) -> Runtime:
+def build_runtime(config: ShieldConfig, text: str, previous: Runtime | None = None) -> Runtime:
     try:
         template = load_close_template(config.policy.close_page)
     except OSError as exc:
         raise ValueError(f"policy.close_page: cannot read {config.policy.close_page}: {exc}") from exc
     return Runtime(
         config=config,
-        policy=Policy(config.rules, config.policy),
+        policy=Policy(config.rules, config.policy, previous.policy if previous is not None else None),
         close_template=template,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
         debug_header=config.policy.debug_header,
         identities=identity_resolver(config),
+        status_path=config.status_page.path if config.status_page.enabled else None,
     )
 
 
@@ -104,7 +107,7 @@ class PolicyHolder:
             with open(self.path, encoding="utf-8") as file:
                 text = file.read()
             config = parse_config(text, self.path)
-            runtime = build_runtime(config, text)
+            runtime = build_runtime(config, text, self.current)
         except ConfigError as error:
             self._stats.config_reloads["failure"] += 1
             log.error("config reload refused, the rules in force keep serving:\n%s", error)

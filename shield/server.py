@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
+from shield.auto_close import AutoCloseWatch
 from shield.clock import Clock, MonotonicClock
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError
@@ -27,12 +29,15 @@ from shield.gatekeeper import Gatekeeper
 from shield.introspect import Introspector, introspection_cache
 from shield.metrics import ProxyStats, build_registry
 from shield.observe import Observer
+from shield.overload import OverloadGate
 from shield.policy.client_ip import ClientResolver
+from shield.policy.closures import Closure, policy_closures
 from shield.policy.identity import IdentityResolver
 from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
+from shield.status import StatusPage
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay
 
@@ -231,6 +236,9 @@ class Shield:
         self.gatekeeper: Gatekeeper | None = None
         self.introspector: Introspector | None = None
         self.websockets: WebSocketRelay | None = None
+        self.auto_close = AutoCloseWatch(self.holder, self.clock, self.stats)
+        # Where /status reads closures from; `shield ctl` switches will add a source here.
+        self.status_page = StatusPage([self._rule_closures])
         log_settings = config.access_log
         self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
 
@@ -253,6 +261,9 @@ class Shield:
 
     def reload(self) -> bool:
         return self.holder.reload()
+
+    def _rule_closures(self) -> list[Closure]:
+        return policy_closures(self.holder.current.policy, self.clock.now(), time.time())
 
     async def start(self) -> None:
         require_c_parser()
@@ -302,6 +313,8 @@ class Shield:
             ),
             introspector=self.introspector,
             identity_headers=config.forwarding.identity_headers,
+            overload=OverloadGate(config.overload, proxy, self.clock) if config.overload else None,
+            status=self.status_page,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -342,6 +355,7 @@ class Shield:
             )
             await self._admin_site.start()
         self._tasks.append(loop.create_task(self._probe_upstream()))
+        self._tasks.append(loop.create_task(self.auto_close.run()))
         if self.config_path is not None:
             self._tasks.append(loop.create_task(self.holder.watch()))
         log.info(

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shield.config.auth import Auth, Clients
 from shield.config.base import Section
+from shield.config.overload import Overload, StatusPage
 from shield.config.rules import PolicyOptions, Rule
 from shield.config.state import StateConfig
 from shield.config.units import Duration, Size
@@ -204,6 +205,8 @@ class ShieldConfig(Section):
     auth: Auth = Field(default_factory=Auth)
     policy: PolicyOptions = Field(default_factory=PolicyOptions)
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
+    overload: Overload | None = Field(None, description="Priority load shedding (restart to change).")
+    status_page: StatusPage = Field(default_factory=StatusPage)
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")
 
     @model_validator(mode="after")

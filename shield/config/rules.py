@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from shield.config.auto_close import AutoClose
 from shield.config.base import Section
 from shield.config.units import Duration
 
@@ -252,6 +253,18 @@ class Rule(Section):
         "header, cookie or user is replaced by the client IP.",
     )
     count: Count | None = Field(None, description="throttle: charge only matching upstream answers.")
+    # attack mode
+    priority: Literal["critical", "normal", "low"] = Field(
+        "normal",
+        description="overload: who goes first when the upstream is saturated (authenticated users "
+        "first, then anonymous clients of critical rules, then the rest).",
+    )
+    auto_close: AutoClose | None = Field(
+        None, description="allow, throttle: close the rule while a trigger holds, e.g. rate > 50/second."
+    )
+    public_name: str | None = Field(
+        None, description="The name /status shows for this rule (default: the rule name)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -276,6 +289,16 @@ class Rule(Section):
         action = info.data.get("action")
         if value is not None and action is not None and action != "close":
             raise ValueError(f"'{info.field_name}' only applies to action: close, not {action}")
+        return value
+
+    @field_validator("auto_close")
+    @classmethod
+    def _auto_close_applies(cls, value: AutoClose | None, info: ValidationInfo) -> AutoClose | None:
+        action, mode = info.data.get("action"), info.data.get("mode")
+        if value is not None and action in ("block", "close"):
+            raise ValueError(f"'auto_close' applies to action: allow or throttle, not {action}")
+        if value is not None and mode == "dry-run":
+            raise ValueError("'auto_close' does not apply to dry-run rules (they never answer)")
         return value
 
     @model_validator(mode="after")

@@ -19,8 +19,10 @@ from multidict import MultiMapping
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
+from shield.policy.admission import priority_class
 from shield.policy.identity import Identity
 from shield.policy.paths import fold_case
+from shield.policy.trigger import Trigger
 
 _BY_IP = ("ip",)
 ANY = ""  # index key for "any method" / "any first segment"
@@ -202,10 +204,12 @@ class CompiledRule:
         "outcome",
         "paths",
         "query_tests",
+        "ranks",
         "rate",
         "rates",
         "state_prefix",
         "state_prefixes",
+        "trigger",
         "user_agents",
     )
 
@@ -253,6 +257,9 @@ class CompiledRule:
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
+        # overload: the admission class, indexed by ``identity.authenticated``.
+        self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
+        self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
 
     def _compile_checks(self) -> tuple[Check, ...]:
         """One (test, explanation) pair per condition the rule has, cheapest first."""
@@ -357,9 +364,11 @@ def _in_cidrs(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 class Policy:
     """The compiled rule list: ``match`` returns the rules that apply, in order."""
 
-    def __init__(self, rules: list[Rule], options: PolicyOptions) -> None:
+    def __init__(self, rules: list[Rule], options: PolicyOptions, previous: Policy | None = None) -> None:
         self.options = options
         self.rules = tuple(CompiledRule(rule, options) for rule in rules)
+        if previous is not None:
+            self._keep_triggers(previous)
         methods = {m for r in self.rules if r.methods for m in r.methods}
         segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
         self._methods = frozenset(methods)
@@ -375,6 +384,19 @@ class Policy:
                 )
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
+
+    def _keep_triggers(self, previous: Policy) -> None:
+        """An auto-close trigger survives a reload while its rule's name and auto_close stay the same."""
+        old = {r.name: r for r in previous.rules if r.trigger is not None}
+        for rule in self.rules:
+            before = old.get(rule.name)
+            same = before is not None and before.config.auto_close == rule.config.auto_close
+            if same and rule.trigger is not None and before is not None:
+                rule.trigger = before.trigger
+
+    @property
+    def triggers(self) -> list[tuple[CompiledRule, Trigger]]:
+        return [(rule, rule.trigger) for rule in self.rules if rule.trigger is not None]
 
     def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
         end = path.find("/", 1)
