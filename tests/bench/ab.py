@@ -89,6 +89,7 @@ def main() -> int:
         for spec in args.variants:
             name, _, rest = spec.partition("=")
             python, _, extra = rest.partition(":")
+            python = os.path.abspath(python)  # the Shields run in a scratch directory
             variants.append((name, python, extra.strip()))
         for round_ in range(args.rounds):
             order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
@@ -101,6 +102,9 @@ def main() -> int:
                 )
                 shield = subprocess.Popen(
                     ["taskset", "-c", "0", python, "-m", "shield", "run", "-c", str(config)],
+                    # Not the checkout's directory: ``-m`` would import the shield/ found there,
+                    # whatever the interpreter's own install, and every variant would be this one.
+                    cwd=tmp,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
