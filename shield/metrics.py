@@ -111,6 +111,10 @@ class ProxyStats:
         self.state_decisions: Counter[str] = Counter()
         # access log lines dropped because stdout could not keep up
         self.access_log_dropped = 0
+        # bans issued (shield.bans); the ctl closures and bans in force, read when scraped
+        self.bans_issued = 0
+        self.ctl_closed: Callable[[], list[str]] = list
+        self.bans_active: Callable[[], int] = int
         # the other workers' latest snapshots (workers > 1); set by the runner
         self.peers: Callable[[], list[ProxyStats]] = _no_peers
 
@@ -134,6 +138,7 @@ class ProxyStats:
         self.state_calls.update(other.state_calls)
         self.state_decisions.update(other.state_decisions)
         self.access_log_dropped += other.access_log_dropped
+        self.bans_issued += other.bans_issued
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the collector exports, as JSON-ready values."""
@@ -151,6 +156,7 @@ class ProxyStats:
             "state_calls": dict(self.state_calls),
             "state_decisions": dict(self.state_decisions),
             "access_log_dropped": self.access_log_dropped,
+            "bans_issued": self.bans_issued,
             "buckets": list(DURATION_BUCKETS),
         }
 
@@ -177,6 +183,7 @@ class ProxyStats:
         stats.state_calls.update({k: int(v) for k, v in data.get("state_calls", {}).items()})
         stats.state_decisions.update({k: int(v) for k, v in data.get("state_decisions", {}).items()})
         stats.access_log_dropped = int(data["access_log_dropped"])
+        stats.bans_issued = int(data.get("bans_issued", 0))
         return stats
 
 
@@ -222,6 +229,19 @@ class ShieldCollector(Collector):
         for version in sorted({worker.config_version for worker in workers}):
             info.add_metric([version], 1)
         yield info
+        closed = GaugeMetricFamily(
+            "shield_rule_closed",
+            "Rules closed at runtime (source ctl: `shield ctl close`), 1 while closed.",
+            labels=["rule", "source"],
+        )
+        for rule in own.ctl_closed():
+            closed.add_metric([rule, "ctl"], 1)
+        yield closed
+        yield GaugeMetricFamily(
+            "shield_bans_active",
+            "Clients banned right now (as this process sees them).",
+            value=own.bans_active(),
+        )
 
 
 def _counter(name: str, documentation: str, labels: list[str], values: Iterable[Any]) -> CounterMetricFamily:
@@ -274,6 +294,11 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         ["backend"],
         stats.state_decisions.items(),
     )
+    bans = CounterMetricFamily(
+        "shield_bans", "Bans issued (their requests count as rule ban, decision banned)."
+    )
+    bans.add_metric([], stats.bans_issued)
+    yield bans
     dropped = CounterMetricFamily(
         "shield_access_log_dropped_lines",
         "Access log lines dropped because stdout did not keep up.",

@@ -20,8 +20,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
-from shield.clock import Clock, MonotonicClock
+from shield.bans import BanList
+from shield.clock import Clock, MonotonicClock, WallClock
 from shield.config.model import ShieldConfig
+from shield.ctl import CtlApi, build_ctl_app
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
 from shield.introspect import Introspector, introspection_cache
@@ -33,6 +35,8 @@ from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
+from shield.state.records import RecordStore
+from shield.switches import Switches
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay
 
@@ -207,6 +211,7 @@ class Shield:
         reuse_port: bool = False,
         clock: Clock | None = None,
         identities: IdentityResolver | None = None,
+        wall: Clock | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -222,6 +227,27 @@ class Shield:
         self.holder = PolicyHolder(build_runtime(config, text), self.stats, config_path)
         self.state = StateBackend(config.state, clock=self.clock, stats=self.stats)
         self.admin_state.degraded = self.state.health
+        # Switches and bans expire on wall-clock time, which replicas share.
+        self.wall = wall or WallClock()
+        self.switches = Switches(
+            RecordStore(
+                "switch", wall=self.wall, stats=self.stats, shared=self.state.redis, max_entries=1000
+            ),
+            wall=self.wall,
+            ctl=config.admin.ctl,
+        )
+        self.stats.ctl_closed = lambda: [c.rule for c in self.switches.closures()]
+        self.bans: BanList | None = None
+        if config.bans is not None:
+            store = RecordStore(
+                "ban",
+                wall=self.wall,
+                stats=self.stats,
+                shared=self.state.redis,
+                max_entries=config.bans.max_entries,
+            )
+            self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
+            self.stats.bans_active = lambda: len(store.live())
         self._server: PublicServer | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -267,6 +293,9 @@ class Shield:
             connect_timeout=config.timeouts.connect,
         )
         await self.state.start()
+        await self.switches.store.start()
+        if self.bans is not None:
+            await self.bans.store.start()
         listener_tls = listener_ssl_context(config)
         proxy = Proxy(
             ForwardSettings.from_config(config),
@@ -302,6 +331,8 @@ class Shield:
             ),
             introspector=self.introspector,
             identity_headers=config.forwarding.identity_headers,
+            switches=self.switches,
+            bans=self.bans,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -333,8 +364,13 @@ class Shield:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._with_admin:
+            ctl = config.admin.ctl
+            ctl_app = None
+            if ctl is not None:
+                api = CtlApi(ctl.token, self.holder, self.switches, self.bans, self.state.name)
+                ctl_app = build_ctl_app(api)
             self._admin_runner = web.AppRunner(
-                build_admin_app(self.admin_state, self.registry), access_log=None
+                build_admin_app(self.admin_state, self.registry, ctl_app), access_log=None
             )
             await self._admin_runner.setup()
             self._admin_site = web.TCPSite(
@@ -389,6 +425,10 @@ class Shield:
             await self.websockets.close()
         if self.pool is not None:
             await self.pool.close()
+        await self.switches.store.close()
+        if self.bans is not None:
+            await self.bans.store.close()
+            await self.bans.close()
         await self.state.close()
         if self.introspector is not None:
             await self.introspector.close()

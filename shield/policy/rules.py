@@ -251,6 +251,7 @@ class CompiledRule:
             else f"{rule.name}|{'/'.join(map(str, other.signature()))}|",
         )
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
+        outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
 
