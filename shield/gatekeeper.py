@@ -16,6 +16,7 @@ from aiohttp import web
 from shield import actions
 from shield.actions import ShieldAnswer, answer
 from shield.bans import BanList
+from shield.challenge import ChallengeGate
 from shield.clock import Clock
 from shield.headers import identity_lines
 from shield.introspect import Introspector
@@ -72,6 +73,7 @@ class Gatekeeper:
         identity_headers: bool = False,
         switches: Switches | None = None,
         bans: BanList | None = None,
+        challenge: ChallengeGate | None = None,
     ) -> None:
         self.holder = holder
         self.proxy = proxy
@@ -87,6 +89,8 @@ class Gatekeeper:
         self.identity_headers = identity_headers
         self.switches = switches
         self.bans = bans
+        self.challenge = challenge
+        self.challenge_path = challenge.path if challenge is not None else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
@@ -128,6 +132,8 @@ class Gatekeeper:
         exchange = request[EXCHANGE]
         exchange.client_ip = client_ip
         exchange.path = match_path
+        if match_path == self.challenge_path and policy.has_challenge:
+            return await self._challenge_submit(request, client.key, identity.label)
 
         if not policy.rules:
             if "Upgrade" in headers and is_websocket_upgrade(request):
@@ -182,6 +188,22 @@ class Gatekeeper:
                 extra=_debug(debug, rule, "closed"),
             )
             return self._refusal(request, closed)
+        if action == "challenge":
+            gate = self.challenge
+            assert gate is not None
+            if gate.passes(view.cookies.get(gate.cookie), view.client_key):
+                extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
+                return await self._forward(
+                    request, target, extra, rule.name, action, identity.label, upstream
+                )
+            exchange.decided(rule.name, action, "challenged", identity.label)
+            page = gate.page(
+                view.client_key,
+                target.decode("latin-1"),
+                headers.get("Accept"),
+                _debug(debug, rule, "challenged"),
+            )
+            return self._refusal(request, page)
 
         # throttle
         rate = rule.rates[identity.authenticated]
@@ -257,6 +279,14 @@ class Gatekeeper:
         added = self.proxy.heads.forwarding_headers(request.raw_headers, forwarded_for, who=who)
         response = await self.websockets.relay(request, target, added)
         request[EXCHANGE].decided(rule, action, _outcome(response), identity)
+        return response
+
+    async def _challenge_submit(
+        self, request: web.BaseRequest, client_key: str, identity: str
+    ) -> web.StreamResponse:
+        assert self.challenge is not None
+        response, passed = await self.challenge.submit(request, client_key)
+        request[EXCHANGE].decided("challenge", "challenge", "passed" if passed else "refused", identity)
         return response
 
     def _banned(self, request: web.BaseRequest, client_ip: str, until: float) -> ShieldAnswer:

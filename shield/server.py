@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
 from shield.bans import BanList
+from shield.challenge import ChallengeGate
 from shield.clock import Clock, MonotonicClock, WallClock
 from shield.config.model import ShieldConfig
 from shield.ctl import CtlApi, build_ctl_app
@@ -333,6 +334,7 @@ class Shield:
             identity_headers=config.forwarding.identity_headers,
             switches=self.switches,
             bans=self.bans,
+            challenge=ChallengeGate(config.challenge, wall=self.wall),
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight

@@ -285,7 +285,8 @@ async def test_explain_shows_an_active_closure_or_says_closures_are_runtime_only
     def explain(admin_port: int) -> list[str]:
         path = tmp_path / f"shield-{admin_port}.yaml"
         path.write_text(
-            f"upstream: {upstream}\nadmin: {{listen: 127.0.0.1:{admin_port}, ctl: {{token_env: {token_env}}}}}\n"
+            f"upstream: {upstream}\n"
+            f"admin: {{listen: 127.0.0.1:{admin_port}, ctl: {{token_env: {token_env}}}}}\n"
             "rules:\n  - {name: register, match: {methods: [POST], paths: [/api/register]}, action: allow}\n"
         )
         out = io.StringIO()

@@ -376,6 +376,7 @@ class Policy:
                 )
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
+        self.has_challenge = any(r.action == "challenge" for r in self.rules)
 
     def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
         end = path.find("/", 1)
