@@ -36,7 +36,8 @@ from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
-from shield.state.records import RecordStore
+from shield.state.connect import connect
+from shield.state.records import RecordStore, RedisChannel
 from shield.switches import Switches
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay
@@ -230,10 +231,18 @@ class Shield:
         self.admin_state.degraded = self.state.health
         # Switches and bans expire on wall-clock time, which replicas share.
         self.wall = wall or WallClock()
+        state = config.state
+        self.channel = (
+            RedisChannel(
+                connect(state.model_copy(update={"pool_size": 1})),
+                key_prefix=state.key_prefix,
+                timeout=state.timeout,
+            )
+            if state.backend == "redis"
+            else None
+        )
         self.switches = Switches(
-            RecordStore(
-                "switch", wall=self.wall, stats=self.stats, shared=self.state.redis, max_entries=1000
-            ),
+            RecordStore("switch", wall=self.wall, stats=self.stats, shared=self.channel, max_entries=1000),
             wall=self.wall,
             ctl=config.admin.ctl,
         )
@@ -244,7 +253,7 @@ class Shield:
                 "ban",
                 wall=self.wall,
                 stats=self.stats,
-                shared=self.state.redis,
+                shared=self.channel,
                 max_entries=config.bans.max_entries,
             )
             self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
@@ -429,8 +438,10 @@ class Shield:
             await self.pool.close()
         await self.switches.store.close()
         if self.bans is not None:
-            await self.bans.store.close()
             await self.bans.close()
+            await self.bans.store.close()
+        if self.channel is not None:
+            await self.channel.close()
         await self.state.close()
         if self.introspector is not None:
             await self.introspector.close()

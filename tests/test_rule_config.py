@@ -148,7 +148,7 @@ def test_schema_describes_rules() -> None:
         "key",
         "count",
     }
-    assert rule["properties"]["action"]["enum"] == ["allow", "block", "close", "throttle"]
+    assert rule["properties"]["action"]["enum"] == ["allow", "block", "close", "throttle", "challenge"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -14,6 +14,7 @@ multi-key calls below stay legal there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError
 
 from shield.clock import Clock
 from shield.metrics import ProxyStats
-from shield.state.redis_throttle import RedisThrottle
+from shield.state.connect import RedisClient
 
 log = logging.getLogger("shield.state")
 
@@ -32,6 +33,25 @@ _FAILURES = (RedisError, OSError, TimeoutError)
 # Reload everything at least this often, even when the sequence did not move (a missed change,
 # a flushed Redis): the local copy never drifts for long.
 FULL_RELOAD_EVERY = 10.0
+
+
+class RedisChannel:
+    """The records' own Redis connection, apart from the throttle's pool (which refuses a
+    connection past ``pool_size``): polls and ctl changes never take one a throttle decision
+    needs. Calls go one at a time; they are few."""
+
+    def __init__(self, client: RedisClient, *, key_prefix: str, timeout: float) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.timeout = max(timeout, 1.0)
+        self.lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        # A Sentinel-discovered client keeps its own connections to the Sentinels.
+        manager = getattr(getattr(self.client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
 
 class SharedStateError(Exception):
@@ -52,7 +72,7 @@ class RecordStore:
         *,
         wall: Clock,
         stats: ProxyStats,
-        shared: RedisThrottle | None,
+        shared: RedisChannel | None,
         max_entries: int = 100_000,
         poll_interval: float = 0.5,
         on_reload: Callable[[], None] = lambda: None,
@@ -132,10 +152,11 @@ class RecordStore:
         return int(replies[0])
 
     async def _call(self, build: Callable[[Any], Any]) -> list[Any]:
-        assert self.shared is not None
+        shared = self.shared
+        assert shared is not None
         try:
-            async with asyncio.timeout(max(self.shared.timeout, 1.0)):
-                pipe = self.shared.client.pipeline(transaction=False)
+            async with shared.lock, asyncio.timeout(shared.timeout):
+                pipe = shared.client.pipeline(transaction=False)
                 build(pipe)
                 return list(await pipe.execute())
         except _FAILURES as exc:
@@ -152,8 +173,11 @@ class RecordStore:
         self._task = asyncio.get_running_loop().create_task(self._poll())
 
     async def close(self) -> None:
+        # Awaited, so a poll cut short gives its connection back before the client closes.
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _poll(self) -> None:
         while True:
