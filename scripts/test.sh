@@ -24,6 +24,14 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
 
+# The browser tests drive Debian's chromium through Playwright (the python package comes with the
+# test extras above; it needs no browser download).
+if ! command -v chromium >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
+
 .venv/bin/ruff check shield tests
 .venv/bin/ruff format --check shield tests
 .venv/bin/mypy

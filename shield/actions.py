@@ -25,6 +25,7 @@ __all__ = [
     "Shed",
     "ShieldAnswer",
     "answer",
+    "banned",
     "blocked",
     "closed",
     "shed",
@@ -116,6 +117,18 @@ def blocked(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
         body = json.dumps({"error": "Forbidden."})
         return ShieldAnswer(status=403, text=body, content_type="application/json", headers=extra)
     return ShieldAnswer(status=403, text="Forbidden.\n", headers=extra)
+
+
+def banned(*, status: int, retry_after: float, accept: str | None) -> ShieldAnswer:
+    """A banned client: 403, or 429 with the ban's remaining time as Retry-After."""
+    headers = {"Cache-Control": "no-store"}
+    if status == 429:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    text = "Too many violations; this client is banned for a while."
+    if wants_json(accept):
+        body = json.dumps({"error": text})
+        return ShieldAnswer(status=status, text=body, content_type="application/json", headers=headers)
+    return ShieldAnswer(status=status, text=text + "\n", headers=headers)
 
 
 def unavailable(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:

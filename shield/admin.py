@@ -54,11 +54,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_admin_app(state: AdminState, registry: CollectorRegistry) -> web.Application:
+def build_admin_app(
+    state: AdminState, registry: CollectorRegistry, ctl: web.Application | None = None
+) -> web.Application:
     app = web.Application()
     app[STATE] = state
     app[METRICS] = registry
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if ctl is not None:
+        app.add_subapp("/ctl/", ctl)
     return app

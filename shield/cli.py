@@ -3,6 +3,7 @@
 shield run   --config FILE       serve
 shield check --config FILE       validate; exit 1 listing FILE:LINE:COL: message per problem
 shield demo                      the demo service with Shield in front of it
+shield ctl -c FILE status|close|open|bans|unban   runtime overrides through the admin listener
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,14 +65,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config, config_path=args.config, worker=args.worker, stats_dir=args.stats_dir)
 
 
+def _ctl_closures(config: ShieldConfig) -> dict[str, str] | None:
+    """The running Shield's ctl closures (rule -> description), or None if it cannot be asked."""
+    from shield import ctl_client
+
+    assert config.admin.ctl is not None
+    try:
+        answer = ctl_client.call(
+            _admin_url(config), config.admin.ctl.token.decode(), "GET", "/status", timeout=0.5
+        )
+    except ctl_client.CtlError:
+        return None
+    return {c["rule"]: f"{c['message']!r} for {c['remaining']:.0f}s more" for c in answer["closures"]}
+
+
+def _admin_url(config: ShieldConfig) -> str:
+    listen = config.admin.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else "::1" if listen.host == "::" else listen.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{listen.port}"
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from shield.explain import explain
 
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    closures = _ctl_closures(config) if config.admin.ctl is not None else None
     try:
-        lines = explain(config, args.method, args.url, args.header, args.ip, cookie_args=args.cookie)
+        lines = explain(
+            config,
+            args.method,
+            args.url,
+            args.header,
+            args.ip,
+            cookie_args=args.cookie,
+            closures=closures,
+            ctl=config.admin.ctl is not None,
+        )
     except ValueError as error:
         print(f"shield explain: {error}", file=sys.stderr)
         return 2
@@ -91,6 +123,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     return run_demo(config, config_path=path, upstream_port=args.upstream_port)
+
+
+def _ctl_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The admin URL and token: flags and environment first, then the config file."""
+    admin, token = args.admin, os.environ.get("SHIELD_CTL_TOKEN")
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    if args.config and (admin is None or token is None):
+        config = _load_or_report(args.config)
+        if config is None:
+            return None
+        listen = config.admin.listen
+        host = (
+            "127.0.0.1" if listen.host in ("0.0.0.0", "") else "::1" if listen.host == "::" else listen.host
+        )
+        admin = admin or f"http://{f'[{host}]' if ':' in host else host}:{listen.port}"
+        if token is None and config.admin.ctl is not None:
+            token = config.admin.ctl.token.decode()
+    if admin is None or token is None:
+        print(
+            "shield ctl: give -c CONFIG (with admin.ctl), or --admin URL and a token "
+            "(--token-file or SHIELD_CTL_TOKEN)",
+            file=sys.stderr,
+        )
+        return None
+    return admin, token
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from shield import ctl_client
+
+    target = _ctl_target(args)
+    if target is None:
+        return 2
+    base, token = target
+    try:
+        match args.ctl_command:
+            case "close":
+                lines = ctl_client.close(base, token, args.rule, args.duration, args.message)
+            case "open":
+                lines = ctl_client.open_(base, token, args.rule)
+            case "bans":
+                lines = ctl_client.bans(base, token)
+            case "unban":
+                lines = ctl_client.unban(base, token, args.client)
+            case _:
+                lines = ctl_client.status(base, token)
+    except ctl_client.CtlError as error:
+        print(f"shield ctl: {error}", file=sys.stderr)
+        return 2 if error.status == 0 else 1
+    print("\n".join(lines))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo service port (default: the config's upstream port)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    ctl = commands.add_parser("ctl", help="close or open rules for a while, list or lift bans, status")
+    ctl.add_argument("-c", "--config", default=None, help="the config file (admin address and ctl token)")
+    ctl.add_argument("--admin", default=None, help="the admin listener's URL, e.g. http://127.0.0.1:9090")
+    ctl.add_argument("--token-file", default=None, help="file holding the ctl token (or SHIELD_CTL_TOKEN)")
+    actions = ctl.add_subparsers(dest="ctl_command", required=True)
+    close = actions.add_parser("close", help="close a rule (503 page) for a while")
+    close.add_argument("rule")
+    close.add_argument(
+        "--for", dest="duration", default=None, help="e.g. 30m (default: admin.ctl.default_duration)"
+    )
+    close.add_argument("--message", default=None, help="the text shown to clients")
+    reopen = actions.add_parser("open", help="lift a ctl closure")
+    reopen.add_argument("rule")
+    actions.add_parser("bans", help="list banned clients")
+    unban = actions.add_parser("unban", help="lift a client's ban")
+    unban.add_argument("client", help="an IP address (or IPv6 prefix) as `ctl bans` lists it")
+    actions.add_parser("status", help="ctl closures, file closures, bans")
+    ctl.set_defaults(func=cmd_ctl)
     return parser
 
 

@@ -32,3 +32,12 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+
+class WallClock:
+    """Unix time: for expiries shared between replicas (ctl switches, bans, challenge passes)."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.time()

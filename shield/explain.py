@@ -84,6 +84,8 @@ def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
         assert rule.rate is not None
         counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""
         return f"throttle {config.limit_text}, burst {rule.rate.burst}, key {config.key}{counting}"
+    if rule.action == "challenge":
+        return "challenge (proof-of-work page until a pass cookie is earned; JSON clients get 429)"
     return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
 
 
@@ -95,8 +97,13 @@ def explain(
     client_ip: str,
     identities: IdentityResolver | None = None,
     cookie_args: list[str] | None = None,
+    closures: dict[str, str] | None = None,
+    ctl: bool = False,
 ) -> list[str]:
-    """The lines ``shield explain`` prints; ``client_ip`` is the TCP peer."""
+    """The lines ``shield explain`` prints; ``client_ip`` is the TCP peer.
+
+    With ``ctl`` (the config enables the ctl API) the runtime closures are shown: ``closures``
+    maps each closed rule to a description, None when the running Shield could not be asked."""
     headers = parse_header_args(header_args)
     cookies = parse_cookie_args(cookie_args or [])
     if cookies is not None:
@@ -144,6 +151,7 @@ def explain(
     lines.append("rules:")
     candidates = set(map(id, policy.candidates(method, canonical.match)))
     decided: CompiledRule | None = None
+    matched: list[CompiledRule] = []
     retry = config.policy.default_retry_after
     for number, rule in enumerate(policy.rules, start=1):
         label = f"  {number:>2}. {rule.name:<24}"
@@ -156,11 +164,26 @@ def explain(
             continue
         if id(rule) not in candidates:  # the index must agree with the full check
             lines.append(f"{label} INDEX DISAGREES: matched but was not a candidate (a bug; please report)")
+        matched.append(rule)
         if rule.dry_run:
             lines.append(f"{label} MATCH in dry-run: would {_action_text(rule, retry)}; matching goes on")
             continue
         lines.append(f"{label} MATCH: {_action_text(rule, retry)}")
         decided = rule
+    if ctl:
+        if closures is None:
+            lines.append(
+                "overrides: ctl closures are runtime-only and the admin listener did not answer; "
+                "`shield ctl status` lists them"
+            )
+        else:
+            closed = next((rule for rule in matched if rule.name in closures), None)
+            if closed is not None:
+                lines.append(f"override: rule {closed.name!r} is closed by ctl: {closures[closed.name]}")
+                return [*lines, f"decision: closed (503) by ctl on rule {closed.name!r}"]
+            lines.append(
+                f"overrides: no ctl closure applies (closed by ctl: {', '.join(closures) or 'none'})"
+            )
     if decided is None:
         lines.append("decision: forward to the upstream (no rule matched)")
     elif decided.action == "throttle":

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from shield import actions
 from shield.actions import Shed, ShieldAnswer, answer
+from shield.bans import BanList
+from shield.challenge import ChallengeGate
 from shield.clock import Clock
 from shield.headers import identity_lines
 from shield.introspect import Introspector
@@ -32,6 +34,7 @@ from shield.proxy import Proxy
 from shield.reload import PolicyHolder
 from shield.state import StateBackend
 from shield.status import StatusPage
+from shield.switches import Switches
 from shield.target import request_target
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
 
@@ -76,6 +79,9 @@ class Gatekeeper:
         identity_headers: bool = False,
         overload: OverloadGate | None = None,
         status: StatusPage | None = None,
+        switches: Switches | None = None,
+        bans: BanList | None = None,
+        challenge: ChallengeGate | None = None,
     ) -> None:
         self.holder = holder
         self.proxy = proxy
@@ -91,6 +97,10 @@ class Gatekeeper:
         self.identity_headers = identity_headers
         self.overload = overload
         self.status = status
+        self.switches = switches
+        self.bans = bans
+        self.challenge = challenge
+        self.challenge_path = challenge.path if challenge is not None else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
@@ -118,6 +128,8 @@ class Gatekeeper:
                 target = forward + sep + query
         client = self.clients.resolve(request.remote or "unknown", headers)
         client_ip = client.ip
+        if self.bans is not None and (ban := self.bans.banned(client.key)) is not None:
+            return self._banned(request, client_ip, ban.until)
         identity = (self.identities or runtime.identities).identify(headers, client_ip)
         if self.introspector is not None and not identity.authenticated:
             identity = await self.introspector.identify(headers, identity)
@@ -132,6 +144,8 @@ class Gatekeeper:
         exchange.path = match_path
         if match_path == runtime.status_path and self.status is not None:
             return self.status.answer(method, headers.get("Accept"))
+        if match_path == self.challenge_path and policy.has_challenge:
+            return await self._challenge_submit(request, client.key, identity.label)
 
         if not policy.rules:
             if "Upgrade" in headers and is_websocket_upgrade(request):
@@ -160,6 +174,10 @@ class Gatekeeper:
                 self._record_dry_runs(dry_runs, view)
             else:
                 await self._record_shared_dry_runs(dry_runs, view)
+        if self.switches is not None and self.switches.local:
+            closed_by_ctl = self._ctl_closure(request, rule, dry_runs, identity.label)
+            if closed_by_ctl is not None:
+                return closed_by_ctl
         if rule is None:
             rank = _DEFAULT_RANKS[identity.authenticated]
             return await self._forward(
@@ -187,6 +205,8 @@ class Gatekeeper:
             )
         if action == "block":
             exchange.decided(rule.name, action, "blocked", identity.label)
+            if self.bans is not None:
+                self.bans.violation(view.client_key)
             return self._refusal(
                 request, actions.blocked(accept=headers.get("Accept"), extra=_debug(debug, rule, "blocked"))
             )
@@ -201,6 +221,22 @@ class Gatekeeper:
                 extra=_debug(debug, rule, "closed"),
             )
             return self._refusal(request, closed)
+        if action == "challenge":
+            gate = self.challenge
+            assert gate is not None
+            if gate.passes(view.cookies.get(gate.cookie), view.client_key):
+                extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
+                return await self._forward(
+                    request, target, extra, rule.name, action, identity.label, upstream, rank
+                )
+            exchange.decided(rule.name, action, "challenged", identity.label)
+            page = gate.page(
+                view.client_key,
+                target.decode("latin-1"),
+                headers.get("Accept"),
+                _debug(debug, rule, "challenged"),
+            )
+            return self._refusal(request, page)
 
         # throttle
         rate = rule.rates[identity.authenticated]
@@ -226,6 +262,8 @@ class Gatekeeper:
             extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else []
         elif not result.allowed:
             exchange.decided(rule.name, action, "throttled", identity.label)
+            if self.bans is not None:
+                self.bans.violation(view.client_key)
             refusal = actions.throttled(
                 result, accept=headers.get("Accept"), extra=_debug(debug, rule, "throttled")
             )
@@ -287,6 +325,52 @@ class Gatekeeper:
         response = await self.websockets.relay(request, target, added)
         request[EXCHANGE].decided(rule, action, _outcome(response), identity)
         return response
+
+    async def _challenge_submit(
+        self, request: web.BaseRequest, client_key: str, identity: str
+    ) -> web.StreamResponse:
+        assert self.challenge is not None
+        response, passed = await self.challenge.submit(request, client_key)
+        request[EXCHANGE].decided("challenge", "challenge", "passed" if passed else "refused", identity)
+        return response
+
+    def _banned(self, request: web.BaseRequest, client_ip: str, until: float) -> ShieldAnswer:
+        assert self.bans is not None
+        exchange = request[EXCHANGE]
+        exchange.client_ip = client_ip
+        exchange.decided("ban", "ban", "banned", "anonymous")
+        refusal = actions.banned(
+            status=self.bans.config.answer,
+            retry_after=until - self.bans.wall.now(),
+            accept=request.headers.get("Accept"),
+        )
+        return self._refusal(request, refusal)
+
+    def _ctl_closure(
+        self,
+        request: web.BaseRequest,
+        rule: CompiledRule | None,
+        dry_runs: list[CompiledRule] | None,
+        identity: str,
+    ) -> ShieldAnswer | None:
+        """The close answer when ``shield ctl close`` closed the deciding rule or a dry-run rule
+        met before it (a ctl closure is enforced even on a rule the file runs in dry-run)."""
+        assert self.switches is not None
+        for candidate in (*(dry_runs or ()), *((rule,) if rule is not None else ())):
+            closure = self.switches.closure(candidate.name)
+            if closure is None:
+                continue
+            runtime = self.holder.current
+            request[EXCHANGE].decided(candidate.name, "ctl-close", "closed", identity)
+            closed = actions.closed(
+                message=closure.message,
+                retry_after=closure.until - self.switches.wall.now(),
+                accept=request.headers.get("Accept"),
+                template=runtime.close_template,
+                extra=_debug(runtime.debug_header, candidate, "closed by ctl"),
+            )
+            return self._refusal(request, closed)
+        return None
 
     @staticmethod
     def _refusal(request: web.BaseRequest, response: ShieldAnswer) -> ShieldAnswer:

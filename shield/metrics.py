@@ -118,6 +118,10 @@ class ProxyStats:
         # (rule, state) -> auto-close transitions; (rule, source, closed) of closable rules
         self.auto_close_transitions: Counter[tuple[str, str]] = Counter()
         self.closed_rules: Callable[[], list[tuple[str, str, bool]]] = _no_closures
+        # bans issued (shield.bans); the ctl closures and bans in force, read when scraped
+        self.bans_issued = 0
+        self.ctl_closed: Callable[[], list[str]] = list
+        self.bans_active: Callable[[], int] = int
         # the other workers' latest snapshots (workers > 1); set by the runner
         self.peers: Callable[[], list[ProxyStats]] = _no_peers
 
@@ -142,6 +146,7 @@ class ProxyStats:
         self.state_decisions.update(other.state_decisions)
         self.access_log_dropped += other.access_log_dropped
         self.auto_close_transitions.update(other.auto_close_transitions)
+        self.bans_issued += other.bans_issued
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the collector exports, as JSON-ready values."""
@@ -161,6 +166,7 @@ class ProxyStats:
             "access_log_dropped": self.access_log_dropped,
             "auto_close_transitions": [[*labels, n] for labels, n in self.auto_close_transitions.items()],
             "closed_rules": [list(row) for row in self.closed_rules()],
+            "bans_issued": self.bans_issued,
             "buckets": list(DURATION_BUCKETS),
         }
 
@@ -191,6 +197,7 @@ class ProxyStats:
             stats.auto_close_transitions[rule, state] = int(count)
         closed = [(str(rule), str(source), bool(on)) for rule, source, on in data.get("closed_rules", [])]
         stats.closed_rules = lambda: closed
+        stats.bans_issued = int(data.get("bans_issued", 0))
         return stats
 
 
@@ -228,7 +235,7 @@ class ShieldCollector(Collector):
             "Unix time of the last config load that succeeded (the oldest among workers).",
             value=min(worker.last_reload_success for worker in workers),
         )
-        yield _closed_gauge(workers)
+        yield _closed_gauge(workers, own.ctl_closed())
         info = GaugeMetricFamily(
             "shield_config_info",
             "The config in use; version is a hash of the file (one series per version in use).",
@@ -237,17 +244,23 @@ class ShieldCollector(Collector):
         for version in sorted({worker.config_version for worker in workers}):
             info.add_metric([version], 1)
         yield info
+        yield GaugeMetricFamily(
+            "shield_bans_active",
+            "Clients banned right now (as this process sees them).",
+            value=own.bans_active(),
+        )
 
 
-def _closed_gauge(workers: list[ProxyStats]) -> Metric:
+def _closed_gauge(workers: list[ProxyStats], ctl_closed: list[str]) -> Metric:
     """1 while a rule is closed (in any worker: auto-close triggers run per process), else 0."""
-    closed: dict[tuple[str, str], bool] = {}
+    closed: dict[tuple[str, str], bool] = {(rule, "ctl"): True for rule in ctl_closed}
     for worker in workers:
         for rule, source, on in worker.closed_rules():
             closed[rule, source] = closed.get((rule, source), False) or on
     gauge = GaugeMetricFamily(
         "shield_rule_closed",
-        "1 while a rule answers 503 closed: by the file (source=file) or a trigger (source=auto).",
+        "1 while a rule answers 503 closed: by the file (source=file), a trigger (source=auto) "
+        "or `shield ctl close` (source=ctl).",
         labels=["rule", "source"],
     )
     for (rule, source), on in sorted(closed.items()):
@@ -311,6 +324,11 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         ["rule", "state"],
         stats.auto_close_transitions.items(),
     )
+    bans = CounterMetricFamily(
+        "shield_bans", "Bans issued (their requests count as rule ban, decision banned)."
+    )
+    bans.add_metric([], stats.bans_issued)
+    yield bans
     dropped = CounterMetricFamily(
         "shield_access_log_dropped_lines",
         "Access log lines dropped because stdout did not keep up.",

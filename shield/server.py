@@ -22,8 +22,11 @@ from aiohttp.web_protocol import RequestHandler
 from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
 from shield.auto_close import AutoCloseWatch
-from shield.clock import Clock, MonotonicClock
+from shield.bans import BanList
+from shield.challenge import ChallengeGate
+from shield.clock import Clock, MonotonicClock, WallClock
 from shield.config.model import ShieldConfig
+from shield.ctl import CtlApi, build_ctl_app
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
 from shield.introspect import Introspector, introspection_cache
@@ -31,13 +34,16 @@ from shield.metrics import ProxyStats, build_registry
 from shield.observe import Observer
 from shield.overload import OverloadGate
 from shield.policy.client_ip import ClientResolver
-from shield.policy.closures import Closure, policy_closures
+from shield.policy.closures import Closure, policy_closures, runtime_closures
 from shield.policy.identity import IdentityResolver
 from shield.proxy import ForwardSettings, Proxy, head_builder
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
+from shield.state.connect import connect
+from shield.state.records import RecordStore, RedisChannel
 from shield.status import StatusPage
+from shield.switches import Switches
 from shield.upstream import UpstreamPool
 from shield.websocket import WebSocketRelay
 
@@ -212,6 +218,7 @@ class Shield:
         reuse_port: bool = False,
         clock: Clock | None = None,
         identities: IdentityResolver | None = None,
+        wall: Clock | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -227,6 +234,35 @@ class Shield:
         self.holder = PolicyHolder(build_runtime(config, text), self.stats, config_path)
         self.state = StateBackend(config.state, clock=self.clock, stats=self.stats)
         self.admin_state.degraded = self.state.health
+        # Switches and bans expire on wall-clock time, which replicas share.
+        self.wall = wall or WallClock()
+        state = config.state
+        self.channel = (
+            RedisChannel(
+                connect(state.model_copy(update={"pool_size": 1})),
+                key_prefix=state.key_prefix,
+                timeout=state.timeout,
+            )
+            if state.backend == "redis"
+            else None
+        )
+        self.switches = Switches(
+            RecordStore("switch", wall=self.wall, stats=self.stats, shared=self.channel, max_entries=1000),
+            wall=self.wall,
+            ctl=config.admin.ctl,
+        )
+        self.stats.ctl_closed = lambda: [c.rule for c in self.switches.closures()]
+        self.bans: BanList | None = None
+        if config.bans is not None:
+            store = RecordStore(
+                "ban",
+                wall=self.wall,
+                stats=self.stats,
+                shared=self.channel,
+                max_entries=config.bans.max_entries,
+            )
+            self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
+            self.stats.bans_active = lambda: len(store.live())
         self._server: PublicServer | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -238,7 +274,7 @@ class Shield:
         self.websockets: WebSocketRelay | None = None
         self.auto_close = AutoCloseWatch(self.holder, self.clock, self.stats)
         # Where /status reads closures from; `shield ctl` switches will add a source here.
-        self.status_page = StatusPage([self._rule_closures])
+        self.status_page = StatusPage([self._rule_closures, self._ctl_closures])
         log_settings = config.access_log
         self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
 
@@ -265,6 +301,10 @@ class Shield:
     def _rule_closures(self) -> list[Closure]:
         return policy_closures(self.holder.current.policy, self.clock.now(), time.time())
 
+    def _ctl_closures(self) -> list[Closure]:
+        closed = [(c.rule, c.message, c.until) for c in self.switches.closures()]
+        return runtime_closures(self.holder.current.policy, closed)
+
     async def start(self) -> None:
         require_c_parser()
         config = self.config
@@ -278,6 +318,9 @@ class Shield:
             connect_timeout=config.timeouts.connect,
         )
         await self.state.start()
+        await self.switches.store.start()
+        if self.bans is not None:
+            await self.bans.store.start()
         listener_tls = listener_ssl_context(config)
         proxy = Proxy(
             ForwardSettings.from_config(config),
@@ -315,6 +358,9 @@ class Shield:
             identity_headers=config.forwarding.identity_headers,
             overload=OverloadGate(config.overload, proxy, self.clock) if config.overload else None,
             status=self.status_page,
+            switches=self.switches,
+            bans=self.bans,
+            challenge=ChallengeGate(config.challenge, wall=self.wall),
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -346,8 +392,13 @@ class Shield:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._with_admin:
+            ctl = config.admin.ctl
+            ctl_app = None
+            if ctl is not None:
+                api = CtlApi(ctl.token, self.holder, self.switches, self.bans, self.state.name)
+                ctl_app = build_ctl_app(api)
             self._admin_runner = web.AppRunner(
-                build_admin_app(self.admin_state, self.registry), access_log=None
+                build_admin_app(self.admin_state, self.registry, ctl_app), access_log=None
             )
             await self._admin_runner.setup()
             self._admin_site = web.TCPSite(
@@ -403,6 +454,12 @@ class Shield:
             await self.websockets.close()
         if self.pool is not None:
             await self.pool.close()
+        await self.switches.store.close()
+        if self.bans is not None:
+            await self.bans.close()
+            await self.bans.store.close()
+        if self.channel is not None:
+            await self.channel.close()
         await self.state.close()
         if self.introspector is not None:
             await self.introspector.close()

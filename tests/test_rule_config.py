@@ -78,7 +78,7 @@ def test_messages_a_user_needs() -> None:
     assert "invalid CIDR '10.0.0.0/33'" in text
     assert "duplicate rule name 'api' (also rules.0)" in text
     assert "invalid YAML" in text
-    assert "rules.0.action: Input should be 'allow', 'block', 'close' or 'throttle'" in text
+    assert "rules.0.action: Input should be 'allow', 'block', 'close', 'throttle' or 'challenge'" in text
     warnings = expected_lines(CONFIGS / "good" / "shadowed.yaml")
     assert [w.split(": ", 1)[1].split(":")[0] for w in warnings] == ["warning", "warning"]
     assert "rule 'login' can never match: rule 'api' (rules.0) comes first" in warnings[0]
@@ -148,7 +148,7 @@ def test_schema_describes_rules() -> None:
         "key",
         "count",
     }
-    assert rule["properties"]["action"]["enum"] == ["allow", "block", "close", "throttle"]
+    assert rule["properties"]["action"]["enum"] == ["allow", "block", "close", "throttle", "challenge"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from shield.config.attack import Bans, Challenge, Ctl
 from shield.config.auth import Auth, Clients
 from shield.config.base import Section
 from shield.config.overload import Overload, StatusPage
@@ -90,6 +91,9 @@ class Admin(Section):
     listen: AdminListener = Field(default_factory=AdminListener)
     ready_grace: Duration = Field(
         10.0, description="Report ready after this long even if the upstream never answered."
+    )
+    ctl: Ctl | None = Field(
+        None, description="The ctl API (/ctl/...): close and open rules, list and lift bans. Off without it."
     )
 
 
@@ -204,6 +208,10 @@ class ShieldConfig(Section):
     clients: Clients = Field(default_factory=Clients)
     auth: Auth = Field(default_factory=Auth)
     policy: PolicyOptions = Field(default_factory=PolicyOptions)
+    bans: Bans | None = Field(None, description="Ban clients that keep hitting throttles or blocks.")
+    challenge: Challenge = Field(
+        default_factory=Challenge, description="The proof-of-work page of action: challenge rules."
+    )
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     overload: Overload | None = Field(None, description="Priority load shedding (restart to change).")
     status_page: StatusPage = Field(default_factory=StatusPage)

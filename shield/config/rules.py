@@ -233,7 +233,7 @@ class Rule(Section):
     for_: Literal["anonymous", "authenticated", "everyone"] = Field(
         "everyone", alias="for", description="Which clients the rule applies to."
     )
-    action: Literal["allow", "block", "close", "throttle"]
+    action: Literal["allow", "block", "close", "throttle", "challenge"]
     mode: Literal["enforce", "dry-run"] = Field(
         "enforce", description="dry-run: decide, count and log, but forward; later rules still apply."
     )

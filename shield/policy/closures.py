@@ -47,3 +47,13 @@ def policy_closures(policy: Policy, now: float, wall: float) -> list[Closure]:
             until = wall + trigger.retry_after(now)
             found.append(Closure(rule.name, title, message, "auto", until))
     return found
+
+
+def runtime_closures(policy: Policy, closed: Iterable[tuple[str, str, float]]) -> list[Closure]:
+    """Closures made at runtime (``shield ctl close``): (rule, message, until) of rules in force."""
+    titles = {rule.name: rule.config.public_name or rule.name for rule in policy.rules}
+    return [
+        Closure(name, titles[name], message, "ctl", until)
+        for name, message, until in closed
+        if name in titles
+    ]

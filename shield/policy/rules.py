@@ -255,6 +255,7 @@ class CompiledRule:
             else f"{rule.name}|{'/'.join(map(str, other.signature()))}|",
         )
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
+        outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
         # overload: the admission class, indexed by ``identity.authenticated``.
@@ -384,6 +385,7 @@ class Policy:
                 )
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
+        self.has_challenge = any(r.action == "challenge" for r in self.rules)
 
     def _keep_triggers(self, previous: Policy) -> None:
         """An auto-close trigger survives a reload while its rule's name and auto_close stay the same."""

@@ -1,0 +1,88 @@
+"""``shield ctl``: the ctl API's client. Synchronous (one call per command), standard library only."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+
+class CtlError(Exception):
+    """The API refused (``status`` >= 400) or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def call(
+    base: str, token: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        base.rstrip("/") + "/ctl" + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read()).get("error", error.reason)
+        except ValueError:
+            message = str(error.reason)
+        raise CtlError(error.code, f"{error.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise CtlError(0, f"cannot reach the admin listener at {base}: {error}") from None
+
+
+def _when(until: float, remaining: float) -> str:
+    return f"until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))} ({remaining:.0f}s left)"
+
+
+def close(base: str, token: str, rule: str, duration: str | None, message: str | None) -> list[str]:
+    body = {"for": duration, "message": message}
+    closed = call(base, token, "POST", f"/rules/{quote(rule, safe='')}/close", body)["closed"]
+    return [f"closed {closed['rule']} {_when(closed['until'], closed['remaining'])}: {closed['message']!r}"]
+
+
+def open_(base: str, token: str, rule: str) -> list[str]:
+    answer = call(base, token, "POST", f"/rules/{quote(rule, safe='')}/open")
+    return [f"opened {rule}" if answer["was_closed"] else f"{rule} had no ctl closure; nothing changed"]
+
+
+def bans(base: str, token: str) -> list[str]:
+    answer = call(base, token, "GET", "/bans")
+    if not answer["enabled"]:
+        return ["bans are not enabled (no bans: section in the config)"]
+    lines = [
+        f"{b['client']:<40} ban {b['level']} {_when(b['until'], b['remaining'])}" for b in answer["bans"]
+    ]
+    return lines or ["nobody is banned"]
+
+
+def unban(base: str, token: str, client: str) -> list[str]:
+    call(base, token, "DELETE", f"/bans/{quote(client, safe='/:')}")
+    return [f"unbanned {client}"]
+
+
+def status(base: str, token: str) -> list[str]:
+    answer = call(base, token, "GET", "/status")
+    lines = [f"state: {answer['state']} (ctl changes apply to {answer['scope']})"]
+    lines.append(f"config version: {answer['config_version']}")
+    closures = answer["closures"]
+    if closures:
+        lines.append("closed by ctl (temporary overrides of the rule file):")
+        for c in closures:
+            lines.append(f"  {c['rule']:<24} {_when(c['until'], c['remaining'])}: {c['message']!r}")
+    else:
+        lines.append("closed by ctl: none")
+    lines.append(f"closed by the rule file: {', '.join(answer['closed_by_file']) or 'none'}")
+    ban_info = answer["bans"]
+    lines.append(f"bans: {ban_info['active']} active" if ban_info["enabled"] else "bans: not enabled")
+    return lines
