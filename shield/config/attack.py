@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from shield.config.auth import _env, _read
+from shield.config.auth import secret_from
 from shield.config.base import Section
 from shield.config.units import Duration
 
@@ -33,7 +33,7 @@ class Ctl(Section):
     def _one_token(self) -> Ctl:
         if (self.token_env is None) == (self.token_file is None):
             raise ValueError("the ctl API needs a token: give exactly one of token_env, token_file")
-        token = _env(self.token_env).encode() if self.token_env else _read(str(self.token_file)).strip()
+        token = secret_from(self.token_env, self.token_file)
         if len(token) < 16:
             raise ValueError("the ctl token must be at least 16 characters long")
         self._token = token
@@ -95,10 +95,7 @@ class Challenge(Section):
     def _load_secret(self) -> Challenge:
         if self.secret_env is not None and self.secret_file is not None:
             raise ValueError("give at most one of secret_env, secret_file")
-        if self.secret_env:
-            self._secret = _env(self.secret_env).encode()
-        elif self.secret_file:
-            self._secret = _read(self.secret_file).strip()
+        self._secret = secret_from(self.secret_env, self.secret_file)
         return self
 
     @property

@@ -50,6 +50,15 @@ def _read(path: str) -> bytes:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def secret_from(env: str | None, file: str | None) -> bytes:
+    """The secret in environment variable ``env`` or in ``file`` (stripped); b"" for neither."""
+    if env:
+        return _env(env).encode()
+    if file:
+        return _read(file).strip()
+    return b""
+
+
 def _check_env(value: str | None) -> str | None:
     if value is not None:
         _env(value)
@@ -123,9 +132,7 @@ class JwtKey(Section):
             needs = "secret_env or secret_file" if kind == "secret" else "public_key_file or jwks_file"
             raise ValueError(f"{self.algorithms[0]} needs {needs}, not {source}")
         if self.secret_env or self.secret_file:
-            secret = (
-                _env(self.secret_env).encode() if self.secret_env else _read(str(self.secret_file)).strip()
-            )
+            secret = secret_from(self.secret_env, self.secret_file)
             # RFC 7518 §3.2: an HMAC key at least as long as the hash; PyJWT warns per token otherwise.
             needed = max(int(name[2:]) // 8 for name in self.algorithms)
             if len(secret) < needed:
@@ -212,10 +219,7 @@ class SignedCookie(Section):
             raise ValueError("give exactly one of: secret_env, secret_file")
         if self.max_age is not None and self.style != "itsdangerous":
             raise ValueError("max_age applies to style: itsdangerous (TimestampSigner) only")
-        if self.secret_env:
-            self._secret = _env(self.secret_env).encode()
-        elif self.secret_file:
-            self._secret = _read(self.secret_file).strip()
+        self._secret = secret_from(self.secret_env, self.secret_file)
         return self
 
     @property
