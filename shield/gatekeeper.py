@@ -148,15 +148,10 @@ class Gatekeeper:
             return await self._challenge_submit(request, client.key, identity.label)
 
         if not policy.rules:
-            if "Upgrade" in headers and is_websocket_upgrade(request):
-                return await self._websocket(request, target, _DEFAULT, "allow", identity.label, upstream)
-            if self.overload is None:
-                response = await self.proxy.forward(request, target, None, upstream)
-            else:
-                rank = _DEFAULT_RANKS[identity.authenticated]
-                response = await self.overload.forward(request, target, None, upstream, rank)
-            exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
-            return response
+            rank = _DEFAULT_RANKS[identity.authenticated]
+            return await self._forward(
+                request, target, None, _DEFAULT, "allow", identity.label, upstream, rank
+            )
 
         view = RequestView(
             method,
@@ -199,9 +194,16 @@ class Gatekeeper:
             return self._refusal(request, closed)
         rank = rule.ranks[identity.authenticated]
         if action == "allow":
-            extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
             return await self._forward(
-                request, target, extra, rule.name, action, identity.label, upstream, rank, trigger
+                request,
+                target,
+                _forwarded(debug, rule),
+                rule.name,
+                action,
+                identity.label,
+                upstream,
+                rank,
+                trigger,
             )
         if action == "block":
             exchange.decided(rule.name, action, "blocked", identity.label)
@@ -225,9 +227,15 @@ class Gatekeeper:
             gate = self.challenge
             assert gate is not None
             if gate.passes(view.cookies.get(gate.cookie), view.client_key):
-                extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else None
                 return await self._forward(
-                    request, target, extra, rule.name, action, identity.label, upstream, rank
+                    request,
+                    target,
+                    _forwarded(debug, rule),
+                    rule.name,
+                    action,
+                    identity.label,
+                    upstream,
+                    rank,
                 )
             exchange.decided(rule.name, action, "challenged", identity.label)
             page = gate.page(
@@ -259,7 +267,7 @@ class Gatekeeper:
                     accept=headers.get("Accept"), extra=_debug(debug, rule, "state unavailable")
                 )
                 return self._refusal(request, refusal)
-            extra = [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if debug else []
+            extra = _forwarded(debug, rule) or []
         elif not result.allowed:
             exchange.decided(rule.name, action, "throttled", identity.label)
             if self.bans is not None:
@@ -271,16 +279,10 @@ class Gatekeeper:
         else:
             extra = ratelimit_headers(result)
             if debug:
-                extra.append((b"X-Shield-Rule", rule.name.encode() + b"; forwarded"))
-        if "Upgrade" in headers and is_websocket_upgrade(request):
-            return await self._websocket(request, target, rule.name, action, identity.label, upstream)
-        if self.overload is None:
-            forwarded = await self.proxy.forward(request, target, extra or None, upstream)
-        else:
-            forwarded = await self.overload.forward(request, target, extra or None, upstream, rank)
-        exchange.decided(rule.name, action, _outcome(forwarded), identity.label)
-        if trigger is not None and not isinstance(forwarded, Shed):
-            trigger.answered(self.clock.now(), forwarded.status >= 500)
+                extra += _forwarded(debug, rule) or ()
+        forwarded = await self._forward(
+            request, target, extra or None, rule.name, action, identity.label, upstream, rank, trigger
+        )
         if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
             if shared is not None:
                 shared.charge(key, rate)
@@ -421,6 +423,11 @@ def _outcome(response: web.StreamResponse) -> str:
     if isinstance(response, ShieldAnswer):
         return "shed" if isinstance(response, Shed) else "error"
     return "forwarded"
+
+
+def _forwarded(enabled: bool, rule: CompiledRule) -> list[tuple[bytes, bytes]] | None:
+    """The debug header of a forwarded request, as raw pairs for the proxy (None when off)."""
+    return [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if enabled else None
 
 
 def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:
