@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.config.model import ShieldConfig
 from shield.server import Shield
@@ -52,6 +54,37 @@ async def make_shield() -> AsyncIterator[MakeShield]:
     yield make
     for shield in started:
         await shield.stop(grace=1.0)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(aiohttp_server: AiohttpServer, handler: Handler) -> str:
+    """Start a test upstream answering every method and path with ``handler``; its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+async def _ok(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(text="ok")
+
+
+@pytest.fixture
+async def upstream_url(aiohttp_server: AiohttpServer) -> str:
+    """A test upstream that reads each request and answers 200 ``ok``."""
+    return await serve(aiohttp_server, _ok)
+
+
+@pytest.fixture
+async def shields() -> AsyncIterator[list[Shield]]:
+    """A list to append Shields a test starts itself; they are stopped after the test."""
+    started: list[Shield] = []
+    yield started
+    for shield in started:
+        await shield.stop(grace=0.5)
 
 
 def free_port() -> int:

@@ -12,8 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.clock import FakeClock
 from shield.config import load_config
@@ -132,18 +130,6 @@ REGISTRATION = {
         "message": "Sign-up is paused while we deal with a flood of fake accounts.",
     },
 }
-
-
-@pytest.fixture
-async def upstream_url(aiohttp_server: AiohttpServer) -> str:
-    async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

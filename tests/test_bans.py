@@ -8,7 +8,6 @@ Redis state a ban issued by one Shield is answered by another.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
@@ -20,7 +19,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from shield.clock import FakeClock
 from shield.policy.bans import Offenses, Violations, ban_duration
 from shield.server import Shield
-from tests.conftest import shield_config, url_of
+from tests.conftest import serve, shield_config, url_of
 from tests.redis_servers import SHARED_REDIS_URL
 from tests.test_ctl import TOKEN, ctl, metric
 
@@ -58,22 +57,13 @@ def test_the_ban_count_is_forgotten_after_remember() -> None:
     assert offenses.next_level("a", 2 * HOUR + DAY + 1) == 1
 
 
+async def answer_upstream(request: web.Request) -> web.Response:
+    return web.Response(text="upstream")
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> str:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text="upstream")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def shields() -> AsyncIterator[list[Shield]]:
-    started: list[Shield] = []
-    yield started
-    for shield in started:
-        await shield.stop(grace=0.5)
+    return await serve(aiohttp_server, answer_upstream)
 
 
 BANS = {"after": 3, "within": "1m", "duration": "10m", "factor": 2, "max_duration": "1h", "answer": 429}

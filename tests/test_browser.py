@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import MakeShield, url_of
+from tests.conftest import MakeShield, serve, url_of
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
@@ -32,14 +32,13 @@ async def browser() -> AsyncIterator[Any]:
         await browser.close()
 
 
+async def welcome(request: web.Request) -> web.Response:
+    return web.Response(text=f"<h1>Welcome to {request.path}</h1>", content_type="text/html")
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> str:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=f"<h1>Welcome to {request.path}</h1>", content_type="text/html")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    return await serve(aiohttp_server, welcome)
 
 
 async def test_chromium_solves_the_challenge_and_reaches_the_upstream(

@@ -20,7 +20,7 @@ from shield.challenge import safe_next
 from shield.clock import FakeClock
 from shield.policy.challenge import Challenger, binding, leading_zero_bits, solve, solves
 from shield.server import Shield
-from tests.conftest import shield_config, url_of
+from tests.conftest import serve, shield_config, url_of
 from tests.test_ctl import metric
 
 RULES = [{"name": "signup", "match": {"paths": ["/signup/**"]}, "action": "challenge"}]
@@ -82,14 +82,13 @@ def test_the_redirect_after_a_solution_stays_on_this_site(target: str, expected:
     assert safe_next(target) == expected
 
 
+async def echo_path(request: web.Request) -> web.Response:
+    return web.Response(text=f"upstream {request.path_qs}")
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> str:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=f"upstream {request.path_qs}")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    return await serve(aiohttp_server, echo_path)
 
 
 @pytest.fixture

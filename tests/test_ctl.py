@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 from shield import cli
 from shield.clock import FakeClock
 from shield.server import Shield
-from tests.conftest import shield_config, url_of
+from tests.conftest import serve, shield_config, url_of
 from tests.redis_servers import SHARED_REDIS_URL
 
 TOKEN = "correct-horse-battery-staple"
@@ -41,22 +40,13 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> str:
     return "SHIELD_TEST_CTL_TOKEN"
 
 
+async def answer_upstream(request: web.Request) -> web.Response:
+    return web.Response(text="upstream")
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> str:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text="upstream")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
-
-
-@pytest.fixture
-async def shields() -> AsyncIterator[list[Shield]]:
-    started: list[Shield] = []
-    yield started
-    for shield in started:
-        await shield.stop(grace=0.5)
+    return await serve(aiohttp_server, answer_upstream)
 
 
 async def start(started: list[Shield], upstream: str, token_env: str, **sections: Any) -> Shield:

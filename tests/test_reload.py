@@ -13,8 +13,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.clock import FakeClock
 from shield.config import load_config
@@ -37,18 +35,6 @@ rules:
     match: { methods: [POST], paths: [/api/register] }
     action: shut
 """
-
-
-@pytest.fixture
-async def upstream_url(aiohttp_server: AiohttpServer) -> str:
-    async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
 
 
 class Files:

@@ -13,8 +13,6 @@ from uuid import uuid4
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpServer
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
@@ -31,17 +29,6 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
     yield from start_cluster(tmp_path_factory.mktemp("cluster"))
-
-
-@pytest.fixture
-async def upstream_url(aiohttp_server: AiohttpServer) -> str:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

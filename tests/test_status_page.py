@@ -14,7 +14,7 @@ from shield.clock import FakeClock
 from shield.policy.closures import Closure
 from shield.server import Shield
 from shield.status import StatusPage
-from tests.conftest import MakeShield, shield_config, url_of
+from tests.conftest import MakeShield, serve, shield_config, url_of
 
 CLOSED = {
     "name": "registration-closed",
@@ -38,15 +38,13 @@ AUTO = {
 EVERYTHING = {"name": "everything", "match": {"paths": ["/**"]}, "action": "block"}
 
 
+async def echo_path(request: web.Request) -> web.Response:
+    return web.Response(text=f"upstream {request.path}")
+
+
 @pytest.fixture
 async def upstream_url(aiohttp_server: AiohttpServer) -> str:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text=f"upstream {request.path}")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
+    return await serve(aiohttp_server, echo_path)
 
 
 @pytest.fixture
