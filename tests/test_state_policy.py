@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from shield.config import parse_config
+from shield.config.state import parse_seed_url
 from shield.errors import ConfigError
 from shield.limiter import Gcra
 from shield.state.breaker import CircuitBreaker
-from shield.state.connect import parse_seed_url
 from shield.state.overlimit import OverLimitCache
 
 
@@ -113,3 +113,13 @@ def test_redis_state_needs_a_url_it_understands() -> None:
     message = check(CONFIG + "state: {backend: redis, url: 'http://redis:6379'}\n")
     assert message.startswith("shield.yaml:2:")
     assert "state.url must start with one of redis://" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://10.0.0.1:26379", "redis+sentinel://s1:26379/mymaster/zero", "redis+cluster://n1:70o0"],
+)
+def test_sentinel_and_cluster_urls_are_checked_before_they_are_used(url: str) -> None:
+    message = check(CONFIG + f"state: {{backend: redis, url: '{url}'}}\n")
+    assert message.startswith("shield.yaml:2:")
+    assert "state.url" in message

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,6 +21,43 @@ REDIS_SCHEMES = (
     "rediss+cluster",
 )
 OnStateError = Literal["allow", "deny", "local"]
+
+
+@dataclass(frozen=True)
+class SeedList:
+    """The parts of a multi-host URL: credentials, (host, port) seeds and the path segments."""
+
+    username: str | None
+    password: str | None
+    hosts: list[tuple[str, int]]
+    path: list[str]
+    tls: bool
+
+
+def parse_seed_url(url: str, default_port: int) -> SeedList:
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    hosts = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        if not host:
+            raise ValueError(f"state.url {url!r}: a seed host is empty")
+        if port and not port.isdigit():
+            raise ValueError(f"state.url {url!r}: invalid port {port!r}")
+        hosts.append((host, int(port) if port else default_port))
+    return SeedList(
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        hosts=hosts,
+        path=[segment for segment in parts.path.split("/") if segment],
+        tls=parts.scheme.startswith("rediss"),
+    )
 
 
 class Breaker(Section):
@@ -76,6 +114,12 @@ class StateConfig(Section):
                 raise ValueError(
                     f"state.url must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
                 )
+            if scheme.endswith("+sentinel"):
+                seeds = parse_seed_url(value, 26379)
+                if not seeds.path or (len(seeds.path) > 1 and not seeds.path[1].isdigit()):
+                    raise ValueError(f"state.url {value!r}: write .../SERVICE or .../SERVICE/DB")
+            elif scheme.endswith("+cluster"):
+                parse_seed_url(value, 6379)
         return value
 
     @model_validator(mode="after")

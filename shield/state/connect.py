@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -21,48 +21,11 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from shield.config.state import StateConfig
+from shield.config.state import StateConfig, parse_seed_url
 
 RedisClient = Redis | RedisCluster
 # A cluster batch makes one call per hash slot, so each node gets a larger pool than pool_size.
 CLUSTER_CONNECTIONS = 4
-
-
-@dataclass(frozen=True)
-class SeedList:
-    """The parts of a multi-host URL: credentials, (host, port) seeds and the path segments."""
-
-    username: str | None
-    password: str | None
-    hosts: list[tuple[str, int]]
-    path: list[str]
-    tls: bool
-
-
-def parse_seed_url(url: str, default_port: int) -> SeedList:
-    parts = urlsplit(url)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    hosts = []
-    for item in hostlist.split(","):
-        item = item.strip()
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest.removeprefix(":")
-        else:
-            host, _, port = item.partition(":")
-        if not host:
-            raise ValueError(f"state.url {url!r}: a seed host is empty")
-        if port and not port.isdigit():
-            raise ValueError(f"state.url {url!r}: invalid port {port!r}")
-        hosts.append((host, int(port) if port else default_port))
-    return SeedList(
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        hosts=hosts,
-        path=[segment for segment in parts.path.split("/") if segment],
-        tls=parts.scheme.startswith("rediss"),
-    )
 
 
 @dataclass
@@ -89,8 +52,6 @@ def connect(config: StateConfig) -> Connection:
     }
     if scheme.endswith("+sentinel"):
         seeds = parse_seed_url(config.url, 26379)
-        if not seeds.path:
-            raise ValueError(f"state.url {config.url!r}: name the Sentinel service, e.g. .../mymaster/0")
         db = int(seeds.path[1]) if len(seeds.path) > 1 else 0
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             seeds.hosts,
