@@ -6,7 +6,6 @@ an upstream response (an outcome-counting throttle never charges Shield's own re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from html import escape
@@ -40,21 +39,6 @@ class ShieldAnswer(web.Response):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.headers.setdefault("Server", "shield")
-        self._close_after: asyncio.BaseTransport | None = None
-
-    def close_connection_after(self, request: web.BaseRequest) -> None:
-        """Close the connection once this answer is out, without waiting for the request body.
-
-        A client that sent ``Expect: 100-continue`` never sends its body to a refusal; aiohttp
-        would otherwise linger up to ``lingering_time`` reading a body that is not coming.
-        """
-        self.force_close()
-        self._close_after = request.transport
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        await super().write_eof(data)
-        if self._close_after is not None:
-            self._close_after.close()
 
 
 def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:

@@ -15,11 +15,10 @@ from importlib import resources
 from string import Template
 from urllib.parse import parse_qs
 
-from aiohttp import web
-
 from shield.actions import ShieldAnswer, wants_json
 from shield.clock import Clock
 from shield.config.attack import Challenge
+from shield.http1 import Request
 from shield.policy.challenge import Challenger, binding
 
 log = logging.getLogger("shield.challenge")
@@ -85,7 +84,7 @@ class ChallengeGate:
         # 429 rather than 200: a script that does not solve the puzzle sees a refusal.
         return ShieldAnswer(status=429, text=page, content_type="text/html", headers=headers)
 
-    async def submit(self, request: web.BaseRequest, client_key: str) -> tuple[ShieldAnswer, bool]:
+    async def submit(self, request: Request, client_key: str) -> tuple[ShieldAnswer, bool]:
         """Check a posted solution: the redirect with a pass cookie, or a 403; and whether it passed."""
         if request.method != "POST":
             return ShieldAnswer(status=405, text="POST a solution here.\n", headers={"Allow": "POST"}), False

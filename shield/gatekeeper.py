@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from shield.bans import BanList
 from shield.challenge import ChallengeGate
 from shield.clock import Clock
 from shield.headers import identity_lines
+from shield.http1 import Reply, Request
 from shield.introspect import Introspector
 from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
@@ -102,7 +104,7 @@ class Gatekeeper:
         self.challenge = challenge
         self.challenge_path = challenge.path if challenge is not None else None
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Reply:
         method = request.method
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
@@ -292,7 +294,7 @@ class Gatekeeper:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         target: bytes,
         extra: list[tuple[bytes, bytes]] | None,
         rule: str,
@@ -301,8 +303,8 @@ class Gatekeeper:
         upstream: tuple[str, bytes],
         rank: int,
         trigger: Trigger | None = None,
-    ) -> web.StreamResponse:
-        if "Upgrade" in request.headers and is_websocket_upgrade(request):
+    ) -> Reply:
+        if request.upgrade and is_websocket_upgrade(request.headers):
             return await self._websocket(request, target, rule, action, identity, upstream)
         if self.overload is None:
             response = await self.proxy.forward(request, target, extra, upstream)
@@ -315,28 +317,33 @@ class Gatekeeper:
 
     async def _websocket(
         self,
-        request: web.BaseRequest,
+        request: Request,
         target: bytes,
         rule: str,
         action: str,
         identity: str,
         upstream: tuple[str, bytes],
-    ) -> web.StreamResponse:
+    ) -> Reply:
         forwarded_for, who = upstream
         added = self.proxy.heads.forwarding_headers(request.raw_headers, forwarded_for, who=who)
-        response = await self.websockets.relay(request, target, added)
-        request[EXCHANGE].decided(rule, action, _outcome(response), identity)
+        exchange = request[EXCHANGE]
+        added.append((b"X-Request-ID", exchange.request_id.encode("latin-1")))
+        websockets = self.websockets
+
+        def relay(handed_over: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            return websockets.relay(handed_over, target, added, exchange.request_id)
+
+        response = await request.hand_over(relay)
+        exchange.decided(rule, action, _outcome(response), identity)
         return response
 
-    async def _challenge_submit(
-        self, request: web.BaseRequest, client_key: str, identity: str
-    ) -> web.StreamResponse:
+    async def _challenge_submit(self, request: Request, client_key: str, identity: str) -> Reply:
         assert self.challenge is not None
         response, passed = await self.challenge.submit(request, client_key)
         request[EXCHANGE].decided("challenge", "challenge", "passed" if passed else "refused", identity)
         return response
 
-    def _banned(self, request: web.BaseRequest, client_ip: str, until: float) -> ShieldAnswer:
+    def _banned(self, request: Request, client_ip: str, until: float) -> ShieldAnswer:
         assert self.bans is not None
         exchange = request[EXCHANGE]
         exchange.client_ip = client_ip
@@ -350,7 +357,7 @@ class Gatekeeper:
 
     def _ctl_closure(
         self,
-        request: web.BaseRequest,
+        request: Request,
         rule: CompiledRule | None,
         dry_runs: list[CompiledRule] | None,
         identity: str,
@@ -375,10 +382,10 @@ class Gatekeeper:
         return None
 
     @staticmethod
-    def _refusal(request: web.BaseRequest, response: ShieldAnswer) -> ShieldAnswer:
+    def _refusal(request: Request, response: ShieldAnswer) -> ShieldAnswer:
         # A client waiting for 100 Continue never sends its body: close rather than wait for it.
         if "Expect" in request.headers and request.body_exists:
-            response.close_connection_after(request)
+            response.force_close()
         return response
 
     def _record_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
@@ -417,7 +424,7 @@ class Gatekeeper:
             )
 
 
-def _outcome(response: web.StreamResponse) -> str:
+def _outcome(response: Reply) -> str:
     """'error' for Shield's own failure answers (502, 504, 413...), 'shed' for load shedding,
     else 'forwarded'."""
     if isinstance(response, ShieldAnswer):

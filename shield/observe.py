@@ -19,10 +19,11 @@ from time import perf_counter
 from aiohttp import web
 
 from shield.access_log import AccessLog, format_line
+from shield.http1 import Reply, Request
 from shield.metrics import ProxyStats
 from shield.request_id import RequestIds
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Reply]]
 
 # What nginx logs for a client that went away before its answer was ready.
 CLIENT_CLOSED = 499
@@ -64,7 +65,7 @@ class Exchange:
 EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
-def body_size(response: web.StreamResponse, exchange: Exchange) -> int:
+def body_size(response: Reply, exchange: Exchange) -> int:
     """Body bytes of the answer (what the client receives after the head)."""
     if exchange.sent >= 0:
         return exchange.sent
@@ -93,7 +94,7 @@ class Observer:
         self._log = access_log
         self._ids = request_ids or RequestIds()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Reply:
         started = perf_counter()
         exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
         request[EXCHANGE] = exchange
@@ -119,7 +120,7 @@ class Observer:
         return response
 
     def _write_log(
-        self, request: web.BaseRequest, exchange: Exchange, status: int, size: int, elapsed: float
+        self, request: Request, exchange: Exchange, status: int, size: int, elapsed: float
     ) -> None:
         assert self._log is not None
         self._log.write(

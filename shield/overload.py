@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
-
 from shield import actions
 from shield.clock import Clock
 from shield.config.overload import Overload
+from shield.http1 import Reply, Request
 from shield.observe import EXCHANGE
 from shield.policy.admission import Admission, Saturation, Verdict
 from shield.proxy import Proxy
@@ -41,12 +40,12 @@ class OverloadGate:
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         target: bytes,
         extra: list[tuple[bytes, bytes]] | None,
         upstream: tuple[str, bytes],
         rank: int,
-    ) -> web.StreamResponse:
+    ) -> Reply:
         """Forward once admitted; a ``Shed`` answer (503 + Retry-After) if not."""
         degraded = self.saturation.watching and self.saturation.saturated(self.clock.now())
         verdict = self.admission.decide(rank, degraded=degraded)

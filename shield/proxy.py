@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Final
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict
 
 from shield.actions import answer
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder, filter_response_headers
+from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
 from shield.observe import EXCHANGE
-from shield.response import DateHeader, response_bytes
+from shield.response import DateHeader, response_bytes, status_line
 from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shield.proxy")
@@ -92,47 +92,6 @@ def plain_response(status: int, text: str, *, close: bool = False) -> web.Respon
     return answer(status, text, close=close)
 
 
-class RelayedResponse(web.StreamResponse):
-    """A streamed upstream answer: aiohttp must not invent a Content-Type the upstream left out.
-
-    ``StreamResponse`` defaults it to application/octet-stream (aiohttp 3.14
-    ``_prepare_headers``, no public opt-out), which would turn a page the browser sniffs into a
-    download, and only for the bodies that happen to stream.
-    """
-
-    async def _prepare_headers(self) -> None:
-        invented = hdrs.CONTENT_TYPE not in self.headers
-        await super()._prepare_headers()
-        if invented:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
-
-
-class WrittenResponse:
-    """What the fast path hands back to aiohttp: the complete answer, written on ``prepare``.
-
-    aiohttp's connection handler needs only ``prepare``, ``write_eof`` and ``keep_alive`` from
-    a handler's return value (aiohttp 3.14, ``RequestHandler.finish_response``). Building a
-    ``web.Response`` per request cost more than the rest of the proxy's own work together.
-    """
-
-    __slots__ = ("_data", "body_size", "keep_alive", "status")
-
-    def __init__(self, data: bytes, keep_alive: bool, status: int, body_size: int = 0) -> None:
-        self._data = data
-        self.keep_alive = keep_alive
-        self.status = status
-        self.body_size = body_size
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
-        transport.write(self._data)
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
 class Proxy:
     """Forwards requests over an ``UpstreamPool``; one instance per worker process."""
 
@@ -151,11 +110,11 @@ class Proxy:
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         target: bytes,
         extra: list[tuple[bytes, bytes]] | None = None,
         upstream: tuple[str, bytes] | None = None,
-    ) -> web.StreamResponse:
+    ) -> Reply:
         """Send ``request`` upstream with ``target`` as its request-target; relay the answer,
         with Shield's ``extra`` headers (RateLimit-*, X-Shield-Rule) added. ``upstream`` is the
         X-Forwarded-For value and Shield's identity header lines (default: the peer, none)."""
@@ -176,7 +135,7 @@ class Proxy:
                 if "Expect" in request.headers:
                     # The client waits for 100 Continue and never sends the body: hang up at once
                     # rather than let aiohttp linger for it.
-                    too_large.close_connection_after(request)
+                    too_large.force_close()
                 return too_large
             _continue_if_expected(request)
             if content_length is not None and content_length <= SMALL_BODY:
@@ -258,7 +217,7 @@ class Proxy:
                     extra=extra,
                 )
                 sent = 0 if head_request else len(body)
-                return WrittenResponse(data, keep_alive, conn.status, sent)  # type: ignore[return-value]
+                return Written(data, keep_alive, conn.status, sent)
             return await self._stream_response(request, conn, extra)
         finally:
             if upload is not None and not upload.done():
@@ -266,7 +225,7 @@ class Proxy:
                 upload.cancel()
                 conn.close()
 
-    async def _upload(self, request: web.BaseRequest, conn: UpstreamConnection, *, chunked: bool) -> None:
+    async def _upload(self, request: Request, conn: UpstreamConnection, *, chunked: bool) -> None:
         settings = self.settings
         limit = settings.max_body_size
         content = request.content
@@ -293,43 +252,66 @@ class Proxy:
             raise
 
     async def _stream_response(
-        self, request: web.BaseRequest, conn: UpstreamConnection, extra: list[tuple[bytes, bytes]] | None
-    ) -> web.StreamResponse:
-        headers = CIMultiDict[str]()
+        self, request: Request, conn: UpstreamConnection, extra: list[tuple[bytes, bytes]] | None
+    ) -> Written:
+        """Relay an answer whose body is still coming: the head now, the body as it arrives.
+
+        Framed by the upstream's Content-Length when it gave one, else chunked (or, for an
+        HTTP/1.0 client, ended by closing the connection)."""
         declared: bytes | None = None
         for name, value in conn.headers:
             if name.lower() == b"content-length":
                 declared = value
+        head_request = request.method == "HEAD"
+        chunked = declared is None and request.version != "1.0"
+        keep_alive = request.keep_alive and (declared is not None or chunked)
+        parts = [status_line(conn.status)]
+        has_server = has_date = False
         for name, value in filter_response_headers(conn.headers):
-            headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        if "Server" not in headers:
-            headers["Server"] = "shield"
+            lower = name.lower()
+            if lower == b"server":
+                has_server = True
+            elif lower == b"date":
+                has_date = True
+            parts += (name, b": ", value, b"\r\n")
+        if not has_server:
+            parts.append(b"Server: shield\r\n")
+        if not has_date:
+            parts.append(self.date.line())
         for name, value in extra or ():
-            headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        response = RelayedResponse(status=conn.status, headers=headers)
+            parts += (name, b": ", value, b"\r\n")
         if declared is not None:
-            response.content_length = int(declared)
+            parts += (b"Content-Length: ", declared, b"\r\n")
+        elif chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
         idle = self.settings.upstream_idle
         exchange = request[EXCHANGE]
-        exchange.sent = 0
+        sent = exchange.sent = 0
         try:
-            await response.prepare(request)
+            request.send(b"".join(parts))
             while chunk := await conn.read(idle):
-                await response.write(chunk)
-                exchange.sent += len(chunk)
+                if not head_request:
+                    request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    sent += len(chunk)
+                    exchange.sent = sent
+                    await request.drain()
         except UpstreamError as error:
             conn.close()
             self.stats.upstream_errors[error.kind] += 1
             log.warning("upstream failed mid-response, aborting the client: %s", error)
             if request.transport is not None:
                 request.transport.abort()
-            return response
+            return Written(b"", False, conn.status, sent)
         except BaseException:
             conn.close()
             raise
         conn.finish()
-        await response.write_eof()
-        return response
+        if chunked and not head_request:
+            request.send(b"0\r\n\r\n")
+        return Written(b"", keep_alive, conn.status, sent)
 
     def _upstream_failed(self, error: UpstreamError) -> web.Response:
         self.stats.upstream_errors[error.kind] += 1
@@ -338,7 +320,7 @@ class Proxy:
         return plain_response(502, "The upstream is unavailable.")
 
 
-def _continue_if_expected(request: web.BaseRequest) -> None:
+def _continue_if_expected(request: Request) -> None:
     # aiohttp's low-level server never sends 100 Continue itself, so a request reaches this
     # point only after Shield decided to forward it: refusals go out before any body is sent.
     expect = request.headers.get("Expect")

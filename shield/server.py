@@ -1,23 +1,21 @@
 """Assembly: the public listener, the admin listener, the upstream pool, and their lifecycle.
 
-The public listener is aiohttp's low-level ``web.Server`` (no router, no middleware chain): the
-handler below is the whole request path. Graceful shutdown stops accepting, lets in-flight
+The public listener is Shield's own HTTP/1.1 protocol (``shield.http1``): the observer and the
+gatekeeper are the whole request path. Graceful shutdown stops accepting, lets in-flight
 requests finish within ``timeouts.shutdown_grace``, then closes upstream connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
-from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from shield.access_log import AccessLog
 from shield.admin import AdminState, build_admin_app
@@ -29,6 +27,7 @@ from shield.config.model import ShieldConfig
 from shield.ctl import CtlApi, build_ctl_app
 from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
+from shield.http1 import Http1Server
 from shield.introspect import Introspector, introspection_cache
 from shield.metrics import ProxyStats, build_registry
 from shield.observe import Observer
@@ -37,7 +36,6 @@ from shield.policy.client_ip import ClientResolver
 from shield.policy.closures import Closure, policy_closures, runtime_closures
 from shield.policy.identity import IdentityResolver
 from shield.proxy import ForwardSettings, Proxy, head_builder
-from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.reload import PolicyHolder, build_runtime
 from shield.state import StateBackend
 from shield.state.connect import connect
@@ -58,133 +56,6 @@ def require_c_parser() -> None:
         raise RuntimeError(
             "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS set, or no wheel for "
             "this platform); Shield refuses to run on the pure-Python parser"
-        )
-
-
-_KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
-
-
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's connection handler plus a deadline for receiving a request's headers.
-
-    aiohttp has no header-read timeout: a client trickling one header byte at a time holds a
-    connection forever (slowloris). Its keep-alive timer only closes connections with *no*
-    pending bytes, so once the first byte of a request arrives, this guard arms a deadline; if
-    the same wait for a request is still unfinished when it fires, the connection is closed.
-    """
-
-    def __init__(
-        self, manager: web.Server, *, header_timeout: float, proxy_protocol: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._guarded_wait: object = None
-        # With PROXY protocol on, bytes wait here until the PROXY header is complete.
-        self._proxy_pending: bytes | None = b"" if proxy_protocol else None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._proxy_pending is not None:
-            self._header_deadline = self._loop.call_later(self._header_timeout, self._proxy_overdue)
-
-    def _proxy_overdue(self) -> None:
-        self._header_deadline = None
-        if self._proxy_pending is not None and self.transport is not None:
-            self.transport.close()
-
-    def _proxy_header(self, data: bytes) -> bytes | None:
-        """The bytes after the PROXY header, or None while it is incomplete (or refused)."""
-        assert self._proxy_pending is not None
-        buffered = self._proxy_pending + data
-        try:
-            parsed = parse_proxy_header(buffered)
-        except ProxyHeaderError as error:
-            log.debug("closing a connection without a valid PROXY header: %s", error)
-            self._proxy_pending = b""
-            if self.transport is not None:
-                self.transport.close()
-            return None
-        if parsed is None:
-            self._proxy_pending = buffered
-            return None
-        length, source = parsed
-        self._proxy_pending = None
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-        if source is not None:
-            # aiohttp caches the transport's peername on the protocol (RequestHandler.peername,
-            # an under_cached_property) and every request reads it: request.remote is the client.
-            self._cache["peername"] = source
-        return buffered[length:]
-
-    def data_received(self, data: bytes) -> None:
-        if self._proxy_pending is not None:
-            rest = self._proxy_header(data)
-            if not rest:
-                return
-            data = rest
-        super().data_received(data)
-        # A whole request in one read (the common case) resolves the waiter: no timer needed.
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and self._guarded_wait is not waiter:
-            self._guarded_wait = waiter
-            if self._header_deadline is not None:
-                self._header_deadline.cancel()
-            self._header_deadline = self._loop.call_later(self._header_timeout, self._header_overdue)
-
-    def _header_overdue(self) -> None:
-        self._header_deadline = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and waiter is self._guarded_wait:
-            self.force_close()
-            if self.transport is not None:
-                self.transport.close()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """aiohttp's own error answers (malformed requests), without echoing the bad input back
-        and without announcing the aiohttp version. Logged at debug level only: under attack a
-        flood of malformed requests must not become a flood of tracebacks."""
-        if status >= 500:
-            log.error("error handling a request from %s", request.remote, exc_info=exc)
-        else:
-            log.debug("refused a malformed request with %d: %s", status, exc)
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer had started; the connection is broken")
-        reason = HTTPStatus(status).phrase if status in _KNOWN_STATUSES else "Error"
-        answer = web.Response(status=status, text=f"{reason}.\n", headers={"Server": "shield"})
-        answer.force_close()
-        return answer
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-        super().connection_lost(exc)
-
-
-class PublicServer(web.Server):
-    def __init__(
-        self, handler: Any, *, header_timeout: float, proxy_protocol: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(handler, handler_cancellation=True, **kwargs)
-        self._header_timeout = header_timeout
-        self._proxy_protocol = proxy_protocol
-
-    def __call__(self) -> RequestHandler:
-        return GuardedRequestHandler(
-            self,
-            loop=self._loop,
-            header_timeout=self._header_timeout,
-            proxy_protocol=self._proxy_protocol,
-            **self._kwargs,
         )
 
 
@@ -263,7 +134,7 @@ class Shield:
             )
             self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
             self.stats.bans_active = lambda: len(store.live())
-        self._server: PublicServer | None = None
+        self._server: Http1Server | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
@@ -293,7 +164,7 @@ class Shield:
         server = self._server
         if server is None:
             return 0.0
-        return float(sum(1 for conn in server.connections if conn._request_in_progress))
+        return float(server.in_flight)
 
     def reload(self) -> bool:
         return self.holder.reload()
@@ -366,18 +237,23 @@ class Shield:
         self.stats.in_flight = self._in_flight
         limits = config.limits
         observer = Observer(gatekeeper.handle, stats=self.stats, access_log=self.access_log)
-        self._server = PublicServer(
+        self._server = Http1Server(
             observer.handle,
             header_timeout=config.timeouts.client_header,
-            proxy_protocol=config.listen.proxy_protocol,
             keepalive_timeout=config.timeouts.keepalive,
-            max_line_size=limits.max_header_size,
-            max_field_size=limits.max_header_size,
+            max_line=limits.max_header_size,
             max_headers=limits.max_headers,
-            auto_decompress=False,
-            access_log=None,
             # After a refusal, read and discard the rest of a body for at most this long.
-            lingering_time=2.0,
+            lingering=2.0,
+            proxy_protocol=config.listen.proxy_protocol,
+            websocket_settings={
+                "keepalive_timeout": config.timeouts.keepalive,
+                "max_line_size": limits.max_header_size,
+                "max_field_size": limits.max_header_size,
+                "max_headers": limits.max_headers,
+                "auto_decompress": False,
+                "access_log": None,
+            },
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -439,12 +315,11 @@ class Shield:
             self._listener.close()
         if self._server is not None:
             # Close idle keep-alive connections now; busy ones close once their request is done.
-            self._server.pre_shutdown()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.shutdown(grace), grace + 1.0)
-            except TimeoutError:
+            if self._server.connections:
                 log.warning("grace period over, closing %d connections", len(self._server.connections))
-                self._server.pre_shutdown()
+            self._server.close_all()
         if self._listener is not None:
             self._listener.close()
             await self._listener.wait_closed()

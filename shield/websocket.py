@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from ssl import SSLContext
 
 import aiohttp
@@ -16,7 +17,6 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from shield.headers import filter_request_headers
-from shield.observe import EXCHANGE
 
 log = logging.getLogger("shield.websocket")
 
@@ -32,11 +32,11 @@ _HANDSHAKE = frozenset(
 )
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    upgrade = request.headers.get("Upgrade")
+def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:
+    upgrade = headers.get("Upgrade")
     if upgrade is None or upgrade.lower() != "websocket":
         return False
-    connection = request.headers.get("Connection", "")
+    connection = headers.get("Connection", "")
     return "upgrade" in (token.strip().lower() for token in connection.split(","))
 
 
@@ -67,8 +67,14 @@ class WebSocketRelay:
             await self._session.close()
 
     async def relay(
-        self, request: web.BaseRequest, target: bytes, extra_headers: list[tuple[bytes, bytes]]
+        self,
+        request: web.BaseRequest,
+        target: bytes,
+        extra_headers: list[tuple[bytes, bytes]],
+        request_id: str | None = None,
     ) -> web.StreamResponse:
+        """Relay ``request`` (on aiohttp's server) to the upstream; ``extra_headers`` are
+        Shield's forwarding headers, ``X-Request-ID`` among them."""
         path, _, query = target.decode("latin-1").partition("?")
         scheme = "wss" if self._base.scheme == "https" else "ws"
         url = URL.build(
@@ -85,9 +91,6 @@ class WebSocketRelay:
             if name.lower() not in _HANDSHAKE
         ]
         headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra_headers]
-        exchange = request.get(EXCHANGE)
-        if exchange is not None:
-            headers.append(("X-Request-ID", exchange.request_id))
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
@@ -118,8 +121,8 @@ class WebSocketRelay:
             max_msg_size=self._max_msg_size,
             compress=False,
         )
-        if exchange is not None:
-            downstream.headers["X-Request-ID"] = exchange.request_id
+        if request_id is not None:
+            downstream.headers["X-Request-ID"] = request_id
         try:
             await downstream.prepare(request)
             to_upstream = asyncio.create_task(_pump(downstream, upstream))
