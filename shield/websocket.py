@@ -121,6 +121,7 @@ class WebSocketRelay:
             max_msg_size=self._max_msg_size,
             compress=False,
         )
+        downstream.headers["Server"] = "shield"
         if request_id is not None:
             downstream.headers["X-Request-ID"] = request_id
         try:
