@@ -20,11 +20,10 @@ from shield.bans import BanList
 from shield.challenge import ChallengeGate
 from shield.clock import Clock
 from shield.headers import identity_lines
-from shield.http1 import Reply, Request
+from shield.http1 import Reply, Request, Written
 from shield.introspect import Introspector
 from shield.limiter import RateLimitResult
 from shield.metrics import ProxyStats
-from shield.observe import EXCHANGE
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
 from shield.policy.client_ip import ClientResolver
@@ -141,7 +140,7 @@ class Gatekeeper:
             if self.identity_headers
             else client.upstream
         )
-        exchange = request[EXCHANGE]
+        exchange = request.exchange
         exchange.client_ip = client_ip
         exchange.path = match_path
         if match_path == runtime.status_path and self.status is not None:
@@ -285,7 +284,11 @@ class Gatekeeper:
         forwarded = await self._forward(
             request, target, extra or None, rule.name, action, identity.label, upstream, rank, trigger
         )
-        if counting is not None and forwarded.status in counting and not isinstance(forwarded, ShieldAnswer):
+        if (
+            counting is not None
+            and forwarded.status in counting
+            and (isinstance(forwarded, Written) or not isinstance(forwarded, ShieldAnswer))
+        ):
             if shared is not None:
                 shared.charge(key, rate)
             else:
@@ -310,8 +313,8 @@ class Gatekeeper:
             response = await self.proxy.forward(request, target, extra, upstream)
         else:
             response = await self.overload.forward(request, target, extra, upstream, rank)
-        request[EXCHANGE].decided(rule, action, _outcome(response), identity)
-        if trigger is not None and not isinstance(response, Shed):
+        request.exchange.decided(rule, action, _outcome(response), identity)
+        if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
             trigger.answered(self.clock.now(), response.status >= 500)
         return response
 
@@ -326,7 +329,7 @@ class Gatekeeper:
     ) -> Reply:
         forwarded_for, who = upstream
         added = self.proxy.heads.forwarding_headers(request.raw_headers, forwarded_for, who=who)
-        exchange = request[EXCHANGE]
+        exchange = request.exchange
         added.append((b"X-Request-ID", exchange.request_id.encode("latin-1")))
         websockets = self.websockets
 
@@ -340,12 +343,12 @@ class Gatekeeper:
     async def _challenge_submit(self, request: Request, client_key: str, identity: str) -> Reply:
         assert self.challenge is not None
         response, passed = await self.challenge.submit(request, client_key)
-        request[EXCHANGE].decided("challenge", "challenge", "passed" if passed else "refused", identity)
+        request.exchange.decided("challenge", "challenge", "passed" if passed else "refused", identity)
         return response
 
     def _banned(self, request: Request, client_ip: str, until: float) -> ShieldAnswer:
         assert self.bans is not None
-        exchange = request[EXCHANGE]
+        exchange = request.exchange
         exchange.client_ip = client_ip
         exchange.decided("ban", "ban", "banned", "anonymous")
         refusal = actions.banned(
@@ -370,7 +373,7 @@ class Gatekeeper:
             if closure is None:
                 continue
             runtime = self.holder.current
-            request[EXCHANGE].decided(candidate.name, "ctl-close", "closed", identity)
+            request.exchange.decided(candidate.name, "ctl-close", "closed", identity)
             closed = actions.closed(
                 message=closure.message,
                 retry_after=closure.until - self.switches.wall.now(),
@@ -427,6 +430,8 @@ class Gatekeeper:
 def _outcome(response: Reply) -> str:
     """'error' for Shield's own failure answers (502, 504, 413...), 'shed' for load shedding,
     else 'forwarded'."""
+    if isinstance(response, Written):
+        return "forwarded"
     if isinstance(response, ShieldAnswer):
         return "shed" if isinstance(response, Shed) else "error"
     return "forwarded"

@@ -38,6 +38,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shield.exchange import Exchange
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.response import DateHeader, status_line
 
@@ -218,16 +219,60 @@ class RequestBody:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class EmptyBody:
+    """The body of a request that has none: shared, nothing to feed or read."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        raise AssertionError("a request without a body was fed one")
+
+    def feed_eof(self) -> None:
+        return None
+
+    def lost(self) -> None:
+        return None
+
+    def fail(self, error: Exception) -> None:
+        return None
+
+    def discard(self) -> None:
+        return None
+
+    def is_eof(self) -> bool:
+        return True
+
+    def at_eof(self) -> bool:
+        return True
+
+    async def readany(self) -> bytes:
+        return b""
+
+    async def read(self, n: int = -1) -> bytes:
+        return b""
+
+    async def readexactly(self, n: int) -> bytes:
+        if n:
+            raise asyncio.IncompleteReadError(b"", n)
+        return b""
+
+
+EMPTY_BODY: Final = EmptyBody()
+
+
 class Request:
     """One request as Shield's handlers see it: the subset of aiohttp's ``BaseRequest`` they use,
-    plus streaming an answer (``send``) and handing a WebSocket upgrade over (``hand_over``)."""
+    plus streaming an answer (``send``) and handing a WebSocket upgrade over (``hand_over``).
+    ``exchange`` is set by the observer before anything else reads it."""
+
+    exchange: Exchange
 
     __slots__ = (
         "_conn",
-        "_state",
         "body_exists",
         "content",
         "content_length",
+        "exchange",
         "headers",
         "keep_alive",
         "method",
@@ -249,11 +294,10 @@ class Request:
         headers: CIMultiDictProxy[str],
         keep_alive: bool,
         content_length: int | None,
-        body_exists: bool,
+        content: RequestBody | EmptyBody,
         upgrade: bool,
     ) -> None:
         self._conn = conn
-        self._state: dict[Any, Any] = {}
         self.method = method
         self.raw_path = raw_path
         self.version = version
@@ -261,20 +305,11 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.content_length = content_length
-        self.body_exists = body_exists
-        self.content = RequestBody(conn)
+        self.content = content
+        self.body_exists = content is not EMPTY_BODY
         self.remote = conn.remote
         self.upgrade = upgrade
         self.started = False
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._state[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._state[key] = value
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._state.get(key, default)
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -520,7 +555,7 @@ class Http1Connection(asyncio.Protocol):
             CIMultiDictProxy(CIMultiDict(pairs)),
             keep_alive,
             content_length,
-            chunked or bool(content_length),
+            RequestBody(self) if chunked or content_length else EMPTY_BODY,
             bool(parser.should_upgrade()),
         )
         self._parsing = request

@@ -1,7 +1,7 @@
 """Recording each request: its id, what was decided, how long it took, one access log line.
 
-``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (under the typed
-key ``EXCHANGE``, so the gatekeeper and the proxy fill it without new parameters on their
+``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (its
+``exchange`` attribute, so the gatekeeper and the proxy fill it without new parameters on their
 methods): the gatekeeper writes what it decided, the proxy how long the upstream took. Once the
 answer is ready the observer counts the decision, drops the duration into the rule's histogram,
 puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
@@ -19,7 +19,8 @@ from time import perf_counter
 from aiohttp import web
 
 from shield.access_log import AccessLog, format_line
-from shield.http1 import Reply, Request
+from shield.exchange import Exchange
+from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
 from shield.request_id import RequestIds
 
@@ -27,42 +28,6 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 # What nginx logs for a client that went away before its answer was ready.
 CLIENT_CLOSED = 499
-
-
-class Exchange:
-    """What is known about one request as it crosses Shield."""
-
-    __slots__ = (
-        "action",
-        "client_ip",
-        "decision",
-        "identity",
-        "path",
-        "request_id",
-        "rule",
-        "sent",
-        "upstream_seconds",
-    )
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self.rule: str | None = None
-        self.action = ""
-        self.decision: str | None = None
-        self.identity = "anonymous"
-        self.client_ip: str | None = None
-        self.path: str | None = None
-        self.upstream_seconds: float | None = None
-        self.sent = -1  # body bytes of a streamed answer, counted by the proxy
-
-    def decided(self, rule: str, action: str, decision: str, identity: str) -> None:
-        self.rule = rule
-        self.action = action
-        self.decision = decision
-        self.identity = identity
-
-
-EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def body_size(response: Reply, exchange: Exchange) -> int:
@@ -96,8 +61,7 @@ class Observer:
 
     async def handle(self, request: Request) -> Reply:
         started = perf_counter()
-        exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
-        request[EXCHANGE] = exchange
+        exchange = request.exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
         try:
             response = await self._handler(request)
         except asyncio.CancelledError:
@@ -109,11 +73,11 @@ class Observer:
         rule = exchange.rule
         if rule is not None:
             stats.requests[rule, exchange.action, exchange.decision or "", exchange.identity] += 1
-            if not isinstance(response, web.WebSocketResponse):
+            if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
                 (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
         if exchange.upstream_seconds is not None:
             stats.upstream_seconds.observe(exchange.upstream_seconds)
-        if isinstance(response, web.StreamResponse) and not response.prepared:
+        if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
         if self._log is not None and self._log.sampled():
             self._write_log(request, exchange, response.status, body_size(response, exchange), elapsed)

@@ -16,7 +16,6 @@ from shield import actions
 from shield.clock import Clock
 from shield.config.overload import Overload
 from shield.http1 import Reply, Request
-from shield.observe import EXCHANGE
 from shield.policy.admission import Admission, Saturation, Verdict
 from shield.proxy import Proxy
 
@@ -58,7 +57,7 @@ class OverloadGate:
         finally:
             self._release()
         failed = response.status >= 500
-        self.saturation.observe(self.clock.now(), request[EXCHANGE].upstream_seconds, failed)
+        self.saturation.observe(self.clock.now(), request.exchange.upstream_seconds, failed)
         return response
 
     async def _wait(self, rank: int) -> bool:

@@ -27,7 +27,6 @@ from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder, filter_response_headers
 from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
-from shield.observe import EXCHANGE
 from shield.response import DateHeader, response_bytes, status_line
 from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
@@ -120,7 +119,7 @@ class Proxy:
         X-Forwarded-For value and Shield's identity header lines (default: the peer, none)."""
         settings = self.settings
         method = request.method
-        exchange = request[EXCHANGE]
+        exchange = request.exchange
         request_id = exchange.request_id
         id_header = (b"X-Request-ID", request_id.encode("latin-1"))
         extra = [id_header] if extra is None else [*extra, id_header]
@@ -288,7 +287,7 @@ class Proxy:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         idle = self.settings.upstream_idle
-        exchange = request[EXCHANGE]
+        exchange = request.exchange
         sent = exchange.sent = 0
         try:
             request.send(b"".join(parts))
