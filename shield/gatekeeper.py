@@ -328,7 +328,7 @@ class Gatekeeper:
         upstream: tuple[str, bytes],
     ) -> Reply:
         forwarded_for, who = upstream
-        added = self.proxy.heads.forwarding_headers(request.raw_headers, forwarded_for, who=who)
+        added = self.proxy.heads.forwarding_headers(tuple(request.raw_headers), forwarded_for, who=who)
         exchange = request.exchange
         added.append((b"X-Request-ID", exchange.request_id.encode("latin-1")))
         websockets = self.websockets

@@ -8,7 +8,7 @@ after the filtering, so a client-named ``Connection: X-Forwarded-For`` cannot re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
@@ -167,7 +167,7 @@ class RequestHeadBuilder:
         self,
         method: bytes,
         target: bytes,
-        raw: tuple[tuple[bytes, bytes], ...],
+        raw: Sequence[tuple[bytes, bytes]],
         client_ip: str,
         framing: bytes,
         request_id: str | None = None,

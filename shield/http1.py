@@ -74,6 +74,7 @@ SINGLETON_HEADERS: Final = frozenset(
         b"user-agent",
     }
 )
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 # Shield frames every answer itself; these from a response object are never copied.
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -290,7 +291,7 @@ class Request:
         method: str,
         raw_path: str,
         version: str,
-        raw_headers: tuple[tuple[bytes, bytes], ...],
+        raw_headers: list[tuple[bytes, bytes]],
         headers: CIMultiDictProxy[str],
         keep_alive: bool,
         content_length: int | None,
@@ -360,7 +361,6 @@ class Http1Connection(asyncio.Protocol):
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._head_bytes = 0
-        self._accounted = 0
         self._parsing: Request | None = None
         self._upgrade_request: Request | None = None
         # Requests parsed, waiting for their turn (pipelining), and the one being answered.
@@ -373,8 +373,10 @@ class Http1Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self.deadline = 0.0
-        self._deadline_kind = ""
+        # When the connection went idle (its last answer ended), and when the request head
+        # now awaited began to arrive (0 when none is awaited within ``header_timeout``).
+        self._idle_since = 0.0
+        self._head_started = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -387,7 +389,7 @@ class Http1Connection(asyncio.Protocol):
             self.remote = str(peer)
         self._server.connections.add(self)
         # The first request's headers (or the PROXY header) must arrive in time.
-        self._set_deadline(self._server.header_timeout, "header")
+        self._head_started = self.loop.time()
         self._server.watch()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -427,8 +429,8 @@ class Http1Connection(asyncio.Protocol):
             if self._in_head:
                 self._head_bytes += len(data)
             self._parser.feed_data(data)
-            if self._in_head and self._head_bytes - self._accounted > 2 * self._server.max_line:
-                raise _HeadRefused("a line of the request head is too long")
+            if self._in_head:
+                self._head_incomplete()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._upgrade_rest = data[offset:]
@@ -442,6 +444,18 @@ class Http1Connection(asyncio.Protocol):
         # (an invalid Transfer-Encoding) only after reporting them complete.
         if self._current is None and self._queue:
             self._start(self._queue.popleft())
+
+    def _head_incomplete(self) -> None:
+        """A read ended inside a request head: start its deadline, bound what it buffers."""
+        if not self._head_started:
+            self._head_started = self.loop.time()
+        server = self._server
+        headers = self._raw_headers
+        if len(headers) > server.max_headers:
+            raise _HeadRefused("too many headers")
+        accounted = sum(len(name) + len(value) + 4 for name, value in headers)
+        if self._head_bytes - accounted > 2 * server.max_line:
+            raise _HeadRefused("a line of the request head is too long")
 
     def _proxy_header(self, data: bytes) -> bytes | None:
         """The bytes after the PROXY header, or None while it is incomplete (or refused)."""
@@ -500,37 +514,34 @@ class Http1Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_bytes = 0
-        self._accounted = 0
-        if self._current is None and not self._queue:
-            self._set_deadline(self._server.header_timeout, "header")
+        self._raw_headers = []
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._server.max_line:
+        url = self._url = self._url + url
+        if len(url) > self._server.max_line:
             raise _HeadRefused("the request line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._raw_headers
-        if len(headers) >= self._server.max_headers:
-            raise _HeadRefused("too many headers")
-        line = len(name) + len(value) + 4
-        if line > self._server.max_line:
-            raise _HeadRefused("a header line is too long")
-        self._accounted += line
-        headers.append((name, value))
+        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_started = 0.0
         parser = self._parser
-        raw = tuple(self._raw_headers)
-        self._raw_headers = []
+        raw = self._raw_headers
         url = self._url
         self._url = b""
+        server = self._server
+        if len(raw) > server.max_headers:
+            raise _HeadRefused("too many headers")
+        longest = server.max_line - 4
         content_length: int | None = None
         chunked = False
         pairs = []
         seen: set[bytes] | None = None
         for name, value in raw:
+            if len(name) + len(value) > longest:
+                raise _HeadRefused("a header line is too long")
             pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
             lower = name.lower()
             if lower in SINGLETON_HEADERS:
@@ -544,7 +555,8 @@ class Http1Connection(asyncio.Protocol):
                     content_length = int(value)
                 elif lower == b"transfer-encoding":
                     chunked = True
-        method = parser.get_method().decode("ascii")
+        method_bytes = parser.get_method()
+        method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
         keep_alive = bool(parser.should_keep_alive()) and not self._closing and method != "CONNECT"
         request = Request(
             self,
@@ -573,14 +585,11 @@ class Http1Connection(asyncio.Protocol):
         self._parsing = None
         if request is not None:
             request.content.feed_eof()
-            if self._current is None and self.deadline and self._deadline_kind == "linger":
-                self._set_deadline(self._server.keepalive_timeout, "idle")
 
     # -- answering ----------------------------------------------------------------------------
 
     def _start(self, request: Request) -> None:
         self._current = request
-        self._clear_deadline()
         self._task = self.loop.create_task(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
@@ -616,10 +625,11 @@ class Http1Connection(asyncio.Protocol):
         if not keep_alive or self._closing or self.transport is None:
             self._abort(graceful=True)
             return
+        self._idle_since = self.loop.time()
         if self._parsing is request:
-            # The answer went out before the whole body came in: drain the rest unread.
+            # The answer went out before the whole body came in: drain the rest unread, for
+            # at most ``lingering`` seconds.
             request.content.discard()
-            self._set_deadline(self._server.lingering, "linger")
         if self._upgrade_rest is not None and request is self._upgrade_request:
             # An upgrade request that was answered without upgrading: go on with plain HTTP.
             self._upgrade_request = None
@@ -632,8 +642,6 @@ class Http1Connection(asyncio.Protocol):
                 self._feed(rest)
         if self._queue and self._current is None:
             self._start(self._queue.popleft())
-        elif self._current is None and not self.deadline:
-            self._set_deadline(self._server.keepalive_timeout, "idle")
 
     def _abort(self, *, graceful: bool = False) -> None:
         self._closing = True
@@ -664,19 +672,19 @@ class Http1Connection(asyncio.Protocol):
 
     # -- deadlines ----------------------------------------------------------------------------
 
-    def _set_deadline(self, seconds: float, kind: str) -> None:
-        self.deadline = self.loop.time() + seconds
-        self._deadline_kind = kind
-
-    def _clear_deadline(self) -> None:
-        self.deadline = 0.0
-
     def check_deadline(self, now: float) -> None:
-        if self.deadline and now >= self.deadline and self._current is None:
-            self.deadline = 0.0
-            if self._deadline_kind == "header":
+        """Called by the server's ticker. No deadline runs while a request is being answered."""
+        if self._current is not None or self.transport is None:
+            return
+        server = self._server
+        if self._head_started:
+            if now - self._head_started >= server.header_timeout:
                 log.debug("closing a connection from %s: request headers too slow", self.remote)
-            self._abort(graceful=self._deadline_kind != "header")
+                self._abort()
+        else:
+            limit = server.lingering if self._parsing is not None else server.keepalive_timeout
+            if now - self._idle_since >= limit:
+                self._abort(graceful=True)
 
     # -- shutdown and hand-over ---------------------------------------------------------------
 
