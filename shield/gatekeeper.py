@@ -108,25 +108,27 @@ class Gatekeeper:
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
         headers = request.headers
-        target = request_target(request.raw_path, headers.get("Host"))
-        if target is None:
-            return answer(400, "Bad request target.")
+        target = request.target
+        if target[:1] != b"/" or b"#" in target:
+            # Absolute or asterisk form, or a fragment: what request_target makes of it.
+            checked = request_target(request.raw_path, headers.get("Host"))
+            if checked is None:
+                return answer(400, "Bad request target.")
+            target = checked
         runtime = self.holder.current
         policy = runtime.policy
         raw_path, sep, query = target.partition(b"?")
         if raw_path == b"*":
             match_path = "*"
         else:
+            path_text = raw_path.decode("utf-8", "surrogateescape")
             try:
-                canonical = canonical_path(
-                    raw_path.decode("utf-8", "surrogateescape"), case_insensitive=policy.case_insensitive
-                )
+                canonical = canonical_path(path_text, case_insensitive=policy.case_insensitive)
             except UnsafePath as error:
                 return answer(400, f"Bad request path: {error}.")
             match_path = canonical.match
-            forward = canonical.forward.encode()
-            if forward != raw_path:
-                target = forward + sep + query
+            if canonical.forward != path_text:
+                target = canonical.forward.encode() + sep + query
         client = self.clients.resolve(request.remote or "unknown", headers)
         client_ip = client.ip
         if self.bans is not None and (ban := self.bans.banned(client.key)) is not None:

@@ -278,9 +278,9 @@ class Request:
         "keep_alive",
         "method",
         "raw_headers",
-        "raw_path",
         "remote",
         "started",
+        "target",
         "upgrade",
         "version",
     )
@@ -289,7 +289,7 @@ class Request:
         self,
         conn: Http1Connection,
         method: str,
-        raw_path: str,
+        target: bytes,
         version: str,
         raw_headers: list[tuple[bytes, bytes]],
         headers: CIMultiDictProxy[str],
@@ -300,7 +300,7 @@ class Request:
     ) -> None:
         self._conn = conn
         self.method = method
-        self.raw_path = raw_path
+        self.target = target
         self.version = version
         self.raw_headers = raw_headers
         self.headers = headers
@@ -311,6 +311,11 @@ class Request:
         self.remote = conn.remote
         self.upgrade = upgrade
         self.started = False
+
+    @property
+    def raw_path(self) -> str:
+        """The request-target as the client sent it (aiohttp's name for it)."""
+        return self.target.decode("utf-8", "surrogateescape")
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -561,7 +566,7 @@ class Http1Connection(asyncio.Protocol):
         request = Request(
             self,
             method,
-            url.decode("utf-8", "surrogateescape"),
+            url,
             parser.get_http_version(),
             raw,
             CIMultiDictProxy(CIMultiDict(pairs)),
@@ -706,7 +711,7 @@ class Http1Connection(asyncio.Protocol):
             raise RuntimeError("only a parsed upgrade request being answered can be handed over")
         head = b"%s %s HTTP/%s\r\n%s\r\n" % (
             request.method.encode(),
-            request.raw_path.encode("utf-8", "surrogateescape"),
+            request.target,
             request.version.encode(),
             b"".join(b"%s: %s\r\n" % pair for pair in request.raw_headers),
         )
