@@ -371,7 +371,10 @@ class Http1Connection(asyncio.Protocol):
         # Requests parsed, waiting for their turn (pipelining), and the one being answered.
         self._queue: deque[Request] = deque()
         self._current: Request | None = None
-        self._task: asyncio.Task[None] | None = None
+        # One task per connection answers its requests in turn; between requests it waits on
+        # ``_ready`` (a future is cheaper than a task per request).
+        self._serving: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._upgrade_rest: bytes | None = None
         self._handed_over = False
         self._closing = False
@@ -406,7 +409,7 @@ class Http1Connection(asyncio.Protocol):
             if request is not None:
                 request.content.lost()
         self._queue.clear()
-        task = self._task
+        task = self._serving
         if task is not None and not task.done():
             task.cancel()
         drain = self._drain_waiter
@@ -595,7 +598,25 @@ class Http1Connection(asyncio.Protocol):
 
     def _start(self, request: Request) -> None:
         self._current = request
-        self._task = self.loop.create_task(self._answer(request))
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            ready.set_result(None)
+        elif self._serving is None:
+            self._serving = self.loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        while not self._handed_over:
+            request = self._current
+            if request is None:
+                if self._closing:
+                    return
+                self._ready = self.loop.create_future()
+                await self._ready
+                continue
+            await self._answer(request)
+            if self._current is request:
+                return  # not finished: the connection broke or is being closed
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -626,7 +647,6 @@ class Http1Connection(asyncio.Protocol):
 
     def _finished(self, request: Request, keep_alive: bool) -> None:
         self._current = None
-        self._task = None
         if not keep_alive or self._closing or self.transport is None:
             self._abort(graceful=True)
             return
