@@ -606,7 +606,9 @@ class Http1Connection(asyncio.Protocol):
             self._serving = self.loop.create_task(self._serve())
 
     async def _serve(self) -> None:
-        while not self._handed_over:
+        """Answer the requests of this connection one after the other, until it closes."""
+        handler = self._server.handler
+        while True:
             request = self._current
             if request is None:
                 if self._closing:
@@ -614,36 +616,31 @@ class Http1Connection(asyncio.Protocol):
                 self._ready = self.loop.create_future()
                 await self._ready
                 continue
-            await self._answer(request)
+            try:
+                reply = await handler(request)
+            except (ConnectionError, asyncio.CancelledError):
+                self._abort()
+                return
+            except Exception:
+                log.exception("error handling %s %s from %s", request.method, request.raw_path, self.remote)
+                if self.transport is not None and not request.started:
+                    self.transport.write(_SERVER_ERROR)
+                self._abort(graceful=True)
+                return
+            transport = self.transport
+            if self._handed_over or transport is None:
+                return
+            if isinstance(reply, Written):
+                if reply.data:
+                    transport.write(reply.data)
+                keep_alive = reply.keep_alive
+            else:
+                keep_alive = request.keep_alive and reply.keep_alive is not False
+                if not reply.prepared:
+                    transport.write(serialize(reply, request, keep_alive, self._server.date))
+            self._finished(request, keep_alive)
             if self._current is request:
-                return  # not finished: the connection broke or is being closed
-
-    async def _answer(self, request: Request) -> None:
-        try:
-            reply = await self._server.handler(request)
-        except (ConnectionError, asyncio.CancelledError):
-            self._abort()
-            return
-        except Exception:
-            log.exception("error handling %s %s from %s", request.method, request.raw_path, self.remote)
-            if self.transport is not None and not request.started:
-                self.transport.write(_SERVER_ERROR)
-            self._abort(graceful=True)
-            return
-        if self._handed_over:
-            return
-        transport = self.transport
-        if transport is None:
-            return
-        if isinstance(reply, Written):
-            if reply.data:
-                transport.write(reply.data)
-            keep_alive = reply.keep_alive
-        else:
-            keep_alive = request.keep_alive and reply.keep_alive is not False
-            if not reply.prepared:
-                transport.write(serialize(reply, request, keep_alive, self._server.date))
-        self._finished(request, keep_alive)
+                return
 
     def _finished(self, request: Request, keep_alive: bool) -> None:
         self._current = None
