@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import timeit
+from collections.abc import Callable
 from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -55,16 +56,19 @@ def twenty_rules() -> str:
     return "upstream: http://127.0.0.1:1\nrules:\n" + "\n".join(rules) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
-    parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
-    args = parser.parse_args()
-    if args.config:
-        path = Path(args.config)
-    else:
+Decide = Callable[[str, str, str], object]
+
+CASES = {
+    "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
+    "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
+    "POST /api/v0/register (close, rule 1)": ("POST", "/api/v0/register", "10.0.0.3"),
+    "GET /internal3/x/../y (block, dot segments)": ("GET", "/internal3/x/../y", "10.0.0.4"),
+}
+
+
+def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
+    """What the gatekeeper runs per request, for the rule file at ``path`` (default: twenty rules)."""
+    if path is None:
         path = Path(tempfile.mkdtemp()) / "twenty.yaml"
         path.write_text(twenty_rules(), encoding="utf-8")
     config = load_config(path)
@@ -96,14 +100,19 @@ def main() -> int:
             return ratelimit_headers(result)
         return rule
 
-    cases = {
-        "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
-        "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
-        "POST /api/v0/register (close, rule 1)": ("POST", "/api/v0/register", "10.0.0.3"),
-        "GET /internal3/x/../y (block, dot segments)": ("GET", "/internal3/x/../y", "10.0.0.4"),
-    }
-    print(f"{len(config.rules)} rules from {path}; {args.number} decisions per measurement, best of 5")
-    for label, (method, raw_path, ip) in cases.items():
+    return decide, len(config.rules), path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
+    parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
+    args = parser.parse_args()
+    decide, count, path = decider(Path(args.config) if args.config else None)
+    print(f"{count} rules from {path}; {args.number} decisions per measurement, best of 5")
+    for label, (method, raw_path, ip) in CASES.items():
         times = timeit.repeat(
             lambda m=method, p=raw_path, i=ip: decide(m, p, i), number=args.number, repeat=5
         )
