@@ -101,7 +101,8 @@ def _describe(test: ValueMatch) -> str:
     return f"= {test.equals!r}" if test.equals is not None else f"~ /{test.regex}/"
 
 
-Check = tuple[Callable[["RequestView"], bool], Callable[["RequestView"], str]]
+Test = Callable[["RequestView"], bool]
+Check = tuple[Test, Callable[["RequestView"], str]]
 
 
 def _cookie_values(view: RequestView, name: str) -> list[str]:
@@ -155,6 +156,21 @@ class PathMatcher:
                 return True
         return self.pattern is not None and self.pattern.fullmatch(path) is not None
 
+    def view_test(self) -> Callable[[RequestView], bool]:
+        """``matches`` on a view's path, specialized for the common shapes of a rule's paths."""
+        exact, prefixes, pattern = self.exact, self.prefixes, self.pattern
+        if not prefixes and pattern is None:
+            return lambda v: v.path in exact
+        if not exact and pattern is None and len(prefixes) == 1:
+            prefix = prefixes[0]
+            slashed = prefix + "/"
+            return lambda v: v.path == prefix or v.path.startswith(slashed)
+        if not exact and not prefixes and pattern is not None:
+            fullmatch = pattern.fullmatch
+            return lambda v: fullmatch(v.path) is not None
+        matches = self.matches
+        return lambda v: matches(v.path)
+
 
 def _glob_regex(pattern: str) -> str:
     parts = []
@@ -198,6 +214,7 @@ class CompiledRule:
         "first_segments",
         "header_tests",
         "hosts",
+        "indexed_tests",
         "key_parts",
         "methods",
         "name",
@@ -258,6 +275,9 @@ class CompiledRule:
         outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
+        # The tests left once ``Policy``'s index picked the rule by method: the method test
+        # (always first) has passed by then.
+        self.indexed_tests = tuple(test for test, _ in self.checks[self.methods is not None :])
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
@@ -272,10 +292,7 @@ class CompiledRule:
                 (lambda v: v.method in methods, lambda v: f"method {v.method} is not one of {listed}")
             )
         if self.paths is not None:
-            path_matches = self.paths.matches
-            checks.append(
-                (lambda v: path_matches(v.path), lambda v: f"path {v.path} matches none of {match.paths}")
-            )
+            checks.append((self.paths.view_test(), lambda v: f"path {v.path} matches none of {match.paths}"))
         if (wanted := self.authenticated) is not None:
             checks.append(
                 (
@@ -293,14 +310,11 @@ class CompiledRule:
                 )
             )
         if agents := self.user_agents:
-            checks.append(
-                (
-                    lambda v: any(p.search(v.headers.get("User-Agent", "")) for p in agents),
-                    lambda v: "User-Agent does not match",
-                )
-            )
+            checks.append((_user_agent_test(agents), lambda v: "User-Agent does not match"))
+        for name, spec in (match.headers or {}).items():
+            why = f"header {name} is not {_describe(spec)}"
+            checks.append((_header_test(name, spec), lambda v, w=why: w))  # type: ignore[misc]
         for kind, tests, specs in (
-            ("header", self.header_tests, match.headers),
             ("cookie", self.cookie_tests, match.cookies),
             ("query parameter", self.query_tests, match.query),
         ):
@@ -346,6 +360,26 @@ class CompiledRule:
         return prefix + "|".join(parts)
 
 
+def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
+    if len(agents) == 1:
+        search = agents[0].search
+        return lambda v: search(v.headers.get("User-Agent", "")) is not None
+    return lambda v: any(p.search(v.headers.get("User-Agent", "")) for p in agents)
+
+
+def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
+    """``_value_test`` over every line of a header; a missing header is tested as None."""
+    if test.present is not None:
+        want = test.present
+        return lambda v: (name in v.headers) is want
+    if test.equals is not None:
+        expected = test.equals
+        return lambda v: expected in v.headers.getall(name, ())
+    assert test.regex is not None
+    search = re.compile(test.regex).search
+    return lambda v: any(search(value) is not None for value in v.headers.getall(name, ()))
+
+
 def _host_matcher(hosts: list[str]) -> Callable[[str], bool]:
     exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
     suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
@@ -374,11 +408,14 @@ class Policy:
         segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
         self._methods = frozenset(methods)
         self._segments = frozenset(segments)
-        self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        # method -> first segment -> the rules that could apply, with their remaining tests;
+        # ANY stands for a method or a segment that no rule names.
+        self._index: dict[str, dict[str, tuple[tuple[CompiledRule, tuple[Test, ...]], ...]]] = {}
         for method in (*methods, ANY):
+            by_segment = self._index[method] = {}
             for segment in (*segments, ANY):
-                self._index[(method, segment)] = tuple(
-                    r
+                by_segment[segment] = tuple(
+                    (r, r.indexed_tests)
                     for r in self.rules
                     if (r.methods is None or method in r.methods)
                     and (r.first_segments is None or segment in r.first_segments)
@@ -400,18 +437,34 @@ class Policy:
     def triggers(self) -> list[tuple[CompiledRule, Trigger]]:
         return [(rule, rule.trigger) for rule in self.rules if rule.trigger is not None]
 
-    def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
+    def _entries(self, method: str, path: str) -> tuple[tuple[CompiledRule, tuple[Test, ...]], ...]:
+        by_segment = self._index.get(method)
+        if by_segment is None:
+            by_segment = self._index[ANY]
         end = path.find("/", 1)
-        segment = path[1:] if end < 0 else path[1:end]
-        return self._index[
-            (method if method in self._methods else ANY, segment if segment in self._segments else ANY)
-        ]
+        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
+        return by_segment[ANY] if entries is None else entries
+
+    def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
+        return tuple(rule for rule, _ in self._entries(method, path))
 
     def match(self, view: RequestView) -> tuple[CompiledRule | None, list[CompiledRule] | None]:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
         dry_runs: list[CompiledRule] | None = None
-        for rule in self.candidates(view.method, view.path):
-            if rule.matches(view):
+        # ``_entries``, inlined: this runs for every request.
+        by_segment = self._index.get(view.method)
+        if by_segment is None:
+            by_segment = self._index[ANY]
+        path = view.path
+        end = path.find("/", 1)
+        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
+        if entries is None:
+            entries = by_segment[ANY]
+        for rule, tests in entries:
+            for test in tests:
+                if not test(view):
+                    break
+            else:
                 if not rule.dry_run:
                     return rule, dry_runs
                 if dry_runs is None:
