@@ -39,6 +39,10 @@ class RateLimitResult(NamedTuple):
         return values
 
 
+# NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
+_result = tuple.__new__
+
+
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
@@ -57,9 +61,9 @@ class Gcra:
         new_tat = base + self.interval * cost
         allow_at = new_tat - self.tolerance
         if now < allow_at:
-            return RateLimitResult(False, self.burst, 0, base - now, allow_at - now), None
+            return _result(RateLimitResult, (False, self.burst, 0, base - now, allow_at - now)), None
         remaining = int((now + self.tolerance - new_tat) / self.interval + 1e-9)
-        return RateLimitResult(True, self.burst, remaining, new_tat - now, 0.0), new_tat
+        return _result(RateLimitResult, (True, self.burst, remaining, new_tat - now, 0.0)), new_tat
 
     def peek(self, tat: float | None, now: float) -> RateLimitResult:
         """The verdict a request at ``now`` would get, without charging it."""
