@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
-from multidict import MultiMapping
+from multidict import MultiMapping, istr
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
@@ -25,6 +25,9 @@ from shield.policy.paths import fold_case
 from shield.policy.trigger import Trigger
 
 _BY_IP = ("ip",)
+# Header names as istr: a case-insensitive multidict looks an istr up without folding it first.
+_COOKIE = istr("Cookie")
+_USER_AGENT = istr("User-Agent")
 ANY = ""  # index key for "any method" / "any first segment"
 
 
@@ -64,22 +67,27 @@ class RequestView:
         # The throttle key of the address: an IPv6 client's prefix (see policy.client_ip).
         self.client_key = client_key or client_ip
         self.identity = identity
-        self._cookies: dict[str, str] | None = None
-        self._query: dict[str, list[str]] | None = None
+        # _cookies and _query stay unset until a rule asks: most requests never parse either.
 
     @property
     def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            jar = SimpleCookie()
-            with contextlib.suppress(CookieError):
-                jar.load(self.headers.get("Cookie", ""))
-            self._cookies = {name: morsel.value for name, morsel in jar.items()}
+        try:
+            return self._cookies
+        except AttributeError:
+            pass
+        jar = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            jar.load(self.headers.get(_COOKIE, ""))
+        self._cookies: dict[str, str] = {name: morsel.value for name, morsel in jar.items()}
         return self._cookies
 
     @property
     def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = parse_qs(self.query_string, keep_blank_values=True)
+        try:
+            return self._query
+        except AttributeError:
+            pass
+        self._query: dict[str, list[str]] = parse_qs(self.query_string, keep_blank_values=True)
         return self._query
 
 
@@ -205,6 +213,7 @@ class CompiledRule:
     __slots__ = (
         "action",
         "authenticated",
+        "by_ip",
         "checks",
         "cidrs",
         "config",
@@ -262,6 +271,7 @@ class CompiledRule:
         # Indexed by ``identity.authenticated``: (anonymous rate, authenticated rate).
         self.rates = (self.rate, other)
         self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
+        self.by_ip = self.key_parts == _BY_IP
         self.count_statuses = frozenset(rule.count.status) if rule.count else None
         # Throttle state survives a reload only while name and rate stay the same.
         self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
@@ -343,7 +353,7 @@ class CompiledRule:
     def state_key(self, view: RequestView) -> str:
         """The throttle bucket of ``view``; a missing header, cookie or user falls back to the IP."""
         prefix = self.state_prefixes[view.identity.authenticated]
-        if self.key_parts == _BY_IP:
+        if self.by_ip:
             return prefix + view.client_key
         parts = []
         for part in self.key_parts:
@@ -363,12 +373,13 @@ class CompiledRule:
 def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
     if len(agents) == 1:
         search = agents[0].search
-        return lambda v: search(v.headers.get("User-Agent", "")) is not None
-    return lambda v: any(p.search(v.headers.get("User-Agent", "")) for p in agents)
+        return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
+    return lambda v: any(p.search(v.headers.get(_USER_AGENT, "")) for p in agents)
 
 
 def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
     """``_value_test`` over every line of a header; a missing header is tested as None."""
+    name = istr(name)
     if test.present is not None:
         want = test.present
         return lambda v: (name in v.headers) is want
