@@ -11,6 +11,8 @@ from __future__ import annotations
 
 def request_target(raw_path: str, host: str | None) -> bytes | None:
     """The origin-form target to forward, or None when the request must be refused (400)."""
+    if raw_path[:1] == "/" and "#" not in raw_path:
+        return raw_path.encode("utf-8", "surrogateescape")
     target = raw_path.partition("#")[0] if "#" in raw_path else raw_path
     if target.startswith("/") or target == "*":
         return target.encode("utf-8", "surrogateescape")
