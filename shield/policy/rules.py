@@ -223,7 +223,7 @@ class CompiledRule:
         "first_segments",
         "header_tests",
         "hosts",
-        "indexed_tests",
+        "indexed_test",
         "key_parts",
         "methods",
         "name",
@@ -285,9 +285,9 @@ class CompiledRule:
         outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
-        # The tests left once ``Policy``'s index picked the rule by method: the method test
-        # (always first) has passed by then.
-        self.indexed_tests = tuple(test for test, _ in self.checks[self.methods is not None :])
+        # What is left to test once ``Policy``'s index picked the rule by method (the method test,
+        # always first, has passed by then), as one callable; None when nothing is.
+        self.indexed_test = _all_of(tuple(test for test, _ in self.checks[self.methods is not None :]))
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
@@ -370,6 +370,24 @@ class CompiledRule:
         return prefix + "|".join(parts)
 
 
+def _all_of(tests: tuple[Test, ...]) -> Test | None:
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda v: first(v) and second(v)
+
+    def all_hold(view: RequestView) -> bool:
+        for test in tests:  # noqa: SIM110 (all() over a generator costs a frame per call)
+            if not test(view):
+                return False
+        return True
+
+    return all_hold
+
+
 def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
     if len(agents) == 1:
         search = agents[0].search
@@ -421,12 +439,12 @@ class Policy:
         self._segments = frozenset(segments)
         # method -> first segment -> the rules that could apply, with their remaining tests;
         # ANY stands for a method or a segment that no rule names.
-        self._index: dict[str, dict[str, tuple[tuple[CompiledRule, tuple[Test, ...]], ...]]] = {}
+        self._index: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
         for method in (*methods, ANY):
             by_segment = self._index[method] = {}
             for segment in (*segments, ANY):
                 by_segment[segment] = tuple(
-                    (r, r.indexed_tests)
+                    (r, r.indexed_test)
                     for r in self.rules
                     if (r.methods is None or method in r.methods)
                     and (r.first_segments is None or segment in r.first_segments)
@@ -448,7 +466,7 @@ class Policy:
     def triggers(self) -> list[tuple[CompiledRule, Trigger]]:
         return [(rule, rule.trigger) for rule in self.rules if rule.trigger is not None]
 
-    def _entries(self, method: str, path: str) -> tuple[tuple[CompiledRule, tuple[Test, ...]], ...]:
+    def _entries(self, method: str, path: str) -> tuple[tuple[CompiledRule, Test | None], ...]:
         by_segment = self._index.get(method)
         if by_segment is None:
             by_segment = self._index[ANY]
@@ -471,11 +489,8 @@ class Policy:
         entries = by_segment.get(path[1:] if end < 0 else path[1:end])
         if entries is None:
             entries = by_segment[ANY]
-        for rule, tests in entries:
-            for test in tests:
-                if not test(view):
-                    break
-            else:
+        for rule, test in entries:
+            if test is None or test(view):
                 if not rule.dry_run:
                     return rule, dry_runs
                 if dry_runs is None:
