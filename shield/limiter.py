@@ -12,9 +12,9 @@ recently charged key when full, so a flood of distinct keys cannot grow memory w
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from itertools import islice
+from math import ceil
 from typing import NamedTuple
 
 
@@ -32,11 +32,29 @@ class RateLimitResult(NamedTuple):
         values = [
             ("RateLimit-Limit", str(self.limit)),
             ("RateLimit-Remaining", str(self.remaining)),
-            ("RateLimit-Reset", str(math.ceil(self.reset_after))),
+            ("RateLimit-Reset", str(ceil(self.reset_after))),
         ]
         if not self.allowed:
-            values.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
+            values.append(("Retry-After", str(max(1, ceil(self.retry_after)))))
         return values
+
+
+# RateLimit-Limit header pairs by limit: a policy has a handful of limits.
+_LIMIT_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def ratelimit_headers(result: RateLimitResult) -> list[tuple[bytes, bytes]]:
+    """``result.headers()`` without Retry-After, as raw pairs for the proxy to forward."""
+    limit = _LIMIT_HEADERS.get(result.limit)
+    if limit is None:
+        limit = (b"RateLimit-Limit", b"%d" % result.limit)
+        if len(_LIMIT_HEADERS) < 1024:
+            _LIMIT_HEADERS[result.limit] = limit
+    return [
+        limit,
+        (b"RateLimit-Remaining", b"%d" % result.remaining),
+        (b"RateLimit-Reset", b"%d" % ceil(result.reset_after)),
+    ]
 
 
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.

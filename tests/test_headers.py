@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from shield import gatekeeper, response
 from shield import headers as request_headers
-from shield import response
+from shield import target as request_targets
 from shield.headers import RequestHeadBuilder, filter_request_headers, filter_response_headers
 from shield.response import DateHeader, response_bytes, status_line
-from shield.target import request_target
+from shield.target import host_name, request_target
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -488,3 +489,29 @@ def test_forwarded_target_is_origin_form(raw_path: str, host: str, expected: byt
 )
 def test_unacceptable_targets_are_refused(raw_path: str, host: str | None) -> None:
     assert request_target(raw_path, host) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "Shop.Example",
+        "shop.example:8080",
+        "shop.example.",
+        "SHOP.example.:443",
+        "[::1]:80",
+        "[::1]",
+        "[x",
+    ],
+)
+def test_host_name_is_the_lower_cased_host_without_port_or_trailing_dot(host: str | None) -> None:
+    expected = gatekeeper.host_name(host)
+    assert host_name(host) == expected
+    assert host_name(host) == expected  # remembered
+
+
+def test_remembered_host_names_are_bounded() -> None:
+    for i in range(2 * request_targets._HOSTS):
+        assert host_name(f"H{i}.example:80") == f"h{i}.example"
+    assert len(request_targets._hosts) <= request_targets._HOSTS
