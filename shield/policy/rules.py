@@ -121,7 +121,6 @@ def _cookie_values(view: RequestView, name: str) -> list[str]:
 # Every occurrence is tested, and one that passes is enough: with ?action=login&action=register
 # some frameworks see the first value and others the last, so a rule must see both.
 _readers: dict[str, Callable[[RequestView, str], Sequence[str]]] = {
-    "header": lambda view, name: view.headers.getall(name, ()),
     "cookie": _cookie_values,
     "query parameter": lambda view, name: view.query.get(name, ()),
 }
@@ -221,7 +220,6 @@ class CompiledRule:
         "count_statuses",
         "dry_run",
         "first_segments",
-        "header_tests",
         "hosts",
         "indexed_test",
         "key_parts",
@@ -256,7 +254,6 @@ class CompiledRule:
         )
         self.first_segments = first_segments(match.paths, case_insensitive=ci)
         self.hosts = _host_matcher(match.hosts) if match.hosts else None
-        self.header_tests = tuple((n, _value_test(t)) for n, t in (match.headers or {}).items())
         self.cookie_tests = tuple((n, _value_test(t)) for n, t in (match.cookies or {}).items())
         self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
         self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
@@ -435,8 +432,6 @@ class Policy:
             self._keep_triggers(previous)
         methods = {m for r in self.rules if r.methods for m in r.methods}
         segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
-        self._methods = frozenset(methods)
-        self._segments = frozenset(segments)
         # method -> first segment -> the rules that could apply, with their remaining tests;
         # ANY stands for a method or a segment that no rule names.
         self._index: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
