@@ -128,6 +128,47 @@ def _quoted_pair(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+# What ``RequestHeadBuilder.build`` does with a client header, by its name as sent.
+_COPY, _HOST, _VIA, _CONNECTION, _DROP = range(5)
+# Client header names are remembered only while short and few: a client sending endless new
+# names costs a table rebuild now and then, never memory.
+_REMEMBERED_NAME = 64
+_REMEMBERED_NAMES = 1024
+_REMEMBERED_CLIENTS = 4096
+_REMEMBERED_CLIENT = 128
+
+
+class _RequestKinds(dict[bytes, int]):
+    """Header name as the client spelled it -> its kind under one drop set; one ``lower()`` per
+    spelling, not per request."""
+
+    __slots__ = ("_drop",)
+
+    def __init__(self, drop: frozenset[bytes]) -> None:
+        super().__init__()
+        self._drop = drop
+
+    def __missing__(self, name: bytes) -> int:
+        lower = name.lower()
+        if lower in self._drop:
+            kind = (
+                _HOST
+                if lower == b"host"
+                else _VIA
+                if lower == b"via"
+                else _CONNECTION
+                if lower == b"connection"
+                else _DROP
+            )
+        else:
+            kind = _COPY
+        if len(name) <= _REMEMBERED_NAME:
+            if len(self) >= _REMEMBERED_NAMES:
+                self.clear()
+            self[name] = kind
+        return kind
+
+
 class RequestHeadBuilder:
     """Builds the upstream request head in one pass over the client's raw headers.
 
@@ -138,11 +179,14 @@ class RequestHeadBuilder:
     __slots__ = (
         "_default_host",
         "_drop",
+        "_for_lines",
         "_forwarded",
         "_host_override",
+        "_kinds",
         "_proto",
         "_proto_line",
         "_via",
+        "_via_line",
     )
 
     def __init__(
@@ -156,12 +200,16 @@ class RequestHeadBuilder:
         default_host: bytes,
     ) -> None:
         self._drop = _DROP_REQUEST if keep_rewrite_headers else _DROP_REQUEST_STRIP_REWRITE
+        self._kinds = _RequestKinds(self._drop)
         self._proto = proto
         self._proto_line = b"X-Forwarded-Proto: " + proto.encode() + b"\r\n"
         self._via = via
+        self._via_line = b"Via: " + via + b"\r\n"
         self._forwarded = forwarded
         self._host_override = host_override
         self._default_host = default_host
+        # X-Forwarded-For value -> its line and the X-Forwarded-Proto line, as bytes.
+        self._for_lines: dict[str, bytes] = {}
 
     def build(
         self,
@@ -177,22 +225,24 @@ class RequestHeadBuilder:
         ``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty.
         ``client_ip`` is the X-Forwarded-For value: the client, or behind trusted proxies the
         chain from the client to the peer; ``who`` is Shield's identity header lines."""
-        drop = self._drop
+        kinds = self._kinds
         host = via = None
         named: bytes | None = None
-        parts = [method, b" ", target, b" HTTP/1.1\r\n", b"", b""]
+        # parts[4] becomes the Host value once the client's headers are read.
+        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]
         for name, value in raw:
-            lower = name.lower()
-            if lower in drop:
-                if lower == b"host":
+            kind = kinds[name]
+            if kind:
+                if kind == _HOST:
                     host = value
-                elif lower == b"via":
+                elif kind == _VIA:
                     via = value if via is None else via + b", " + value
-                elif lower == b"connection":
+                elif kind == _CONNECTION:
                     named = value if named is None else named + b"," + value
                 continue
             parts += (name, b": ", value, b"\r\n")
         if named is not None and named.lower() not in _PLAIN_CONNECTION:
+            drop = self._drop
             tokens = connection_tokens(((b"connection", named),)) - drop
             if tokens:
                 parts = parts[:6] + [
@@ -201,12 +251,21 @@ class RequestHeadBuilder:
                     if (lower := name.lower()) not in drop and lower not in tokens
                     for piece in (name, b": ", value, b"\r\n")
                 ]
-        parts[4] = b"Host: " + (self._host_override or host or self._default_host) + b"\r\n"
-        ip = client_ip.encode()
-        parts += (b"X-Forwarded-For: ", ip, b"\r\n", self._proto_line)
+        parts[4] = self._host_override or host or self._default_host
+        for_lines = self._for_lines.get(client_ip)
+        if for_lines is None:
+            for_lines = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n" + self._proto_line
+            if len(client_ip) <= _REMEMBERED_CLIENT:
+                if len(self._for_lines) >= _REMEMBERED_CLIENTS:
+                    self._for_lines.clear()
+                self._for_lines[client_ip] = for_lines
+        parts.append(for_lines)
         if host is not None:
             parts += (b"X-Forwarded-Host: ", host, b"\r\n")
-        parts += (b"Via: ", via + b", " + self._via if via else self._via, b"\r\n")
+        if via:
+            parts += (b"Via: ", via + b", " + self._via, b"\r\n")
+        else:
+            parts.append(self._via_line)
         if self._forwarded:
             *hops, last = client_ip.split(", ")
             forwarded = "".join(f"for={_forwarded_node(hop)}, " for hop in hops)

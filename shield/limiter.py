@@ -12,9 +12,9 @@ recently charged key when full, so a flood of distinct keys cannot grow memory w
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from itertools import islice
+from math import ceil
 from typing import NamedTuple
 
 
@@ -32,11 +32,33 @@ class RateLimitResult(NamedTuple):
         values = [
             ("RateLimit-Limit", str(self.limit)),
             ("RateLimit-Remaining", str(self.remaining)),
-            ("RateLimit-Reset", str(math.ceil(self.reset_after))),
+            ("RateLimit-Reset", str(ceil(self.reset_after))),
         ]
         if not self.allowed:
-            values.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
+            values.append(("Retry-After", str(max(1, ceil(self.retry_after)))))
         return values
+
+
+# RateLimit-Limit header pairs by limit: a policy has a handful of limits.
+_LIMIT_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def ratelimit_headers(result: RateLimitResult) -> list[tuple[bytes, bytes]]:
+    """``result.headers()`` without Retry-After, as raw pairs for the proxy to forward."""
+    limit = _LIMIT_HEADERS.get(result.limit)
+    if limit is None:
+        limit = (b"RateLimit-Limit", b"%d" % result.limit)
+        if len(_LIMIT_HEADERS) < 1024:
+            _LIMIT_HEADERS[result.limit] = limit
+    return [
+        limit,
+        (b"RateLimit-Remaining", b"%d" % result.remaining),
+        (b"RateLimit-Reset", b"%d" % ceil(result.reset_after)),
+    ]
+
+
+# NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
+_result = tuple.__new__
 
 
 class Gcra:
@@ -57,9 +79,9 @@ class Gcra:
         new_tat = base + self.interval * cost
         allow_at = new_tat - self.tolerance
         if now < allow_at:
-            return RateLimitResult(False, self.burst, 0, base - now, allow_at - now), None
+            return _result(RateLimitResult, (False, self.burst, 0, base - now, allow_at - now)), None
         remaining = int((now + self.tolerance - new_tat) / self.interval + 1e-9)
-        return RateLimitResult(True, self.burst, remaining, new_tat - now, 0.0), new_tat
+        return _result(RateLimitResult, (True, self.burst, remaining, new_tat - now, 0.0)), new_tat
 
     def peek(self, tat: float | None, now: float) -> RateLimitResult:
         """The verdict a request at ``now`` would get, without charging it."""

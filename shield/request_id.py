@@ -20,17 +20,18 @@ _SAFE: Final = re.compile(r"[A-Za-z0-9._:+=/@-]{1,128}")
 class RequestIds:
     """Hands out the id of each request; one instance per process."""
 
-    __slots__ = ("_next", "_prefix")
+    __slots__ = ("_next", "_template")
 
     def __init__(self, prefix: str | None = None) -> None:
-        self._prefix = (prefix if prefix is not None else secrets.token_hex(6)) + "-"
+        prefix = prefix if prefix is not None else secrets.token_hex(6)
+        self._template = prefix.replace("%", "%%") + "-%x"
         self._next = count(1).__next__
 
     def new(self) -> str:
-        return self._prefix + format(self._next(), "x")
+        return self._template % self._next()
 
     def of(self, offered: str | None) -> str:
         """``offered`` if it is a sane id, else a new one."""
         if offered is not None and _SAFE.fullmatch(offered):
             return offered
-        return self.new()
+        return self._template % self._next()

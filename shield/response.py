@@ -23,6 +23,33 @@ _STATUS_LINES = {
 }
 
 
+# What ``response_bytes`` does with an upstream header, by its name as sent.
+_COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _DROP = range(6)
+# Names longer than this are classified on every response rather than remembered.
+_REMEMBERED_NAME = 64
+_REMEMBERED_NAMES = 1024
+
+
+class _ResponseKinds(dict[bytes, int]):
+    """Header name as the upstream spelled it -> its kind; one ``lower()`` per spelling, not per
+    response. Bounded: past ``_REMEMBERED_NAMES`` spellings the table starts again."""
+
+    def __missing__(self, name: bytes) -> int:
+        lower = name.lower()
+        if lower in DROP_RESPONSE:
+            kind = _LENGTH if lower == b"content-length" else _CONNECTION if lower == b"connection" else _DROP
+        else:
+            kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
+        if len(name) <= _REMEMBERED_NAME:
+            if len(self) >= _REMEMBERED_NAMES:
+                self.clear()
+            self[name] = kind
+        return kind
+
+
+_kinds = _ResponseKinds()
+
+
 def status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
@@ -61,22 +88,24 @@ def response_bytes(
     whatever its Connection field names). HEAD answers and 204/304 carry no body; for HEAD the
     upstream's Content-Length is kept, since it describes the body a GET would get.
     """
-    parts = [status_line(status)]
+    parts = [_STATUS_LINES.get(status) or status_line(status)]
     declared: bytes | None = None
     named: bytes | None = None
     has_date = has_server = False
+    kinds = _kinds
     for name, value in upstream_headers:
-        lower = name.lower()
-        if lower in DROP_RESPONSE:
-            if lower == b"content-length":
-                declared = value
-            elif lower == b"connection":
-                named = value if named is None else named + b"," + value
-            continue
-        if lower == b"date":
-            has_date = True
-        elif lower == b"server":
-            has_server = True
+        kind = kinds[name]
+        if kind:
+            if kind == _DATE:
+                has_date = True
+            elif kind == _SERVER:
+                has_server = True
+            else:
+                if kind == _LENGTH:
+                    declared = value
+                elif kind == _CONNECTION:
+                    named = value if named is None else named + b"," + value
+                continue
         parts += (name, b": ", value, b"\r\n")
     if (
         named is not None

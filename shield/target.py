@@ -11,6 +11,8 @@ from __future__ import annotations
 
 def request_target(raw_path: str, host: str | None) -> bytes | None:
     """The origin-form target to forward, or None when the request must be refused (400)."""
+    if raw_path[:1] == "/" and "#" not in raw_path:
+        return raw_path.encode("utf-8", "surrogateescape")
     target = raw_path.partition("#")[0] if "#" in raw_path else raw_path
     if target.startswith("/") or target == "*":
         return target.encode("utf-8", "surrogateescape")
@@ -26,3 +28,26 @@ def request_target(raw_path: str, host: str | None) -> bytes | None:
     if host is None or authority.lower().rstrip(".") != host.lower().rstrip("."):
         return None
     return ("/" + path).encode("utf-8", "surrogateescape")
+
+
+# Host header value -> host_name of it. Bounded: a client sending endless Host values costs a
+# table rebuild now and then, never memory.
+_HOSTS = 1024
+_HOST_LENGTH = 256
+_hosts: dict[str, str] = {}
+
+
+def host_name(host_header: str | None) -> str:
+    """The host part of a Host header, lower-cased, without port or trailing dot."""
+    if not host_header:
+        return ""
+    name = _hosts.get(host_header)
+    if name is not None:
+        return name
+    host = host_header.lower()
+    name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0].rstrip(".")
+    if len(host_header) <= _HOST_LENGTH:
+        if len(_hosts) >= _HOSTS:
+            _hosts.clear()
+        _hosts[host_header] = name
+    return name

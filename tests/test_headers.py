@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from shield import gatekeeper, response
+from shield import headers as request_headers
+from shield import target as request_targets
 from shield.headers import RequestHeadBuilder, filter_request_headers, filter_response_headers
 from shield.response import DateHeader, response_bytes, status_line
-from shield.target import request_target
+from shield.target import host_name, request_target
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -271,6 +274,27 @@ def test_forwarding_headers_are_the_ones_build_adds() -> None:
     ]
 
 
+def test_a_flood_of_header_names_is_filtered_alike_and_remembered_within_bounds() -> None:
+    builder = RequestHeadBuilder(
+        proto="http",
+        via=b"1.1 shield",
+        forwarded=False,
+        keep_rewrite_headers=False,
+        host_override=None,
+        default_host=b"u",
+    )
+    for i in range(2 * request_headers._REMEMBERED_NAMES):
+        raw = ((b"X-N%d" % i, b"1"), (b"X-FORWARDED-FOR" if i % 2 else b"x-real-ip", b"6.6.6.6"))
+        head = builder.build(b"GET", b"/", raw, f"10.0.{i // 256}.{i % 256}", b"")
+        assert b"\r\nX-N%d: 1\r\n" % i in head
+        assert b"6.6.6.6" not in head
+    assert len(builder._kinds) <= request_headers._REMEMBERED_NAMES
+    assert len(builder._for_lines) <= request_headers._REMEMBERED_CLIENTS
+    long_name = b"X-" + b"a" * request_headers._REMEMBERED_NAME
+    assert b"\r\n" + long_name + b": 1\r\n" in builder.build(b"GET", b"/", ((long_name, b"1"),), "::1", b"")
+    assert long_name not in builder._kinds
+
+
 def test_filter_request_headers_for_the_websocket_handshake() -> None:
     raw = (
         (b"Host", b"a"),
@@ -410,6 +434,17 @@ def test_shields_extra_headers_follow_the_upstreams() -> None:
     assert values(headers, b"RateLimit-Limit") == [b"10"]
 
 
+def test_a_flood_of_upstream_header_names_is_framed_alike_and_remembered_within_bounds() -> None:
+    for i in range(2 * response._REMEMBERED_NAMES):
+        name = b"X-N%d" % i
+        upstream = [(name, b"1"), (b"CONTENT-LENGTH" if i % 2 else b"connection", b"7")]
+        _, headers, _ = respond(200, upstream, b"ok")
+        assert values(headers, name) == [b"1"]
+        assert values(headers, b"Content-Length") == [b"2"]
+        assert values(headers, b"Connection") == []
+    assert len(response._kinds) <= response._REMEMBERED_NAMES
+
+
 def test_status_line_of_an_unregistered_status_has_an_empty_reason() -> None:
     assert status_line(599) == b"HTTP/1.1 599 \r\n"
     assert status_line(404) == b"HTTP/1.1 404 Not Found\r\n"
@@ -454,3 +489,29 @@ def test_forwarded_target_is_origin_form(raw_path: str, host: str, expected: byt
 )
 def test_unacceptable_targets_are_refused(raw_path: str, host: str | None) -> None:
     assert request_target(raw_path, host) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "Shop.Example",
+        "shop.example:8080",
+        "shop.example.",
+        "SHOP.example.:443",
+        "[::1]:80",
+        "[::1]",
+        "[x",
+    ],
+)
+def test_host_name_is_the_lower_cased_host_without_port_or_trailing_dot(host: str | None) -> None:
+    expected = gatekeeper.host_name(host)
+    assert host_name(host) == expected
+    assert host_name(host) == expected  # remembered
+
+
+def test_remembered_host_names_are_bounded() -> None:
+    for i in range(2 * request_targets._HOSTS):
+        assert host_name(f"H{i}.example:80") == f"h{i}.example"
+    assert len(request_targets._hosts) <= request_targets._HOSTS

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shield import gatekeeper
 from shield.clock import FakeClock
 from shield.config.rules import PolicyOptions, Rule, parse_limit
-from shield.limiter import Gcra, MemoryLimiter
+from shield.limiter import Gcra, MemoryLimiter, RateLimitResult, ratelimit_headers
 from shield.policy.identity import ANONYMOUS, Identity
 from shield.policy.rules import CompiledRule, RequestView
 
@@ -78,6 +79,20 @@ def test_headers_values_are_exact() -> None:
     assert again.allowed
     assert again.remaining == 0
     assert "Retry-After" not in dict(again.headers())
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        RateLimitResult(True, 10, 9, 0.1, 0.0),
+        RateLimitResult(True, 1_000_000, 999_999, 1e-6, 0.0),
+        RateLimitResult(False, 5, 0, 59.0, 11.5),
+        RateLimitResult(True, 5, 4, 12.0, 0.0),
+    ],
+)
+def test_raw_ratelimit_headers_are_the_gatekeepers(result: RateLimitResult) -> None:
+    assert ratelimit_headers(result) == gatekeeper.ratelimit_headers(result)
+    assert ratelimit_headers(result) == [(n.encode(), v.encode()) for n, v in result.headers()[:3]]
 
 
 def test_retry_after_is_never_zero() -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from shield.config.rules import PolicyOptions, Rule
 from shield.policy.identity import ANONYMOUS, Identity
 from shield.policy.paths import canonical_path
-from shield.policy.rules import CompiledRule, Policy, RequestView
+from shield.policy.rules import CompiledRule, PathMatcher, Policy, RequestView
 
 ALICE = Identity(True, "alice", "test resolver")
 
@@ -411,3 +411,14 @@ def test_an_empty_list_is_refused_rather_than_guessed(condition: str) -> None:
     # Does "paths: []" mean "no path" or "any path"? The file must say; an empty list is an error.
     with pytest.raises(ValidationError, match="at least 1 item"):
         Rule.model_validate({"name": "empty", "match": {condition: []}, "action": "block"})
+
+
+@pytest.mark.parametrize("case_insensitive", [False, True])
+def test_the_compiled_path_test_agrees_with_the_path_matcher(case_insensitive: bool) -> None:
+    rng = random.Random(20260304 + case_insensitive)
+    shapes = [[p] for p in PATTERNS] + [rng.sample(PATTERNS, rng.randint(2, 4)) for _ in range(40)]
+    for patterns in shapes:
+        matcher = PathMatcher(patterns, case_insensitive=case_insensitive)
+        test = matcher.view_test()
+        for path in [*REQUEST_PATHS, "*", ""]:
+            assert test(view(path=path)) is matcher.matches(path), (patterns, path)

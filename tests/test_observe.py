@@ -59,6 +59,11 @@ def test_a_sane_client_request_id_is_kept_and_anything_else_replaced() -> None:
     assert ids.of("ünïcode") == "abc-5"
 
 
+def test_generated_ids_count_in_hex_after_the_prefix_whatever_it_holds() -> None:
+    ids = RequestIds(prefix="50%x")
+    assert [ids.new() for _ in range(17)][-2:] == ["50%x-10", "50%x-11"]
+
+
 def test_generated_ids_differ_between_processes() -> None:
     assert RequestIds().new() != RequestIds().new()
 

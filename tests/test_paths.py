@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from shield.policy import paths
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.target import request_target
 
@@ -157,6 +158,28 @@ def test_forward_keeps_the_trailing_slash_and_match_drops_it() -> None:
     assert canonical_path("/").match == "/"
     assert canonical_path("/").forward == "/"
     assert canonical_path("//").forward == "/"
+
+
+def test_a_path_asked_again_gets_the_same_answer_for_each_case_setting() -> None:
+    assert canonical_path("/API/x/../Register/") == ("/API/Register", "/API/Register/")
+    assert canonical_path("/API/x/../Register/", case_insensitive=True) == (
+        "/api/register",
+        "/API/Register/",
+    )
+    assert canonical_path("/API/x/../Register/") == ("/API/Register", "/API/Register/")
+    for raw in ["/api/%2fregister", "/api/\\register"]:
+        for _ in range(2):
+            with pytest.raises(UnsafePath):
+                canonical_path(raw)
+
+
+def test_remembered_paths_are_bounded() -> None:
+    for i in range(paths._KNOWN_ENTRIES + 10):
+        assert canonical_path(f"/p/{i}/") == (f"/p/{i}", f"/p/{i}/")
+    long = "/" + "a" * paths._KNOWN_LENGTH
+    assert canonical_path(long).match == long
+    assert all(len(known) <= paths._KNOWN_ENTRIES for known in paths._known)
+    assert all(long not in known for known in paths._known)
 
 
 def test_forward_re_encodes_what_it_decoded() -> None:

@@ -19,6 +19,12 @@ _CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
 _FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 _DOUBLE_ENCODED = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 _SAFE = "!$&'()*+,=:@-._~"
+# Canonical forms already worked out, by raw path, one table per case_insensitive value: most
+# requests ask for a path seen moments ago. Bounded in entries and in the length of a path kept,
+# so a flood of distinct paths costs a table rebuild now and then, never memory.
+_KNOWN_ENTRIES = 4096
+_KNOWN_LENGTH = 256
+_known: tuple[dict[str, CanonicalPath], dict[str, CanonicalPath]] = ({}, {})
 
 
 class CanonicalPath(NamedTuple):
@@ -29,18 +35,31 @@ class CanonicalPath(NamedTuple):
     forward: str
 
 
+# NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
+_new_path = tuple.__new__
+
+
 class UnsafePath(ValueError):
     """The path cannot be normalized without guessing what the upstream would make of it."""
 
 
 def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath:
     """The canonical form of a raw request path (no query); raises ``UnsafePath``."""
+    known = _known[case_insensitive]
+    path = known.get(raw)
+    if path is not None:
+        return path
     if _CANONICAL.fullmatch(raw):
         forward = raw
-        match = raw[:-1] if len(raw) > 1 and raw.endswith("/") else raw
+        match = raw[:-1] if len(raw) > 1 and raw[-1] == "/" else raw
     else:
         forward, match = _normalize(raw)
-    return CanonicalPath(fold_case(match) if case_insensitive else match, forward)
+    path = _new_path(CanonicalPath, (fold_case(match) if case_insensitive else match, forward))
+    if len(raw) <= _KNOWN_LENGTH:
+        if len(known) >= _KNOWN_ENTRIES:
+            known.clear()
+        known[raw] = path
+    return path
 
 
 def fold_case(text: str) -> str:

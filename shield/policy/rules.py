@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
-from multidict import MultiMapping
+from multidict import MultiMapping, istr
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
@@ -25,6 +25,9 @@ from shield.policy.paths import fold_case
 from shield.policy.trigger import Trigger
 
 _BY_IP = ("ip",)
+# Header names as istr: a case-insensitive multidict looks an istr up without folding it first.
+_COOKIE = istr("Cookie")
+_USER_AGENT = istr("User-Agent")
 ANY = ""  # index key for "any method" / "any first segment"
 
 
@@ -64,22 +67,27 @@ class RequestView:
         # The throttle key of the address: an IPv6 client's prefix (see policy.client_ip).
         self.client_key = client_key or client_ip
         self.identity = identity
-        self._cookies: dict[str, str] | None = None
-        self._query: dict[str, list[str]] | None = None
+        # _cookies and _query stay unset until a rule asks: most requests never parse either.
 
     @property
     def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            jar = SimpleCookie()
-            with contextlib.suppress(CookieError):
-                jar.load(self.headers.get("Cookie", ""))
-            self._cookies = {name: morsel.value for name, morsel in jar.items()}
+        try:
+            return self._cookies
+        except AttributeError:
+            pass
+        jar = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            jar.load(self.headers.get(_COOKIE, ""))
+        self._cookies: dict[str, str] = {name: morsel.value for name, morsel in jar.items()}
         return self._cookies
 
     @property
     def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = parse_qs(self.query_string, keep_blank_values=True)
+        try:
+            return self._query
+        except AttributeError:
+            pass
+        self._query: dict[str, list[str]] = parse_qs(self.query_string, keep_blank_values=True)
         return self._query
 
 
@@ -101,7 +109,8 @@ def _describe(test: ValueMatch) -> str:
     return f"= {test.equals!r}" if test.equals is not None else f"~ /{test.regex}/"
 
 
-Check = tuple[Callable[["RequestView"], bool], Callable[["RequestView"], str]]
+Test = Callable[["RequestView"], bool]
+Check = tuple[Test, Callable[["RequestView"], str]]
 
 
 def _cookie_values(view: RequestView, name: str) -> list[str]:
@@ -112,7 +121,6 @@ def _cookie_values(view: RequestView, name: str) -> list[str]:
 # Every occurrence is tested, and one that passes is enough: with ?action=login&action=register
 # some frameworks see the first value and others the last, so a rule must see both.
 _readers: dict[str, Callable[[RequestView, str], Sequence[str]]] = {
-    "header": lambda view, name: view.headers.getall(name, ()),
     "cookie": _cookie_values,
     "query parameter": lambda view, name: view.query.get(name, ()),
 }
@@ -155,6 +163,21 @@ class PathMatcher:
                 return True
         return self.pattern is not None and self.pattern.fullmatch(path) is not None
 
+    def view_test(self) -> Callable[[RequestView], bool]:
+        """``matches`` on a view's path, specialized for the common shapes of a rule's paths."""
+        exact, prefixes, pattern = self.exact, self.prefixes, self.pattern
+        if not prefixes and pattern is None:
+            return lambda v: v.path in exact
+        if not exact and pattern is None and len(prefixes) == 1:
+            prefix = prefixes[0]
+            slashed = prefix + "/"
+            return lambda v: v.path == prefix or v.path.startswith(slashed)
+        if not exact and not prefixes and pattern is not None:
+            fullmatch = pattern.fullmatch
+            return lambda v: fullmatch(v.path) is not None
+        matches = self.matches
+        return lambda v: matches(v.path)
+
 
 def _glob_regex(pattern: str) -> str:
     parts = []
@@ -189,6 +212,7 @@ class CompiledRule:
     __slots__ = (
         "action",
         "authenticated",
+        "by_ip",
         "checks",
         "cidrs",
         "config",
@@ -196,8 +220,8 @@ class CompiledRule:
         "count_statuses",
         "dry_run",
         "first_segments",
-        "header_tests",
         "hosts",
+        "indexed_test",
         "key_parts",
         "methods",
         "name",
@@ -230,7 +254,6 @@ class CompiledRule:
         )
         self.first_segments = first_segments(match.paths, case_insensitive=ci)
         self.hosts = _host_matcher(match.hosts) if match.hosts else None
-        self.header_tests = tuple((n, _value_test(t)) for n, t in (match.headers or {}).items())
         self.cookie_tests = tuple((n, _value_test(t)) for n, t in (match.cookies or {}).items())
         self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
         self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
@@ -245,6 +268,7 @@ class CompiledRule:
         # Indexed by ``identity.authenticated``: (anonymous rate, authenticated rate).
         self.rates = (self.rate, other)
         self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
+        self.by_ip = self.key_parts == _BY_IP
         self.count_statuses = frozenset(rule.count.status) if rule.count else None
         # Throttle state survives a reload only while name and rate stay the same.
         self.state_prefix = f"{rule.name}|{'/'.join(map(str, self.rate.signature())) if self.rate else ''}|"
@@ -258,6 +282,9 @@ class CompiledRule:
         outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
+        # What is left to test once ``Policy``'s index picked the rule by method (the method test,
+        # always first, has passed by then), as one callable; None when nothing is.
+        self.indexed_test = _all_of(tuple(test for test, _ in self.checks[self.methods is not None :]))
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
@@ -272,10 +299,7 @@ class CompiledRule:
                 (lambda v: v.method in methods, lambda v: f"method {v.method} is not one of {listed}")
             )
         if self.paths is not None:
-            path_matches = self.paths.matches
-            checks.append(
-                (lambda v: path_matches(v.path), lambda v: f"path {v.path} matches none of {match.paths}")
-            )
+            checks.append((self.paths.view_test(), lambda v: f"path {v.path} matches none of {match.paths}"))
         if (wanted := self.authenticated) is not None:
             checks.append(
                 (
@@ -293,14 +317,11 @@ class CompiledRule:
                 )
             )
         if agents := self.user_agents:
-            checks.append(
-                (
-                    lambda v: any(p.search(v.headers.get("User-Agent", "")) for p in agents),
-                    lambda v: "User-Agent does not match",
-                )
-            )
+            checks.append((_user_agent_test(agents), lambda v: "User-Agent does not match"))
+        for name, spec in (match.headers or {}).items():
+            why = f"header {name} is not {_describe(spec)}"
+            checks.append((_header_test(name, spec), lambda v, w=why: w))  # type: ignore[misc]
         for kind, tests, specs in (
-            ("header", self.header_tests, match.headers),
             ("cookie", self.cookie_tests, match.cookies),
             ("query parameter", self.query_tests, match.query),
         ):
@@ -329,7 +350,7 @@ class CompiledRule:
     def state_key(self, view: RequestView) -> str:
         """The throttle bucket of ``view``; a missing header, cookie or user falls back to the IP."""
         prefix = self.state_prefixes[view.identity.authenticated]
-        if self.key_parts == _BY_IP:
+        if self.by_ip:
             return prefix + view.client_key
         parts = []
         for part in self.key_parts:
@@ -344,6 +365,45 @@ class CompiledRule:
                 value = view.headers.get(name) if kind == "header" else view.cookies.get(name)
                 parts.append(f"{kind[0]}:{value}" if value else view.client_key)
         return prefix + "|".join(parts)
+
+
+def _all_of(tests: tuple[Test, ...]) -> Test | None:
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda v: first(v) and second(v)
+
+    def all_hold(view: RequestView) -> bool:
+        for test in tests:  # noqa: SIM110 (all() over a generator costs a frame per call)
+            if not test(view):
+                return False
+        return True
+
+    return all_hold
+
+
+def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
+    if len(agents) == 1:
+        search = agents[0].search
+        return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
+    return lambda v: any(p.search(v.headers.get(_USER_AGENT, "")) for p in agents)
+
+
+def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
+    """``_value_test`` over every line of a header; a missing header is tested as None."""
+    name = istr(name)
+    if test.present is not None:
+        want = test.present
+        return lambda v: (name in v.headers) is want
+    if test.equals is not None:
+        expected = test.equals
+        return lambda v: expected in v.headers.getall(name, ())
+    assert test.regex is not None
+    search = re.compile(test.regex).search
+    return lambda v: any(search(value) is not None for value in v.headers.getall(name, ()))
 
 
 def _host_matcher(hosts: list[str]) -> Callable[[str], bool]:
@@ -372,13 +432,14 @@ class Policy:
             self._keep_triggers(previous)
         methods = {m for r in self.rules if r.methods for m in r.methods}
         segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
-        self._methods = frozenset(methods)
-        self._segments = frozenset(segments)
-        self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        # method -> first segment -> the rules that could apply, with their remaining tests;
+        # ANY stands for a method or a segment that no rule names.
+        self._index: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
         for method in (*methods, ANY):
+            by_segment = self._index[method] = {}
             for segment in (*segments, ANY):
-                self._index[(method, segment)] = tuple(
-                    r
+                by_segment[segment] = tuple(
+                    (r, r.indexed_test)
                     for r in self.rules
                     if (r.methods is None or method in r.methods)
                     and (r.first_segments is None or segment in r.first_segments)
@@ -400,18 +461,31 @@ class Policy:
     def triggers(self) -> list[tuple[CompiledRule, Trigger]]:
         return [(rule, rule.trigger) for rule in self.rules if rule.trigger is not None]
 
-    def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
+    def _entries(self, method: str, path: str) -> tuple[tuple[CompiledRule, Test | None], ...]:
+        by_segment = self._index.get(method)
+        if by_segment is None:
+            by_segment = self._index[ANY]
         end = path.find("/", 1)
-        segment = path[1:] if end < 0 else path[1:end]
-        return self._index[
-            (method if method in self._methods else ANY, segment if segment in self._segments else ANY)
-        ]
+        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
+        return by_segment[ANY] if entries is None else entries
+
+    def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
+        return tuple(rule for rule, _ in self._entries(method, path))
 
     def match(self, view: RequestView) -> tuple[CompiledRule | None, list[CompiledRule] | None]:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
         dry_runs: list[CompiledRule] | None = None
-        for rule in self.candidates(view.method, view.path):
-            if rule.matches(view):
+        # ``_entries``, inlined: this runs for every request.
+        by_segment = self._index.get(view.method)
+        if by_segment is None:
+            by_segment = self._index[ANY]
+        path = view.path
+        end = path.find("/", 1)
+        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
+        if entries is None:
+            entries = by_segment[ANY]
+        for rule, test in entries:
+            if test is None or test(view):
                 if not rule.dry_run:
                     return rule, dry_runs
                 if dry_runs is None:

@@ -4,7 +4,7 @@ Runs the same functions the gatekeeper runs per request, in-process and without 
 20-rule policy (or the one given with --config), and prints nanoseconds per decision for a few
 kinds of request. Usage:
 
-    .venv/bin/python tests/bench/decision_cost.py [--config FILE] [--number 200000]
+    .venv/bin/python tests/bench/decision_cost.py [--config FILE] [--number 200000] [--proposed]
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import statistics
 import sys
 import tempfile
 import timeit
+from collections.abc import Callable
 from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shield import gatekeeper, target
+from shield import limiter as limiter_module
 from shield.clock import MonotonicClock
 from shield.config import load_config
-from shield.gatekeeper import host_name, ratelimit_headers
 from shield.limiter import MemoryLimiter
 from shield.policy.identity import NoIdentity
 from shield.policy.paths import canonical_path
@@ -55,16 +57,22 @@ def twenty_rules() -> str:
     return "upstream: http://127.0.0.1:1\nrules:\n" + "\n".join(rules) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
-    parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
-    args = parser.parse_args()
-    if args.config:
-        path = Path(args.config)
-    else:
+Decide = Callable[[str, str, str], object]
+
+CASES = {
+    "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
+    "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
+    "POST /api/v0/register (close, rule 1)": ("POST", "/api/v0/register", "10.0.0.3"),
+    "GET /internal3/x/../y (block, dot segments)": ("GET", "/internal3/x/../y", "10.0.0.4"),
+}
+
+
+def decider(path: Path | None = None, *, proposed: bool = False) -> tuple[Decide, int, Path]:
+    """What the gatekeeper runs per request, for the rule file at ``path`` (default: twenty rules).
+
+    ``proposed``: with ``shield.target.host_name`` and ``shield.limiter.ratelimit_headers`` (both
+    remember what they computed) in place of the gatekeeper's own helpers."""
+    if path is None:
         path = Path(tempfile.mkdtemp()) / "twenty.yaml"
         path.write_text(twenty_rules(), encoding="utf-8")
     config = load_config(path)
@@ -72,6 +80,11 @@ def main() -> int:
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
+    host_name, ratelimit_headers = (
+        (target.host_name, limiter_module.ratelimit_headers)
+        if proposed
+        else (gatekeeper.host_name, gatekeeper.ratelimit_headers)
+    )
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
@@ -96,14 +109,24 @@ def main() -> int:
             return ratelimit_headers(result)
         return rule
 
-    cases = {
-        "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
-        "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
-        "POST /api/v0/register (close, rule 1)": ("POST", "/api/v0/register", "10.0.0.3"),
-        "GET /internal3/x/../y (block, dot segments)": ("GET", "/internal3/x/../y", "10.0.0.4"),
-    }
-    print(f"{len(config.rules)} rules from {path}; {args.number} decisions per measurement, best of 5")
-    for label, (method, raw_path, ip) in cases.items():
+    return decide, len(config.rules), path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
+    parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
+    parser.add_argument(
+        "--proposed",
+        action="store_true",
+        help="with the host_name and ratelimit_headers proposed to the gatekeeper",
+    )
+    args = parser.parse_args()
+    decide, count, path = decider(Path(args.config) if args.config else None, proposed=args.proposed)
+    print(f"{count} rules from {path}; {args.number} decisions per measurement, best of 5")
+    for label, (method, raw_path, ip) in CASES.items():
         times = timeit.repeat(
             lambda m=method, p=raw_path, i=ip: decide(m, p, i), number=args.number, repeat=5
         )
