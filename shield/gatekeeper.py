@@ -9,10 +9,9 @@ request with the canonical target the rules matched.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from shield import actions
 from shield.actions import Shed, ShieldAnswer, answer
@@ -22,7 +21,7 @@ from shield.clock import Clock
 from shield.headers import identity_lines
 from shield.http1 import Reply, Request, Written
 from shield.introspect import Introspector
-from shield.limiter import RateLimitResult
+from shield.limiter import RateLimitResult, ratelimit_headers
 from shield.metrics import ProxyStats
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
@@ -36,7 +35,7 @@ from shield.reload import PolicyHolder
 from shield.state import StateBackend
 from shield.status import StatusPage
 from shield.switches import Switches
-from shield.target import request_target
+from shield.target import host_name, request_target
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
 
 log = logging.getLogger("shield.rules")
@@ -44,24 +43,6 @@ log = logging.getLogger("shield.rules")
 _DEFAULT = "default"
 # The admission class of requests no rule matched, by ``identity.authenticated``.
 _DEFAULT_RANKS = (priority_class("normal", False), priority_class("normal", True))
-
-
-def host_name(host_header: str | None) -> str:
-    """The host part of a Host header, lower-cased, without port or trailing dot."""
-    if not host_header:
-        return ""
-    host = host_header.lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0].rstrip(".")
-
-
-def ratelimit_headers(result: RateLimitResult) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"RateLimit-Limit", b"%d" % result.limit),
-        (b"RateLimit-Remaining", b"%d" % result.remaining),
-        (b"RateLimit-Reset", b"%d" % math.ceil(result.reset_after)),
-    ]
 
 
 class Gatekeeper:
@@ -108,10 +89,11 @@ class Gatekeeper:
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
         headers = request.headers
+        host = headers.get(hdrs.HOST)
         target = request.target
         if target[:1] != b"/" or b"#" in target:
             # Absolute or asterisk form, or a fragment: what request_target makes of it.
-            checked = request_target(request.raw_path, headers.get("Host"))
+            checked = request_target(request.raw_path, host)
             if checked is None:
                 return answer(400, "Bad request target.")
             target = checked
@@ -159,7 +141,7 @@ class Gatekeeper:
         view = RequestView(
             method,
             match_path,
-            host_name(headers.get("Host")),
+            host_name(host),
             headers,
             query.decode("latin-1"),
             client_ip,

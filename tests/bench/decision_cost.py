@@ -4,7 +4,7 @@ Runs the same functions the gatekeeper runs per request, in-process and without 
 20-rule policy (or the one given with --config), and prints nanoseconds per decision for a few
 kinds of request. Usage:
 
-    .venv/bin/python tests/bench/decision_cost.py [--config FILE] [--number 200000] [--proposed]
+    .venv/bin/python tests/bench/decision_cost.py [--config FILE] [--number 200000]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shield import gatekeeper, target
 from shield import limiter as limiter_module
+from shield import target
 from shield.clock import MonotonicClock
 from shield.config import load_config
 from shield.limiter import MemoryLimiter
@@ -67,11 +67,8 @@ CASES = {
 }
 
 
-def decider(path: Path | None = None, *, proposed: bool = False) -> tuple[Decide, int, Path]:
-    """What the gatekeeper runs per request, for the rule file at ``path`` (default: twenty rules).
-
-    ``proposed``: with ``shield.target.host_name`` and ``shield.limiter.ratelimit_headers`` (both
-    remember what they computed) in place of the gatekeeper's own helpers."""
+def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
+    """What the gatekeeper runs per request, for the rule file at ``path`` (default: twenty rules)."""
     if path is None:
         path = Path(tempfile.mkdtemp()) / "twenty.yaml"
         path.write_text(twenty_rules(), encoding="utf-8")
@@ -80,11 +77,7 @@ def decider(path: Path | None = None, *, proposed: bool = False) -> tuple[Decide
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
-    host_name, ratelimit_headers = (
-        (target.host_name, limiter_module.ratelimit_headers)
-        if proposed
-        else (gatekeeper.host_name, gatekeeper.ratelimit_headers)
-    )
+    host_name, ratelimit_headers = target.host_name, limiter_module.ratelimit_headers
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
@@ -118,13 +111,8 @@ def main() -> int:
     )
     parser.add_argument("--config", help="a rule file (default: a generated 20-rule policy)")
     parser.add_argument("--number", type=int, default=200_000, help="decisions per measurement")
-    parser.add_argument(
-        "--proposed",
-        action="store_true",
-        help="with the host_name and ratelimit_headers proposed to the gatekeeper",
-    )
     args = parser.parse_args()
-    decide, count, path = decider(Path(args.config) if args.config else None, proposed=args.proposed)
+    decide, count, path = decider(Path(args.config) if args.config else None)
     print(f"{count} rules from {path}; {args.number} decisions per measurement, best of 5")
     for label, (method, raw_path, ip) in CASES.items():
         times = timeit.repeat(

@@ -3,7 +3,6 @@
 Times, timeit-style, each piece the gatekeeper and the proxy run per request:
 
 - ``decide``: the 20-rule decision of ``decision_cost.py`` for ``GET /2b`` (ends in a throttle);
-  ``decide+`` the same with the helpers proposed to the gatekeeper (``decision_cost.py --proposed``);
 - ``resolve``: ``ClientResolver.resolve`` with the default config (no trusted proxies);
 - ``head``: ``RequestHeadBuilder.build`` as ``proxy.head_builder`` makes it, for a wrk/curl
   header set (Host, User-Agent, Accept);
@@ -59,7 +58,6 @@ def pieces() -> dict[str, Callable[[], object]]:
     path.write_text("upstream: http://127.0.0.1:8080\n", encoding="utf-8")
     config = load_config(path)
     decide, _, _ = decider()
-    proposed, _, _ = decider(proposed=True)
     method, raw_path, ip = CASES["GET /2b (20 rules, ends in a throttle)"]
     clients = ClientResolver()
     headers = CIMultiDictProxy(CIMultiDict((n.decode(), v.decode()) for n, v in WRK_HEADERS))
@@ -69,7 +67,6 @@ def pieces() -> dict[str, Callable[[], object]]:
     request_id = ids.new()
     return {
         "decide": lambda: decide(method, raw_path, ip),
-        "decide+": lambda: proposed(method, raw_path, ip),
         "resolve": lambda: clients.resolve("127.0.0.1", headers),
         "head": lambda: builder.build(b"GET", b"/2b", WRK_HEADERS, "127.0.0.1", b"", request_id, b""),
         "response": lambda: response_bytes(
@@ -84,7 +81,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--number", type=int, default=200_000, help="calls per measurement")
-    parser.add_argument("--only", help="one piece: decide, decide+, resolve, head, response or request_id")
+    parser.add_argument("--only", help="one piece: decide, resolve, head, response or request_id")
     parser.add_argument("--loops", type=int, help="call the piece(s) this many times, untimed (callgrind)")
     args = parser.parse_args()
     chosen = pieces()
