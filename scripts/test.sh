@@ -32,6 +32,13 @@ if ! command -v chromium >/dev/null; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
 fi
 
+# The deploy tests validate deploy/compose.yaml with docker-compose (no daemon needed for that).
+if ! command -v docker-compose >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }
+fi
+
 .venv/bin/ruff check shield tests
 .venv/bin/ruff format --check shield tests
 .venv/bin/mypy

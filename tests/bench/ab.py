@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A/B throughput of two or more Shield builds or configs, interleaved, with wrk.
 
-    .venv/bin/python tests/bench/ab.py NAME=PYTHON[:EXTRA_YAML] ...
+    .venv/bin/python tests/bench/ab.py NAME=PYTHON_OR_DIR[:EXTRA_YAML] ...
 
 Each variant is ``python -m shield run`` with that interpreter (so another checkout's
-virtualenv measures another commit) and the extra config appended. An nginx upstream answers
+virtualenv measures another commit) and the extra config appended; given a directory instead,
+this interpreter runs in it, importing that directory's ``shield/`` (a checkout or a patched
+copy, without a virtualenv of its own). An nginx upstream answers
 ``GET /2b`` with ``ok`` on core 1; the Shields run one at a time on core 0; ``wrk -t1 -c50``
 on core 1. Prints median req/s and p99 per variant over the rounds. Example (this branch
 against its base commit, and with the access log on)::
@@ -89,7 +91,7 @@ def main() -> int:
         for spec in args.variants:
             name, _, rest = spec.partition("=")
             python, _, extra = rest.partition(":")
-            python = os.path.abspath(python)  # the Shields run in a scratch directory
+            python = os.path.abspath(python)
             variants.append((name, python, extra.strip()))
         for round_ in range(args.rounds):
             order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
@@ -100,11 +102,22 @@ def main() -> int:
                     f"listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{upstream_port}\n"
                     f"admin: {{listen: {admin}}}\n{extra}\n"
                 )
+                in_dir = os.path.isdir(python)
                 shield = subprocess.Popen(
-                    ["taskset", "-c", "0", python, "-m", "shield", "run", "-c", str(config)],
-                    # Not the checkout's directory: ``-m`` would import the shield/ found there,
-                    # whatever the interpreter's own install, and every variant would be this one.
-                    cwd=tmp,
+                    [
+                        "taskset",
+                        "-c",
+                        "0",
+                        sys.executable if in_dir else python,
+                        "-m",
+                        "shield",
+                        "run",
+                        "-c",
+                        str(config),
+                    ],
+                    # ``-m`` imports the shield/ of the working directory first: a scratch
+                    # directory runs the interpreter's own install, a checkout runs that checkout.
+                    cwd=python if in_dir else tmp,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
