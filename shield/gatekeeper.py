@@ -21,7 +21,7 @@ from shield.clock import Clock
 from shield.headers import identity_lines
 from shield.http1 import Reply, Request, Written
 from shield.introspect import Introspector
-from shield.limiter import RateLimitResult, ratelimit_headers
+from shield.limiter import RateLimitResult, ratelimit_lines
 from shield.metrics import ProxyStats
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
@@ -135,7 +135,7 @@ class Gatekeeper:
         if not policy.rules:
             rank = _DEFAULT_RANKS[identity.authenticated]
             return await self._forward(
-                request, target, None, _DEFAULT, "allow", identity.label, upstream, rank
+                request, target, b"", _DEFAULT, "allow", identity.label, upstream, rank
             )
 
         view = RequestView(
@@ -161,7 +161,7 @@ class Gatekeeper:
         if rule is None:
             rank = _DEFAULT_RANKS[identity.authenticated]
             return await self._forward(
-                request, target, None, _DEFAULT, "allow", identity.label, upstream, rank
+                request, target, b"", _DEFAULT, "allow", identity.label, upstream, rank
             )
 
         debug = runtime.debug_header
@@ -252,7 +252,7 @@ class Gatekeeper:
                     accept=headers.get("Accept"), extra=_debug(debug, rule, "state unavailable")
                 )
                 return self._refusal(request, refusal)
-            extra = _forwarded(debug, rule) or []
+            extra = _forwarded(debug, rule)
         elif not result.allowed:
             exchange.decided(rule.name, action, "throttled", identity.label)
             if self.bans is not None:
@@ -262,11 +262,11 @@ class Gatekeeper:
             )
             return self._refusal(request, refusal)
         else:
-            extra = ratelimit_headers(result)
+            extra = ratelimit_lines(result)
             if debug:
-                extra += _forwarded(debug, rule) or ()
+                extra += _forwarded(debug, rule)
         forwarded = await self._forward(
-            request, target, extra or None, rule.name, action, identity.label, upstream, rank, trigger
+            request, target, extra, rule.name, action, identity.label, upstream, rank, trigger
         )
         if (
             counting is not None
@@ -283,7 +283,7 @@ class Gatekeeper:
         self,
         request: Request,
         target: bytes,
-        extra: list[tuple[bytes, bytes]] | None,
+        extra: bytes,
         rule: str,
         action: str,
         identity: str,
@@ -421,9 +421,9 @@ def _outcome(response: Reply) -> str:
     return "forwarded"
 
 
-def _forwarded(enabled: bool, rule: CompiledRule) -> list[tuple[bytes, bytes]] | None:
-    """The debug header of a forwarded request, as raw pairs for the proxy (None when off)."""
-    return [(b"X-Shield-Rule", rule.name.encode() + b"; forwarded")] if enabled else None
+def _forwarded(enabled: bool, rule: CompiledRule) -> bytes:
+    """The debug header line of a forwarded request (empty when off)."""
+    return b"X-Shield-Rule: " + rule.name.encode() + b"; forwarded\r\n" if enabled else b""
 
 
 def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:

@@ -39,22 +39,13 @@ class RateLimitResult(NamedTuple):
         return values
 
 
-# RateLimit-Limit header pairs by limit: a policy has a handful of limits.
-_LIMIT_HEADERS: dict[int, tuple[bytes, bytes]] = {}
-
-
-def ratelimit_headers(result: RateLimitResult) -> list[tuple[bytes, bytes]]:
-    """``result.headers()`` without Retry-After, as raw pairs for the proxy to forward."""
-    limit = _LIMIT_HEADERS.get(result.limit)
-    if limit is None:
-        limit = (b"RateLimit-Limit", b"%d" % result.limit)
-        if len(_LIMIT_HEADERS) < 1024:
-            _LIMIT_HEADERS[result.limit] = limit
-    return [
-        limit,
-        (b"RateLimit-Remaining", b"%d" % result.remaining),
-        (b"RateLimit-Reset", b"%d" % ceil(result.reset_after)),
-    ]
+def ratelimit_lines(result: RateLimitResult) -> bytes:
+    """``result.headers()`` without Retry-After, as header lines for the proxy to add."""
+    return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+        result.limit,
+        result.remaining,
+        ceil(result.reset_after),
+    )
 
 
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.

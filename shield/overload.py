@@ -41,7 +41,7 @@ class OverloadGate:
         self,
         request: Request,
         target: bytes,
-        extra: list[tuple[bytes, bytes]] | None,
+        extra: bytes,
         upstream: tuple[str, bytes],
         rank: int,
     ) -> Reply:

@@ -111,7 +111,7 @@ class Proxy:
         self,
         request: Request,
         target: bytes,
-        extra: list[tuple[bytes, bytes]] | None = None,
+        extra: bytes = b"",
         upstream: tuple[str, bytes] | None = None,
     ) -> Reply:
         """Send ``request`` upstream with ``target`` as its request-target; relay the answer,
@@ -121,8 +121,7 @@ class Proxy:
         method = request.method
         exchange = request.exchange
         request_id = exchange.request_id
-        id_header = (b"X-Request-ID", request_id.encode("latin-1"))
-        extra = [id_header] if extra is None else [*extra, id_header]
+        extra += b"X-Request-ID: %s\r\n" % request_id.encode("latin-1")
         body: bytes | None = None
         streamed = chunked = False
         if not request.body_exists:
@@ -250,9 +249,7 @@ class Proxy:
             conn.fail(UpstreamProtocolError("client body refused"))
             raise
 
-    async def _stream_response(
-        self, request: Request, conn: UpstreamConnection, extra: list[tuple[bytes, bytes]] | None
-    ) -> Written:
+    async def _stream_response(self, request: Request, conn: UpstreamConnection, extra: bytes) -> Written:
         """Relay an answer whose body is still coming: the head now, the body as it arrives.
 
         Framed by the upstream's Content-Length when it gave one, else chunked (or, for an
@@ -277,8 +274,7 @@ class Proxy:
             parts.append(b"Server: shield\r\n")
         if not has_date:
             parts.append(self.date.line())
-        for name, value in extra or ():
-            parts += (name, b": ", value, b"\r\n")
+        parts.append(extra)
         if declared is not None:
             parts += (b"Content-Length: ", declared, b"\r\n")
         elif chunked:

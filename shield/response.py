@@ -80,13 +80,14 @@ def response_bytes(
     head_request: bool,
     keep_alive: bool,
     date: DateHeader,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: bytes = b"",
 ) -> bytes:
     """Status line, filtered headers and body of a complete response, framed by Content-Length.
 
     Framing and hop-by-hop headers of the upstream are dropped (``headers.DROP_RESPONSE`` and
     whatever its Connection field names). HEAD answers and 204/304 carry no body; for HEAD the
-    upstream's Content-Length is kept, since it describes the body a GET would get.
+    upstream's Content-Length is kept, since it describes the body a GET would get. ``extra``
+    is Shield's own header lines (``Name: value\\r\\n`` each), added as they are.
     """
     parts = [_STATUS_LINES.get(status) or status_line(status)]
     declared: bytes | None = None
@@ -125,8 +126,7 @@ def response_bytes(
     else:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     if extra:
-        for name, value in extra:
-            parts += (name, b": ", value, b"\r\n")
+        parts.append(extra)
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     parts += (b"\r\n", body)

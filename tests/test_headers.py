@@ -356,7 +356,7 @@ def respond(
         head_request=head_request,
         keep_alive=keep_alive,
         date=DateHeader(),
-        extra=extra,
+        extra=b"".join(b"%s: %s\r\n" % pair for pair in extra or ()),
     )
     return parse_response(data)
 

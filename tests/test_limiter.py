@@ -9,7 +9,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.clock import FakeClock
 from shield.config.rules import PolicyOptions, Rule, parse_limit
-from shield.limiter import Gcra, MemoryLimiter, RateLimitResult, ratelimit_headers
+from shield.limiter import Gcra, MemoryLimiter, RateLimitResult, ratelimit_lines
 from shield.policy.identity import ANONYMOUS, Identity
 from shield.policy.rules import CompiledRule, RequestView
 
@@ -89,8 +89,9 @@ def test_headers_values_are_exact() -> None:
         RateLimitResult(True, 5, 4, 12.0, 0.0),
     ],
 )
-def test_raw_ratelimit_headers_are_the_ones_a_client_sees(result: RateLimitResult) -> None:
-    assert ratelimit_headers(result) == [(n.encode(), v.encode()) for n, v in result.headers()[:3]]
+def test_ratelimit_lines_are_the_headers_a_client_sees(result: RateLimitResult) -> None:
+    expected = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in result.headers()[:3])
+    assert ratelimit_lines(result) == expected
 
 
 def test_retry_after_is_never_zero() -> None:

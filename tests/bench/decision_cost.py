@@ -77,7 +77,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
-    host_name, ratelimit_headers = target.host_name, limiter_module.ratelimit_headers
+    host_name, ratelimit_lines = target.host_name, limiter_module.ratelimit_lines
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
@@ -99,7 +99,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         rule, _ = policy.match(view)
         if rule is not None and rule.rate is not None:
             result = limiter.hit(rule.state_key(view), rule.rate, clock.now())
-            return ratelimit_headers(result)
+            return ratelimit_lines(result)
         return rule
 
     return decide, len(config.rules), path

@@ -46,11 +46,7 @@ NGINX_2B = [
     (b"Content-Length", b"2"),
     (b"Connection", b"keep-alive"),
 ]
-RATELIMIT = [
-    (b"RateLimit-Limit", b"1000000"),
-    (b"RateLimit-Remaining", b"999999"),
-    (b"RateLimit-Reset", b"1"),
-]
+RATELIMIT = b"RateLimit-Limit: 1000000\r\nRateLimit-Remaining: 999999\r\nRateLimit-Reset: 1\r\n"
 
 
 def pieces() -> dict[str, Callable[[], object]]:
