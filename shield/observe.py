@@ -72,7 +72,9 @@ class Observer:
         stats = self._stats
         rule = exchange.rule
         if rule is not None:
-            stats.requests[rule, exchange.action, exchange.decision or "", exchange.identity] += 1
+            requests = stats.requests
+            labels = (rule, exchange.action, exchange.decision or "", exchange.identity)
+            requests[labels] = requests.get(labels, 0) + 1
             if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
                 (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
         if exchange.upstream_seconds is not None:

@@ -102,7 +102,7 @@ def test_a_histogram_counts_a_value_in_the_first_bucket_that_holds_it() -> None:
 
 def test_stats_survive_a_snapshot_round_trip_and_add_up() -> None:
     stats = ProxyStats()
-    stats.requests["api", "throttle", "throttled", "anonymous"] += 3
+    stats.requests["api", "throttle", "throttled", "anonymous"] = 3
     stats.rule_histogram("api").observe(0.002)
     stats.upstream_seconds.observe(0.03)
     stats.upstream_errors["timeout"] += 1
