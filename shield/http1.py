@@ -39,6 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.exchange import Exchange
+from shield.flow import WriteFlow
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.response import DateHeader, status_line
 
@@ -351,10 +352,11 @@ class Request:
         return await self._conn.hand_over(self, relay)
 
 
-class Http1Connection(asyncio.Protocol):
+class Http1Connection(WriteFlow, asyncio.Protocol):
     """One client connection of the public listener."""
 
     def __init__(self, server: Http1Server) -> None:
+        super().__init__()
         self._server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -379,8 +381,6 @@ class Http1Connection(asyncio.Protocol):
         self._handed_over = False
         self._closing = False
         self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         # When the connection went idle (its last answer ended), and when the request head
         # now awaited began to arrive (0 when none is awaited within ``header_timeout``).
         self._idle_since = 0.0
@@ -412,9 +412,7 @@ class Http1Connection(asyncio.Protocol):
         task = self._serving
         if task is not None and not task.done():
             task.cancel()
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_exception(ConnectionResetError("the client went away"))
+        self.writing_failed(ConnectionResetError("the client went away"))
 
     def data_received(self, data: bytes) -> None:
         if self._proxy_pending is not None:
@@ -489,23 +487,10 @@ class Http1Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        drain = self._drain_waiter
-        if drain is not None:
-            self._drain_waiter = None
-            if not drain.done():
-                drain.set_result(None)
-
     async def drain(self) -> None:
         if self.transport is None:
             raise ConnectionResetError("the client went away")
-        if self._writing_paused:
-            self._drain_waiter = self.loop.create_future()
-            await self._drain_waiter
+        await self.writable(self.loop)
 
     def pause_for_body(self) -> None:
         if not self._reading_paused and self.transport is not None:

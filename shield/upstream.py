@@ -26,6 +26,7 @@ from shield.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from shield.flow import WriteFlow
 
 # How often the pool checks deadlines and idle connections: timeouts fire within this much.
 TICK = 0.1
@@ -37,10 +38,11 @@ STALLED = "upstream stalled inside its response body"
 _HIGH_WATER = 256 * 1024
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(WriteFlow, asyncio.Protocol):
     """One keep-alive connection to the upstream, driven by ``UpstreamPool``."""
 
     def __init__(self, pool: UpstreamPool) -> None:
+        super().__init__()
         self._pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
@@ -61,8 +63,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self._deadline_message = ""
         self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self.reusable = True
         self.idle_since = 0.0
 
@@ -81,9 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
                 stage = "while sending its body" if self.headers_complete else "before responding"
                 self.fail(UpstreamProtocolError(f"upstream closed the connection {stage}"))
         self._wake()
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_exception(UpstreamProtocolError("upstream closed the connection"))
+        self.writing_failed(UpstreamProtocolError("upstream closed the connection"))
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:
@@ -102,15 +100,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -226,12 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise UpstreamProtocolError("upstream closed the connection while receiving the body")
         transport.write(data)
-        if self._writing_paused:
-            self._drain_waiter = self._loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        await self.writable(self._loop)
 
     async def wait_headers(self, timeout: float) -> None:
         while not self.headers_complete:

@@ -27,40 +27,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from decision_cost import twenty_rules
+from local_http import free_port, wait_http
 
 REQUEST = b"GET /2b HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 CONNECTIONS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} never answered")
-        time.sleep(0.5)
 
 
 async def send_requests(port: int, count: int) -> None:
@@ -103,7 +79,7 @@ def measure(python: str, directory: Path, config: Path, port: int, requests: int
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/2b", timeout=180)
+        wait_http(f"http://127.0.0.1:{port}/2b", timeout=180, interval=0.5)
         asyncio.run(send_requests(port, 400))  # warm-up: caches, pool, first-call paths
         subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, capture_output=True)
         asyncio.run(send_requests(port, requests))
