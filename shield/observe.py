@@ -77,8 +77,6 @@ class Observer:
             requests[labels] = requests.get(labels, 0) + 1
             if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
                 (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
-        if exchange.upstream_seconds is not None:
-            stats.upstream_seconds.observe(exchange.upstream_seconds)
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
         if self._log is not None and self._log.sampled():

@@ -174,7 +174,8 @@ class Proxy:
                         )
                     while not conn.headers_complete:
                         await conn.wait(settings.headers_timeout, NO_ANSWER)
-                    exchange.upstream_seconds = perf_counter() - sent_at
+                    upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
+                    self.stats.upstream_seconds.observe(upstream_seconds)
                     break
                 except UpstreamProtocolError:
                     # A pooled connection the upstream closed while idle: retry once, on a new
