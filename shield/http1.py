@@ -49,6 +49,8 @@ log = logging.getLogger("shield")
 TICK: Final = 0.1
 # Pause reading from a client while this much of its body waits unread; resume below half.
 BODY_HIGH_WATER: Final = 256 * 1024
+# Pause reading from a client with this many requests parsed and waiting for their turn.
+MAX_PIPELINED: Final = 16
 
 _BAD_REQUEST: Final = (
     b"HTTP/1.1 400 Bad Request\r\nServer: shield\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -448,8 +450,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             return
         # Requests start only once llhttp accepted all of this read: it refuses some heads
         # (an invalid Transfer-Encoding) only after reporting them complete.
-        if self._current is None and self._queue:
-            self._start(self._queue.popleft())
+        if self._queue and self._current is None:
+            self._next()
 
     def _head_incomplete(self) -> None:
         """A read ended inside a request head: start its deadline, bound what it buffers."""
@@ -566,7 +568,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._parsing = request
         if request.upgrade:
             self._upgrade_request = request
-        self._queue.append(request)
+        queue = self._queue
+        queue.append(request)
+        if len(queue) >= MAX_PIPELINED:
+            self.pause_for_body()
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
@@ -648,7 +653,21 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             if rest:
                 self._feed(rest)
         if self._queue and self._current is None:
-            self._start(self._queue.popleft())
+            self._next()
+
+    def _next(self) -> None:
+        """Start the next pipelined request, unless the client is not reading its answers: then
+        resume_writing will, so answers pile up in the kernel's buffers, not in Shield."""
+        queue = self._queue
+        if queue and self._current is None and not self._writing_paused:
+            self._start(queue.popleft())
+            if self._reading_paused and len(queue) < MAX_PIPELINED // 2:
+                self.resume_for_body()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self._closing and self.transport is not None:
+            self._next()
 
     def _abort(self, *, graceful: bool = False) -> None:
         self._closing = True

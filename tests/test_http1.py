@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 
 import pytest
 from aiohttp import WSMsgType, web
@@ -249,3 +250,30 @@ async def test_an_upgrade_refused_by_a_rule_leaves_the_connection_serving_http(
     assert refused.status == 403
     assert after.status == 200
     assert [r.line for r in upstream.requests] == [b"GET /after HTTP/1.1"]
+
+
+async def test_a_client_that_pipelines_without_reading_is_not_served_ahead_of_its_reading(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    body = b"x" * 16384
+    upstream, shield = await proxied(
+        raw_upstream, make_shield, b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\n\r\n" + body
+    )
+    count = 1000
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", shield.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n" * count)
+        await asyncio.sleep(1.0)
+        # Answers wait in the kernel's buffers, not in Shield's memory: most requests are not
+        # even sent upstream while the client reads nothing.
+        served_unread = len(upstream.requests)
+        answers = [await read_response(reader) for _ in range(count)]
+    finally:
+        writer.close()
+
+    assert served_unread < count * 0.8
+    assert len(upstream.requests) == count
+    assert all(a.status == 200 and a.body == body for a in answers)
