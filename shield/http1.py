@@ -181,15 +181,19 @@ class RequestBody:
             self._conn.resume_for_body()
         return data
 
-    async def readany(self) -> bytes:
-        """The next part of the body; ``b""`` at its end or when the client went away."""
+    async def _arrived(self) -> bool:
+        """Wait until part of the body is buffered; False at its end or when the client left."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._eof or self._lost:
-                return b""
+                return False
             await self._wait()
-        return self._take(-1)
+        return True
+
+    async def readany(self) -> bytes:
+        """The next part of the body; ``b""`` at its end or when the client went away."""
+        return self._take(-1) if await self._arrived() else b""
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes as soon as any are there (``n < 0``: the whole rest of the body)."""
@@ -198,13 +202,7 @@ class RequestBody:
             while chunk := await self.readany():
                 parts.append(chunk)
             return b"".join(parts)
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._eof or self._lost:
-                return b""
-            await self._wait()
-        return self._take(n)
+        return self._take(n) if await self._arrived() else b""
 
     async def readexactly(self, n: int) -> bytes:
         while self._buffered < n:
