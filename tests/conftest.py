@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import pytest
@@ -54,6 +55,19 @@ async def make_shield() -> AsyncIterator[MakeShield]:
     yield make
     for shield in started:
         await shield.stop(grace=1.0)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the test; no cap on its connections (tests fire requests at once)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of the test's own, so tests sharing a server never share keys."""
+    return f"test:{uuid4().hex}:"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

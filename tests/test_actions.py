@@ -78,12 +78,6 @@ async def start() -> AsyncIterator[StartShield]:
         await shield.stop(grace=1.0)
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def raw_exchange(port: int, head: bytes, *, body: bytes = b"", timeout: float = 5.0) -> bytes:
     """Send bytes as they are (no client-side URL normalization); read one whole response."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -6,7 +6,6 @@ clock is fake too, so minutes of cool-down pass in microseconds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +129,6 @@ REGISTRATION = {
         "message": "Sign-up is paused while we deal with a flood of fake accounts.",
     },
 }
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def register(client: aiohttp.ClientSession, shield: Shield) -> tuple[int, str]:

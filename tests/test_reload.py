@@ -71,12 +71,6 @@ async def start(tmp_path: Path, upstream_url: str) -> AsyncIterator[StartShield]
         await shield.stop(grace=1.0)
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def register(client: aiohttp.ClientSession, shield: Shield) -> int:
     async with client.post(url_of(shield, "/api/register"), data=b"{}") as response:
         await response.read()

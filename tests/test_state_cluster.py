@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from uuid import uuid4
 
 import aiohttp
 import pytest
@@ -29,17 +28,6 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
     yield from start_cluster(tmp_path_factory.mktemp("cluster"))
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test:{uuid4().hex}:"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
 
 
 def throttled_by(url: str, prefix: str, limit: str) -> dict[str, Any]:

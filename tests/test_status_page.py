@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -45,12 +44,6 @@ async def echo_path(request: web.Request) -> web.Response:
 @pytest.fixture
 async def upstream_url(aiohttp_server: AiohttpServer) -> str:
     return await serve(aiohttp_server, echo_path)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def get(client: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str, Any]:
