@@ -18,7 +18,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from shield.clock import FakeClock
 from shield.policy.identity import ANONYMOUS, Identity
 from shield.server import Shield
-from tests.conftest import shield_config, url_of
+from tests.conftest import serve, shield_config, url_of
 
 CLOSED = "Registration may be busy. Please try again later."
 REGISTRATION_CLOSED = {
@@ -52,10 +52,7 @@ async def upstream(aiohttp_server: AiohttpServer) -> Upstream:
             return web.Response(status=int(request.path.rsplit("/", 1)[1]), text="as asked")
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = await aiohttp_server(app)
-    recorded.url = str(server.make_url("")).rstrip("/")
+    recorded.url = await serve(aiohttp_server, handler)
     return recorded
 
 

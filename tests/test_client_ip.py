@@ -12,7 +12,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.policy.client_ip import ClientResolver, parse_address
-from tests.conftest import MakeShield, url_of
+from tests.conftest import MakeShield, serve, url_of
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -117,10 +117,7 @@ async def upstream(aiohttp_server: AiohttpServer) -> AsyncIterator[Seen]:
             seen.forwarded_for.append(request.headers.get(XFF))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = await aiohttp_server(app)
-    seen.url = str(server.make_url("")).rstrip("/")
+    seen.url = await serve(aiohttp_server, handler)
     yield seen
 
 

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from shield.server import Shield
 from shield.state.redis_throttle import SCRIPT_SHA, RedisThrottle
-from tests.conftest import MakeShield, StartShield, url_of
+from tests.conftest import MakeShield, StartShield, serve, url_of
 from tests.redis_servers import RedisServer
 
 # Generous: these tests count exactly, so a loaded CI machine must not turn a decision into an
@@ -58,10 +58,7 @@ async def upstream(aiohttp_server: AiohttpServer) -> Upstream:
             recorded.hits.append(request.headers.get("X-Client", "-"))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = await aiohttp_server(app)
-    recorded.url = str(server.make_url("")).rstrip("/")
+    recorded.url = await serve(aiohttp_server, handler)
     return recorded
 
 
