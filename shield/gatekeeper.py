@@ -178,7 +178,19 @@ class Gatekeeper:
             )
             return self._refusal(request, closed)
         rank = rule.ranks[identity.authenticated]
-        if action == "allow":
+        if action == "challenge":
+            gate = self.challenge
+            assert gate is not None
+            if not gate.passes(view.cookies.get(gate.cookie), view.client_key):
+                exchange.decided(rule.name, action, "challenged", identity.label)
+                page = gate.page(
+                    view.client_key,
+                    target.decode("latin-1"),
+                    headers.get("Accept"),
+                    _debug(debug, rule, "challenged"),
+                )
+                return self._refusal(request, page)
+        if action == "allow" or action == "challenge":
             return await self._forward(
                 request,
                 target,
@@ -208,29 +220,6 @@ class Gatekeeper:
                 extra=_debug(debug, rule, "closed"),
             )
             return self._refusal(request, closed)
-        if action == "challenge":
-            gate = self.challenge
-            assert gate is not None
-            if gate.passes(view.cookies.get(gate.cookie), view.client_key):
-                return await self._forward(
-                    request,
-                    target,
-                    _forwarded(debug, rule),
-                    rule.name,
-                    action,
-                    identity.label,
-                    upstream,
-                    rank,
-                )
-            exchange.decided(rule.name, action, "challenged", identity.label)
-            page = gate.page(
-                view.client_key,
-                target.decode("latin-1"),
-                headers.get("Accept"),
-                _debug(debug, rule, "challenged"),
-            )
-            return self._refusal(request, page)
-
         # throttle
         rate = rule.rates[identity.authenticated]
         assert rate is not None
