@@ -167,9 +167,6 @@ class RequestBody:
     def is_eof(self) -> bool:
         return self._eof and not self._chunks
 
-    def at_eof(self) -> bool:
-        return self.is_eof()
-
     def _take(self, limit: int) -> bytes:
         chunks = self._chunks
         data = chunks.popleft()
@@ -242,9 +239,6 @@ class EmptyBody:
         return None
 
     def is_eof(self) -> bool:
-        return True
-
-    def at_eof(self) -> bool:
         return True
 
     async def readany(self) -> bytes:
@@ -326,10 +320,6 @@ class Request:
     def secure(self) -> bool:
         transport = self._conn.transport
         return transport is not None and transport.get_extra_info("sslcontext") is not None
-
-    @property
-    def can_read_body(self) -> bool:
-        return not self.content.is_eof()
 
     def send(self, data: bytes) -> None:
         """Write part of the answer now (a streamed body: head first, then its pieces)."""
