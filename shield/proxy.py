@@ -24,10 +24,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from shield.actions import answer
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from shield.headers import RequestHeadBuilder, filter_response_headers
+from shield.headers import RequestHeadBuilder
 from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
-from shield.response import DateHeader, response_bytes, status_line
+from shield.response import DateHeader, response_bytes, streamed_head
 from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shield.proxy")
@@ -251,43 +251,21 @@ class Proxy:
             raise
 
     async def _stream_response(self, request: Request, conn: UpstreamConnection, extra: bytes) -> Written:
-        """Relay an answer whose body is still coming: the head now, the body as it arrives.
-
-        Framed by the upstream's Content-Length when it gave one, else chunked (or, for an
-        HTTP/1.0 client, ended by closing the connection)."""
-        declared: bytes | None = None
-        for name, value in conn.headers:
-            if name.lower() == b"content-length":
-                declared = value
+        """Relay an answer whose body is still coming: the head now, the body as it arrives."""
         head_request = request.method == "HEAD"
-        chunked = declared is None and request.version != "1.0"
-        keep_alive = request.keep_alive and (declared is not None or chunked)
-        parts = [status_line(conn.status)]
-        has_server = has_date = False
-        for name, value in filter_response_headers(conn.headers):
-            lower = name.lower()
-            if lower == b"server":
-                has_server = True
-            elif lower == b"date":
-                has_date = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_server:
-            parts.append(b"Server: shield\r\n")
-        if not has_date:
-            parts.append(self.date.line())
-        parts.append(extra)
-        if declared is not None:
-            parts += (b"Content-Length: ", declared, b"\r\n")
-        elif chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if not keep_alive:
-            parts.append(b"Connection: close\r\n")
-        parts.append(b"\r\n")
+        head, chunked, keep_alive = streamed_head(
+            conn.status,
+            conn.headers,
+            http10=request.version == "1.0",
+            keep_alive=request.keep_alive,
+            date=self.date,
+            extra=extra,
+        )
         idle = self.settings.upstream_idle
         exchange = request.exchange
         sent = exchange.sent = 0
         try:
-            request.send(b"".join(parts))
+            request.send(head)
             while chunk := await conn.read(idle):
                 if not head_request:
                     request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)

@@ -72,22 +72,14 @@ class DateHeader:
         return self._line
 
 
-def response_bytes(
-    status: int,
-    upstream_headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    *,
-    head_request: bool,
-    keep_alive: bool,
-    date: DateHeader,
-    extra: bytes = b"",
-) -> bytes:
-    """Status line, filtered headers and body of a complete response, framed by Content-Length.
+def _head(
+    status: int, upstream_headers: list[tuple[bytes, bytes]], date: DateHeader
+) -> tuple[list[bytes], bytes | None]:
+    """The status line and the upstream's end-to-end headers (Date and Server added when it sent
+    none), as parts to join; and the Content-Length it declared, if any.
 
     Framing and hop-by-hop headers of the upstream are dropped (``headers.DROP_RESPONSE`` and
-    whatever its Connection field names). HEAD answers and 204/304 carry no body; for HEAD the
-    upstream's Content-Length is kept, since it describes the body a GET would get. ``extra``
-    is Shield's own header lines (``Name: value\\r\\n`` each), added as they are.
+    whatever its Connection field names).
     """
     parts = [_STATUS_LINES.get(status) or status_line(status)]
     declared: bytes | None = None
@@ -119,6 +111,26 @@ def response_bytes(
         parts.append(date.line())
     if not has_server:
         parts.append(b"Server: shield\r\n")
+    return parts, declared
+
+
+def response_bytes(
+    status: int,
+    upstream_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    head_request: bool,
+    keep_alive: bool,
+    date: DateHeader,
+    extra: bytes = b"",
+) -> bytes:
+    """Status line, filtered headers and body of a complete response, framed by Content-Length.
+
+    HEAD answers and 204/304 carry no body; for HEAD the upstream's Content-Length is kept,
+    since it describes the body a GET would get. ``extra`` is Shield's own header lines
+    (``Name: value\\r\\n`` each), added as they are.
+    """
+    parts, declared = _head(status, upstream_headers, date)
     if head_request or status == 204 or status == 304:
         if head_request and declared is not None:
             parts += (b"Content-Length: ", declared, b"\r\n")
@@ -131,3 +143,33 @@ def response_bytes(
         parts.append(b"Connection: close\r\n")
     parts += (b"\r\n", body)
     return b"".join(parts)
+
+
+def streamed_head(
+    status: int,
+    upstream_headers: list[tuple[bytes, bytes]],
+    *,
+    http10: bool,
+    keep_alive: bool,
+    date: DateHeader,
+    extra: bytes = b"",
+) -> tuple[bytes, bool, bool]:
+    """The head of a response whose body follows as it arrives, whether that body goes chunked,
+    and whether the connection stays open after it.
+
+    Framed by the upstream's Content-Length when it gave one, else chunked, or for an HTTP/1.0
+    client ended by closing the connection.
+    """
+    parts, declared = _head(status, upstream_headers, date)
+    chunked = declared is None and not http10
+    keep_alive = keep_alive and (declared is not None or chunked)
+    if declared is not None:
+        parts += (b"Content-Length: ", declared, b"\r\n")
+    elif chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if extra:
+        parts.append(extra)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked, keep_alive
