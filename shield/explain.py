@@ -141,7 +141,7 @@ def explain(
     view = RequestView(
         method,
         canonical.match,
-        headers["Host"].lower().partition(":")[0],
+        headers.get("Host"),
         headers,
         query,
         client_ip,

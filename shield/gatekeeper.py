@@ -35,7 +35,7 @@ from shield.reload import PolicyHolder
 from shield.state import StateBackend
 from shield.status import StatusPage
 from shield.switches import Switches
-from shield.target import host_name, request_target
+from shield.target import request_target
 from shield.websocket import WebSocketRelay, is_websocket_upgrade
 
 log = logging.getLogger("shield.rules")
@@ -141,9 +141,9 @@ class Gatekeeper:
         view = RequestView(
             method,
             match_path,
-            host_name(host),
+            host,
             headers,
-            query.decode("latin-1"),
+            query.decode("latin-1") if query else "",
             client_ip,
             identity,
             client.key,
@@ -227,10 +227,25 @@ class Gatekeeper:
         counting = rule.count_statuses
         shared = self.shared
         result: RateLimitResult | None
-        if shared is not None:
+        if shared is None and counting is None:
+            # The common case, allowed: header lines straight from the limiter, no verdict built.
+            now = self.clock.now()
+            lines = self.limiter.admit(key, rate, now)
+            if lines is not None:
+                return await self._forward(
+                    request,
+                    target,
+                    lines + _forwarded(debug, rule) if debug else lines,
+                    rule.name,
+                    action,
+                    identity.label,
+                    upstream,
+                    rank,
+                    trigger,
+                )
+            result = self.limiter.peek(key, rate, now)
+        elif shared is not None:
             result = await shared.decide(key, rate, 1 if counting is None else 0)
-        elif counting is None:
-            result = self.limiter.hit(key, rate, self.clock.now())
         else:
             result = self.limiter.peek(key, rate, self.clock.now())
         if result is None:

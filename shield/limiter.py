@@ -55,7 +55,7 @@ _result = tuple.__new__
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
-    __slots__ = ("burst", "count", "interval", "period", "tolerance")
+    __slots__ = ("burst", "count", "interval", "lines_start", "period", "tolerance")
 
     def __init__(self, count: int, period: float, burst: int | None = None) -> None:
         self.count = count
@@ -63,6 +63,8 @@ class Gcra:
         self.burst = burst if burst is not None else count
         self.interval = period / count
         self.tolerance = self.interval * self.burst
+        # What ``ratelimit_lines`` of any verdict of this rate starts with.
+        self.lines_start = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: " % self.burst
 
     def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
         """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
@@ -121,6 +123,29 @@ class MemoryLimiter:
 
     def peek(self, key: str, rate: Gcra, now: float) -> RateLimitResult:
         return rate.peek(self._tats.get(key), now)
+
+    def admit(self, key: str, rate: Gcra, now: float) -> bytes | None:
+        """``hit`` for one request, answering only what an allowed request needs: its
+        ``ratelimit_lines``, or None when it is denied (nothing charged; ``peek`` says more).
+
+        The same arithmetic as ``Gcra.apply``, without building a verdict: this runs for every
+        request a throttle rule lets through.
+        """
+        tats = self._tats
+        tat = tats.get(key)
+        interval = rate.interval
+        tolerance = rate.tolerance
+        new_tat = (now if tat is None or tat < now else tat) + interval
+        if now < new_tat - tolerance:
+            return None
+        tats[key] = new_tat
+        tats.move_to_end(key)
+        if len(tats) > self.max_keys:
+            self._evict(now)
+        return rate.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % (
+            int((now + tolerance - new_tat) / interval + 1e-9),
+            ceil(new_tat - now),
+        )
 
     def _evict(self, now: float) -> None:
         """Make room for 0.1% more keys: expired ones near the front first, then the oldest.

@@ -23,12 +23,17 @@ from shield.policy.admission import priority_class
 from shield.policy.identity import Identity
 from shield.policy.paths import fold_case
 from shield.policy.trigger import Trigger
+from shield.target import host_name
 
 _BY_IP = ("ip",)
 # Header names as istr: a case-insensitive multidict looks an istr up without folding it first.
 _COOKIE = istr("Cookie")
 _USER_AGENT = istr("User-Agent")
 ANY = ""  # index key for "any method" / "any first segment"
+# Bounds of the table of candidate rules by method and path (``Policy._remember``).
+_SEEN_ENTRIES = 4096
+_SEEN_LENGTH = 256
+_SEEN_METHODS = 64
 
 
 class RequestView:
@@ -36,11 +41,12 @@ class RequestView:
 
     __slots__ = (
         "_cookies",
+        "_host",
         "_query",
         "client_ip",
         "client_key",
         "headers",
-        "host",
+        "host_header",
         "identity",
         "method",
         "path",
@@ -51,7 +57,7 @@ class RequestView:
         self,
         method: str,
         path: str,
-        host: str,
+        host_header: str | None,
         headers: MultiMapping[str],
         query_string: str,
         client_ip: str,
@@ -60,14 +66,24 @@ class RequestView:
     ) -> None:
         self.method = method
         self.path = path
-        self.host = host
+        self.host_header = host_header
         self.headers = headers
         self.query_string = query_string
         self.client_ip = client_ip
         # The throttle key of the address: an IPv6 client's prefix (see policy.client_ip).
         self.client_key = client_key or client_ip
         self.identity = identity
-        # _cookies and _query stay unset until a rule asks: most requests never parse either.
+        # _host, _cookies and _query stay unset until a rule asks: most requests need none.
+
+    @property
+    def host(self) -> str:
+        """The host name the request is for (``target.host_name`` of its Host header)."""
+        try:
+            return self._host
+        except AttributeError:
+            pass
+        self._host: str = host_name(self.host_header)
+        return self._host
 
     @property
     def cookies(self) -> dict[str, str]:
@@ -389,7 +405,16 @@ def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestVi
     if len(agents) == 1:
         search = agents[0].search
         return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
-    return lambda v: any(p.search(v.headers.get(_USER_AGENT, "")) for p in agents)
+    searches = tuple(agent.search for agent in agents)
+
+    def any_matches(view: RequestView) -> bool:
+        agent = view.headers.get(_USER_AGENT, "")
+        for search in searches:  # noqa: SIM110 (any() over a generator costs a frame per call)
+            if search(agent) is not None:
+                return True
+        return False
+
+    return any_matches
 
 
 def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
@@ -444,6 +469,8 @@ class Policy:
                     if (r.methods is None or method in r.methods)
                     and (r.first_segments is None or segment in r.first_segments)
                 )
+        # method -> canonical path -> ``_entries(method, path)``
+        self._seen: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
         self.has_challenge = any(r.action == "challenge" for r in self.rules)
@@ -475,15 +502,10 @@ class Policy:
     def match(self, view: RequestView) -> tuple[CompiledRule | None, list[CompiledRule] | None]:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
         dry_runs: list[CompiledRule] | None = None
-        # ``_entries``, inlined: this runs for every request.
-        by_segment = self._index.get(view.method)
-        if by_segment is None:
-            by_segment = self._index[ANY]
-        path = view.path
-        end = path.find("/", 1)
-        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
+        seen = self._seen.get(view.method)
+        entries = seen.get(view.path) if seen is not None else None
         if entries is None:
-            entries = by_segment[ANY]
+            entries = self._remember(view.method, view.path)
         for rule, test in entries:
             if test is None or test(view):
                 if not rule.dry_run:
@@ -492,3 +514,17 @@ class Policy:
                     dry_runs = []
                 dry_runs.append(rule)
         return None, dry_runs
+
+    def _remember(self, method: str, path: str) -> tuple[tuple[CompiledRule, Test | None], ...]:
+        """``_entries``, kept by method and path: most requests ask for a path seen moments ago.
+        Bounded like the canonical-path table: a flood of distinct paths costs a rebuild now
+        and then, never memory."""
+        entries = self._entries(method, path)
+        if len(path) <= _SEEN_LENGTH:
+            seen = self._seen.get(method)
+            if seen is None or len(seen) >= _SEEN_ENTRIES:
+                if len(self._seen) >= _SEEN_METHODS:
+                    self._seen.clear()
+                seen = self._seen[method] = {}
+            seen[path] = entries
+        return entries

@@ -102,6 +102,9 @@ def main() -> int:
     parser.add_argument(
         "--rules", action="store_true", help="add decision_cost.py's 20 rules to every variant"
     )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="copy each variant's callgrind profile to DIR/NAME.callgrind"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if shutil.which(tool) is None:
@@ -131,6 +134,9 @@ def main() -> int:
                 sys.executable, Path(directory).resolve(), config, port, args.requests, tmp / f"{name}.log"
             )
             results.append((name, count))
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp / f"{name}.callgrind", Path(args.keep) / f"{name}.callgrind")
             print(f"{name:<16} {count:>9,} instructions per request", flush=True)
         base = results[0][1]
         print()
