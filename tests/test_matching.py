@@ -214,6 +214,30 @@ def test_user_agents() -> None:
     assert not matches(policy, view(headers={}))
 
 
+def test_user_agent_flags_stay_with_their_own_pattern() -> None:
+    """Several patterns are searched as one regex; a leading (?i) must not spread to the others."""
+    policy = one_rule(user_agents=["(?i)scrapy", "curl/", "(?s)bot.x"])
+    assert matches(policy, view(headers={"User-Agent": "SCRAPY/2"}))
+    assert matches(policy, view(headers={"User-Agent": "curl/8"}))
+    assert not matches(policy, view(headers={"User-Agent": "Curl/8"}))
+    assert matches(policy, view(headers={"User-Agent": "bot\nx"}))
+
+
+@pytest.mark.parametrize(
+    ("patterns", "agent", "expected"),
+    [
+        ([r"(a)\1", "zz"], "xaa", True),  # a back-reference: searched one by one
+        ([r"(a)\1", "zz"], "xab", False),
+        (["(?x) a b  # spaced", "zz"], "ab", True),  # verbose flag: cannot be scoped
+        (["(?x) a b  # spaced", "zz"], "zz", True),
+        (["(?P<v>a)(?P=v)", "(?P<v>b)"], "bb", True),  # the same group name twice
+    ],
+)
+def test_user_agent_patterns_that_cannot_be_joined(patterns: list[str], agent: str, expected: bool) -> None:
+    policy = one_rule(user_agents=patterns)
+    assert matches(policy, view(headers={"User-Agent": agent})) is expected
+
+
 def test_first_match_wins() -> None:
     policy = make_policy(
         {

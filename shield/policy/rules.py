@@ -73,17 +73,17 @@ class RequestView:
         # The throttle key of the address: an IPv6 client's prefix (see policy.client_ip).
         self.client_key = client_key or client_ip
         self.identity = identity
-        # _host, _cookies and _query stay unset until a rule asks: most requests need none.
+        # Worked out when a rule first asks (host rules are common, so checked without raising).
+        self._host: str | None = None
+        # _cookies and _query stay unset until a rule asks: most requests parse neither.
 
     @property
     def host(self) -> str:
         """The host name the request is for (``target.host_name`` of its Host header)."""
-        try:
-            return self._host
-        except AttributeError:
-            pass
-        self._host: str = host_name(self.host_header)
-        return self._host
+        host = self._host
+        if host is None:
+            host = self._host = host_name(self.host_header)
+        return host
 
     @property
     def cookies(self) -> dict[str, str]:
@@ -401,7 +401,37 @@ def _all_of(tests: tuple[Test, ...]) -> Test | None:
     return all_hold
 
 
+# A pattern's leading global flags that can become a scoped group; "x" cannot (a comment would
+# swallow the group's closing parenthesis).
+_LEADING_FLAGS = re.compile(r"\(\?([ims]+)\)")
+# What ties a pattern to its own group numbers or its position: back-references, conditionals,
+# global flags after the start.
+_UNJOINABLE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(|\(\?[aiLmsux]+\)")
+
+
+def joined_search(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex whose ``search`` finds a match exactly when one of ``patterns``' would, or None
+    when they cannot be joined safely (then each is searched in turn).
+
+    Alternation keeps the meaning: a search tries every branch at every position. A leading
+    ``(?i)`` becomes a scoped ``(?i:...)``, so it still applies to its own pattern only.
+    """
+    branches = []
+    for pattern in patterns:
+        flags = _LEADING_FLAGS.match(pattern)
+        body = pattern[flags.end() :] if flags else pattern
+        if _UNJOINABLE.search(body):
+            return None
+        branches.append(f"(?{flags.group(1)}:{body})" if flags else f"(?:{body})")
+    try:
+        return re.compile("|".join(branches))
+    except re.error:
+        return None
+
+
 def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
+    if len(agents) > 1 and (joined := joined_search([agent.pattern for agent in agents])) is not None:
+        agents = (joined,)
     if len(agents) == 1:
         search = agents[0].search
         return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
