@@ -7,31 +7,28 @@ from __future__ import annotations
 class Exchange:
     """What is known about one request as it crosses Shield."""
 
-    __slots__ = (
-        "action",
-        "client_ip",
-        "decision",
-        "identity",
-        "path",
-        "request_id",
-        "rule",
-        "sent",
-        "upstream_seconds",
-    )
+    __slots__ = ("client_ip", "labels", "path", "request_id", "sent", "upstream_seconds")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self.rule: str | None = None
-        self.action = ""
-        self.decision: str | None = None
-        self.identity = "anonymous"
+        # (rule, action, decision, identity) once decided: the request counter's key as it is.
+        self.labels: tuple[str, str, str, str] | None = None
         self.client_ip: str | None = None
         self.path: str | None = None
         self.upstream_seconds: float | None = None
         self.sent = -1  # body bytes of a streamed answer, counted by the proxy
 
     def decided(self, rule: str, action: str, decision: str, identity: str) -> None:
-        self.rule = rule
-        self.action = action
-        self.decision = decision
-        self.identity = identity
+        self.labels = (rule, action, decision, identity)
+
+    @property
+    def rule(self) -> str | None:
+        return self.labels[0] if self.labels is not None else None
+
+    @property
+    def decision(self) -> str | None:
+        return self.labels[2] if self.labels is not None else None
+
+    @property
+    def identity(self) -> str:
+        return self.labels[3] if self.labels is not None else "anonymous"

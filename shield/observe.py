@@ -53,11 +53,23 @@ class Observer:
         stats: ProxyStats,
         access_log: AccessLog | None,
         request_ids: RequestIds | None = None,
+        metrics: bool = True,
     ) -> None:
         self._handler = handler
         self._stats = stats
         self._log = access_log
         self._ids = request_ids or RequestIds()
+        self._metrics = metrics
+        # What the listener calls: without metrics or a log, nothing needs timing or counting.
+        self.entry: Handler = self.handle if metrics or access_log is not None else self.handle_unmeasured
+
+    async def handle_unmeasured(self, request: Request) -> Reply:
+        """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
+        exchange = request.exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
+        response = await self._handler(request)
+        if not isinstance(response, Written) and not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        return response
 
     async def handle(self, request: Request) -> Reply:
         started = perf_counter()
@@ -69,13 +81,13 @@ class Observer:
                 self._write_log(request, exchange, CLIENT_CLOSED, 0, perf_counter() - started)
             raise
         elapsed = perf_counter() - started
-        stats = self._stats
-        rule = exchange.rule
-        if rule is not None:
+        labels = exchange.labels
+        if labels is not None and self._metrics:
+            stats = self._stats
             requests = stats.requests
-            labels = (rule, exchange.action, exchange.decision or "", exchange.identity)
             requests[labels] = requests.get(labels, 0) + 1
             if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
+                rule = labels[0]
                 (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id

@@ -100,11 +100,18 @@ class Proxy:
         heads: RequestHeadBuilder,
         pool: UpstreamPool,
         stats: ProxyStats,
+        *,
+        timed: bool = True,
+        upstream_histogram: bool = True,
     ) -> None:
+        """``timed``: measure how long the upstream takes to answer (``exchange.upstream_seconds``,
+        for the access log, load shedding and ``upstream_histogram``); off, no clock is read."""
         self.settings = settings
         self.heads = heads
         self.pool = pool
         self.stats = stats
+        self.timed = timed or upstream_histogram
+        self.upstream_histogram = stats.upstream_seconds if upstream_histogram else None
         self.date = DateHeader()
 
     async def forward(
@@ -166,7 +173,8 @@ class Proxy:
                 if conn is None:
                     conn, reused = await self.pool.acquire(fresh=fresh)
                 try:
-                    sent_at = perf_counter()
+                    timed = self.timed
+                    sent_at = perf_counter() if timed else 0.0
                     conn.start(head, head_request=head_request)
                     if streamed:
                         upload = asyncio.get_running_loop().create_task(
@@ -174,8 +182,10 @@ class Proxy:
                         )
                     while not conn.headers_complete:
                         await conn.wait(settings.headers_timeout, NO_ANSWER)
-                    upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
-                    self.stats.upstream_seconds.observe(upstream_seconds)
+                    if timed:
+                        upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
+                        if self.upstream_histogram is not None:
+                            self.upstream_histogram.observe(upstream_seconds)
                     break
                 except UpstreamProtocolError:
                     # A pooled connection the upstream closed while idle: retry once, on a new

@@ -198,6 +198,8 @@ class Shield:
             head_builder(config, tls=listener_tls is not None),
             self.pool,
             self.stats,
+            timed=self.access_log is not None or config.overload is not None,
+            upstream_histogram=config.admin.request_metrics,
         )
         self.websockets = WebSocketRelay(
             config.upstream.url,
@@ -236,9 +238,14 @@ class Shield:
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
         limits = config.limits
-        observer = Observer(gatekeeper.handle, stats=self.stats, access_log=self.access_log)
+        observer = Observer(
+            gatekeeper.handle,
+            stats=self.stats,
+            access_log=self.access_log,
+            metrics=config.admin.request_metrics,
+        )
         self._server = Http1Server(
-            observer.handle,
+            observer.entry,
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
             max_line=limits.max_header_size,

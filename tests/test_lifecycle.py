@@ -284,6 +284,19 @@ async def test_metrics_count_requests(aiohttp_server: AiohttpServer, make_shield
         assert await requests_total(client, shield) == before + 3
 
 
+async def test_request_metrics_off_leave_the_counter_alone_and_requests_unchanged(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    upstream_url, _ = await slow_upstream(aiohttp_server, delay=0)
+    shield = await make_shield(upstream_url, admin={"listen": {"port": 0}, "request_metrics": False})
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(url_of(shield, "/ping")) as response:
+                assert response.status == 200
+                assert response.headers["X-Request-ID"]
+        assert await requests_total(client, shield) == 0
+
+
 async def test_the_admin_listener_binds_loopback_by_default(make_shield: MakeShield) -> None:
     shield = await make_shield(f"http://127.0.0.1:{free_port()}", admin={"listen": {"port": 0}})
     bound = {s.local_ip for s in tcp_sockets() if s.listening and s.local_port == shield.admin_port}

@@ -95,6 +95,11 @@ class Admin(Section):
     ctl: Ctl | None = Field(
         None, description="The ctl API (/ctl/...): close and open rules, list and lift bans. Off without it."
     )
+    request_metrics: bool = Field(
+        True,
+        description="Count and time every request for /metrics (shield_requests_total and the two "
+        "duration histograms). Off, those stay empty and each request costs a little less.",
+    )
 
 
 class Pool(Section):

@@ -29,7 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from local_http import free_port, wait_http
+import yaml
+from local_http import free_port, variant_config, wait_http
+from run_bench import bench_rules
 
 
 def wrk(url: str, duration: float) -> tuple[float, float]:
@@ -51,6 +53,7 @@ def main() -> int:
     parser.add_argument("variants", nargs="+", help="NAME=PYTHON[:EXTRA_YAML]")
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rules", action="store_true", help="add run_bench.py's 20 rules to every variant")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shield-ab-"))
     upstream_port = free_port()
@@ -72,15 +75,13 @@ def main() -> int:
             python, _, extra = rest.partition(":")
             python = os.path.abspath(python)
             variants.append((name, python, extra.strip()))
+        rules = yaml.safe_dump({"rules": bench_rules()}) if args.rules else ""
         for round_ in range(args.rounds):
             order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
             for name, python, extra in order:
                 port, admin = free_port(), free_port()
                 config = tmp / f"{name}.yaml"
-                config.write_text(
-                    f"listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{upstream_port}\n"
-                    f"admin: {{listen: {admin}}}\n{extra}\n"
-                )
+                config.write_text(variant_config(port, admin, upstream_port, extra, rules))
                 in_dir = os.path.isdir(python)
                 shield = subprocess.Popen(
                     [

@@ -10,7 +10,7 @@ else the machine does). Each variant is ``python -m shield run`` started in DIR 
 the extra config appended, under ``valgrind --tool=callgrind`` with instrumentation off; after a
 warm-up the script switches it on, sends exactly ``--requests`` ``GET /2b`` over 8 keep-alive
 connections, switches it off and divides. An nginx upstream answers ``ok``. ``--rules`` adds the
-20-rule policy of ``decision_cost.py``.
+20-rule policy of ``run_bench.py``.
 
 What it counts: instructions in user space (Python, uvloop, llhttp, libc), not the kernel's
 socket work, so it measures what code changes can change. Turning instructions into requests/s
@@ -32,8 +32,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decision_cost import twenty_rules
-from local_http import free_port, wait_http
+import yaml
+from local_http import free_port, variant_config, wait_http
+from run_bench import bench_rules
 
 REQUEST = b"GET /2b HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 CONNECTIONS = 8
@@ -99,9 +100,7 @@ def main() -> int:
     )
     parser.add_argument("variants", nargs="+", help="NAME=DIR[:EXTRA_YAML]")
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument(
-        "--rules", action="store_true", help="add decision_cost.py's 20 rules to every variant"
-    )
+    parser.add_argument("--rules", action="store_true", help="add run_bench.py's 20 rules to every variant")
     parser.add_argument(
         "--keep", metavar="DIR", help="copy each variant's callgrind profile to DIR/NAME.callgrind"
     )
@@ -116,7 +115,7 @@ def main() -> int:
         "events {}\nhttp { access_log off; keepalive_requests 1000000;\n"
         f"  server {{ listen 127.0.0.1:{upstream_port}; location / {{ return 200 ok; }} }} }}\n"
     )
-    rules = twenty_rules().split("\n", 1)[1] if args.rules else ""
+    rules = yaml.safe_dump({"rules": bench_rules()}) if args.rules else ""
     nginx = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
     try:
         wait_http(f"http://127.0.0.1:{upstream_port}/2b", timeout=15)
@@ -126,10 +125,7 @@ def main() -> int:
             directory, _, extra = rest.partition(":")
             port = free_port()
             config = tmp / f"{name}.yaml"
-            config.write_text(
-                f"listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:{upstream_port}\n"
-                f"admin: {{listen: {free_port()}}}\n{extra}\n{rules}"
-            )
+            config.write_text(variant_config(port, free_port(), upstream_port, extra, rules))
             count = measure(
                 sys.executable, Path(directory).resolve(), config, port, args.requests, tmp / f"{name}.log"
             )

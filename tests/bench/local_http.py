@@ -1,10 +1,14 @@
-"""Small helpers the benchmark scripts share: a free local port, waiting for a server to answer."""
+"""Small helpers the benchmark scripts share: a free local port, waiting for a server to answer,
+a Shield config for one variant."""
 
 from __future__ import annotations
 
 import socket
 import time
 import urllib.request
+from typing import Any
+
+import yaml
 
 
 def free_port() -> int:
@@ -26,3 +30,23 @@ def wait_http(url: str, timeout: float = 15, interval: float = 0.1) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{url} never answered")
         time.sleep(interval)
+
+
+def variant_config(port: int, admin_port: int, upstream_port: int, *extras: str) -> str:
+    """A Shield config listening on ``port`` in front of ``upstream_port``, with each of
+    ``extras`` (YAML text) merged in: an extra ``admin: {request_metrics: false}`` keeps the
+    admin port, an extra ``rules:`` list is appended to the rules already there."""
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "upstream": f"http://127.0.0.1:{upstream_port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+    }
+    for extra in extras:
+        for key, value in (yaml.safe_load(extra) or {}).items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            elif isinstance(value, list) and isinstance(config.get(key), list):
+                config[key] = config[key] + value
+            else:
+                config[key] = value
+    return str(yaml.safe_dump(config, sort_keys=False))
