@@ -301,7 +301,9 @@ class Gatekeeper:
             response = await self.proxy.forward(request, target, extra, upstream)
         else:
             response = await self.overload.forward(request, target, extra, upstream, rank)
-        request.exchange.decided(rule, action, _outcome(response), identity)
+        request.exchange.decided(
+            rule, action, "forwarded" if isinstance(response, Written) else _outcome(response), identity
+        )
         if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
             trigger.answered(self.clock.now(), response.status >= 500)
         return response

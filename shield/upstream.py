@@ -50,7 +50,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._busy = False
         self._head_request = False
         self._informational = False
-        self._until_eof = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
@@ -75,7 +74,12 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.reusable = False
         self._pool._forget(self)
         if self._busy and not self.message_complete:
-            if self._until_eof and self.headers_complete:
+            # A head without framing headers: its body ends where the connection does.
+            if (
+                self.headers_complete
+                and not self._head_request
+                and _reads_until_eof(self.status, self.headers)
+            ):
                 self.message_complete = True
             else:
                 stage = "while sending its body" if self.headers_complete else "before responding"
@@ -120,9 +124,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.headers_complete = True
         if self._head_request:
             self.message_complete = True
-        else:
-            self._until_eof = _reads_until_eof(status, self.headers)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._head_request:
@@ -133,7 +136,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         if self._buffered > _HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -142,7 +146,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.message_complete = True
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     # -- driving a request ------------------------------------------------------------------
 
@@ -195,7 +200,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
         self._busy = True
         self._head_request = head_request
-        self._until_eof = False
         self.status = 0
         self.headers = []
         self._chunks = []

@@ -8,7 +8,7 @@ headers and client address and returns an ``Identity``; the rules engine only re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -17,10 +17,11 @@ class Identity:
     authenticated: bool
     user: str | None = None
     how: str = "no credentials configured"
+    # "authenticated" or "anonymous": a field, not a property, since every request reads it.
+    label: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def label(self) -> str:
-        return "authenticated" if self.authenticated else "anonymous"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", "authenticated" if self.authenticated else "anonymous")
 
 
 ANONYMOUS = Identity(False)
