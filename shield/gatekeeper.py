@@ -91,7 +91,9 @@ class Gatekeeper:
         headers = request.headers
         host = headers.get(hdrs.HOST)
         target = request.target
-        if target[:1] != b"/" or b"#" in target:
+        # find(), not ``in``: bytes.__contains__ first tries its argument as an integer and pays
+        # for a TypeError on every request.
+        if target[:1] != b"/" or target.find(b"#") >= 0:
             # Absolute or asterisk form, or a fragment: what request_target makes of it.
             checked = request_target(request.raw_path, host)
             if checked is None:

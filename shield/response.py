@@ -30,24 +30,24 @@ _REMEMBERED_NAME = 64
 _REMEMBERED_NAMES = 1024
 
 
-class _ResponseKinds(dict[bytes, int]):
-    """Header name as the upstream spelled it -> its kind; one ``lower()`` per spelling, not per
-    response. Bounded: past ``_REMEMBERED_NAMES`` spellings the table starts again."""
-
-    def __missing__(self, name: bytes) -> int:
-        lower = name.lower()
-        if lower in DROP_RESPONSE:
-            kind = _LENGTH if lower == b"content-length" else _CONNECTION if lower == b"connection" else _DROP
-        else:
-            kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
-        if len(name) <= _REMEMBERED_NAME:
-            if len(self) >= _REMEMBERED_NAMES:
-                self.clear()
-            self[name] = kind
-        return kind
+# Header name as the upstream spelled it -> its kind: one ``lower()`` per spelling, not per
+# response. A plain dict: ``[]`` on a dict subclass takes a generic slot, six times the cost.
+_kinds: dict[bytes, int] = {}
 
 
-_kinds = _ResponseKinds()
+def _new_kind(name: bytes) -> int:
+    """The kind of a spelling not in ``_kinds`` yet, remembered there. Bounded: past
+    ``_REMEMBERED_NAMES`` spellings the table starts again."""
+    lower = name.lower()
+    if lower in DROP_RESPONSE:
+        kind = _LENGTH if lower == b"content-length" else _CONNECTION if lower == b"connection" else _DROP
+    else:
+        kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
+    if len(name) <= _REMEMBERED_NAME:
+        if len(_kinds) >= _REMEMBERED_NAMES:
+            _kinds.clear()
+        _kinds[name] = kind
+    return kind
 
 
 def status_line(status: int) -> bytes:
@@ -87,7 +87,10 @@ def _head(
     has_date = has_server = False
     kinds = _kinds
     for name, value in upstream_headers:
-        kind = kinds[name]
+        try:
+            kind = kinds[name]
+        except KeyError:
+            kind = _new_kind(name)
         if kind:
             if kind == _DATE:
                 has_date = True
