@@ -189,7 +189,7 @@ class RequestHeadBuilder:
         raw: Sequence[tuple[bytes, bytes]],
         client_ip: str,
         framing: bytes,
-        request_id: str | None = None,
+        id_line: bytes = b"",
         who: bytes = b"",
     ) -> bytes:
         """The request line and headers, ending with the blank line; ``framing`` is
@@ -247,9 +247,7 @@ class RequestHeadBuilder:
             if host is not None:
                 forwarded += f';host="{_quoted_pair(host.decode("latin-1"))}"'
             parts += (b"Forwarded: ", forwarded.encode("latin-1"), b"\r\n")
-        if request_id is not None:
-            parts += (b"X-Request-ID: ", request_id.encode("latin-1"), b"\r\n")
-        parts += (who, framing, b"\r\n")
+        parts += (id_line, who, framing, b"\r\n")
         return b"".join(parts)
 
     def _new_kind(self, name: bytes) -> int:
@@ -282,7 +280,7 @@ class RequestHeadBuilder:
         who: bytes = b"",
     ) -> list[tuple[bytes, bytes]]:
         """The headers ``build`` adds, as pairs (for the WebSocket handshake)."""
-        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id, who)
+        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id_line(request_id), who)
         added = []
         for line in head.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b": ")
@@ -295,3 +293,8 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _ADDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"} | IDENTITY_HEADERS
 )
+
+
+def request_id_line(request_id: str | None) -> bytes:
+    """The ``X-Request-ID`` header line of ``request_id`` (nothing for None)."""
+    return b"" if request_id is None else b"X-Request-ID: " + request_id.encode("latin-1") + b"\r\n"

@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from shield.actions import answer
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from shield.headers import RequestHeadBuilder
+from shield.headers import RequestHeadBuilder, request_id_line
 from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
 from shield.response import DateHeader, response_bytes, streamed_head
@@ -127,8 +127,8 @@ class Proxy:
         settings = self.settings
         method = request.method
         exchange = request.exchange
-        request_id = exchange.request_id
-        extra += b"X-Request-ID: %s\r\n" % request_id.encode("latin-1")
+        id_line = request_id_line(exchange.request_id)
+        extra += id_line
         body: bytes | None = None
         streamed = chunked = False
         if not request.body_exists:
@@ -156,7 +156,7 @@ class Proxy:
                 framing = _CHUNKED if content_length is None else b"Content-Length: %d\r\n" % content_length
         forwarded_for, who = upstream or (request.remote or "unknown", b"")
         head = self.heads.build(
-            method.encode(), target, request.raw_headers, forwarded_for, framing, request_id, who
+            method.encode(), target, request.raw_headers, forwarded_for, framing, id_line, who
         )
         if body:
             head += body

@@ -269,7 +269,7 @@ class CompiledRule:
             else None
         )
         self.first_segments = first_segments(match.paths, case_insensitive=ci)
-        self.hosts = _host_matcher(match.hosts) if match.hosts else None
+        self.hosts = tuple(match.hosts) if match.hosts else None
         self.cookie_tests = tuple((n, _value_test(t)) for n, t in (match.cookies or {}).items())
         self.query_tests = tuple((n, _value_test(t)) for n, t in (match.query or {}).items())
         self.cidrs = tuple(ipaddress.ip_network(c, strict=False) for c in match.client_cidrs or ())
@@ -324,7 +324,7 @@ class CompiledRule:
                 )
             )
         if (hosts := self.hosts) is not None:
-            checks.append((lambda v: hosts(v.host), lambda v: f"host {v.host!r} is not one of {match.hosts}"))
+            checks.append((_host_test(hosts), lambda v: f"host {v.host!r} is not one of {match.hosts}"))
         if cidrs := self.cidrs:
             checks.append(
                 (
@@ -461,10 +461,18 @@ def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
     return lambda v: any(search(value) is not None for value in v.headers.getall(name, ()))
 
 
-def _host_matcher(hosts: list[str]) -> Callable[[str], bool]:
+def _host_test(hosts: Sequence[str]) -> Callable[[RequestView], bool]:
+    """Exact names, and ``*.example.com`` for any name below example.com (not itself)."""
     exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
     suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
-    return lambda host: host in exact or host.endswith(suffixes)
+
+    def test(view: RequestView) -> bool:
+        host = view._host
+        if host is None:
+            host = view.host
+        return host in exact or host.endswith(suffixes)
+
+    return test
 
 
 def _in_cidrs(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -33,6 +33,7 @@ from decision_cost import CASES, decider
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config import load_config
+from shield.headers import request_id_line
 from shield.policy.client_ip import ClientResolver
 from shield.proxy import head_builder
 from shield.request_id import RequestIds
@@ -60,11 +61,11 @@ def pieces() -> dict[str, Callable[[], object]]:
     builder = head_builder(config, tls=False)
     date = DateHeader()
     ids = RequestIds()
-    request_id = ids.new()
+    id_line = request_id_line(ids.new())
     return {
         "decide": lambda: decide(method, raw_path, ip),
         "resolve": lambda: clients.resolve("127.0.0.1", headers),
-        "head": lambda: builder.build(b"GET", b"/2b", WRK_HEADERS, "127.0.0.1", b"", request_id, b""),
+        "head": lambda: builder.build(b"GET", b"/2b", WRK_HEADERS, "127.0.0.1", b"", id_line, b""),
         "response": lambda: response_bytes(
             200, NGINX_2B, b"ok", head_request=False, keep_alive=True, date=date, extra=RATELIMIT
         ),
