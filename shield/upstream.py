@@ -191,7 +191,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._waiter = waiter
         self.deadline = self._loop.time() + timeout
         self._deadline_message = message
-        self._pool.watch()
         return waiter
 
     def start(self, head: bytes, *, head_request: bool) -> None:
@@ -293,6 +292,8 @@ class UpstreamPool:
         self._open: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._ticker: asyncio.TimerHandle | None = None
+        # The loop's time at the last tick: when a connection went idle, read without a call.
+        self._now = self.loop.time()
         self._closed = False
 
     @property
@@ -304,12 +305,12 @@ class UpstreamPool:
         return len(self._idle)
 
     def take_idle(self) -> UpstreamConnection | None:
-        """The most recently used idle connection that is still fresh, if any (no await)."""
-        deadline = self.loop.time() - self._idle_timeout
+        """The most recently used idle connection, if any (no await). None of them has been
+        idle longer than ``idle_timeout``: the ticker closes them a tick early."""
         while self._idle:
             conn = self._idle.pop()
             transport = conn.transport
-            if conn.idle_since > deadline and transport is not None and not transport.is_closing():
+            if transport is not None and not transport.is_closing():
                 return conn
             conn.close()
         return None
@@ -336,6 +337,7 @@ class UpstreamPool:
     async def _connect(self) -> UpstreamConnection:
         conn = UpstreamConnection(self)
         self._open.add(conn)
+        self.watch()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self.loop.create_connection(
@@ -361,10 +363,10 @@ class UpstreamPool:
         if self._closed or not conn.reusable or transport is None or transport.is_closing():
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self._now
         self._idle.append(conn)
-        self.watch()
-        self._wake_one()
+        if self._waiters:
+            self._wake_one()
 
     def _forget(self, conn: UpstreamConnection) -> None:
         if conn in self._open:
@@ -379,14 +381,16 @@ class UpstreamPool:
                 return
 
     def watch(self) -> None:
-        """Make sure the ticker runs while any connection is open."""
+        """Make sure the ticker runs while any connection is open (it re-arms itself while
+        there is one, so only opening a connection needs to call this)."""
         if self._ticker is None and not self._closed:
             self._ticker = self.loop.call_later(TICK, self._tick)
 
     def _tick(self) -> None:
         self._ticker = None
-        now = self.loop.time()
-        idle_deadline = now - self._idle_timeout
+        now = self._now = self.loop.time()
+        # A tick early: ``idle_since`` may be a tick old, and the next tick is a tick away.
+        idle_deadline = now - self._idle_timeout + TICK
         while self._idle and self._idle[0].idle_since <= idle_deadline:
             self._idle.popleft().close()
         for conn in list(self._open):

@@ -270,6 +270,25 @@ async def test_a_post_on_a_dead_pooled_connection_is_not_sent_twice(
     assert (await upstream_errors(shield))["reset"] == 1
 
 
+async def test_a_pooled_connection_idle_past_idle_timeout_is_never_reused(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    """The upstream may close a connection once its own keep-alive timeout passes: Shield must
+    have dropped it by then, so ``idle_timeout`` is an upper bound on reuse."""
+    upstream = await raw_upstream(replying(OK))
+    shield = await make_shield(upstream.url, upstream={"pool": {"idle_timeout": 0.5}})
+    request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+    assert (await exchange(shield, request)).status == 200
+    connections = len(upstream._writers)
+    assert (await exchange(shield, request)).status == 200
+    assert len(upstream._writers) == connections  # reused at once
+
+    await asyncio.sleep(0.5)
+    assert (await exchange(shield, request)).status == 200
+    assert len(upstream._writers) == connections + 1
+
+
 # -- slow clients -----------------------------------------------------------------------------
 
 
