@@ -384,6 +384,7 @@ class UpstreamPool:
         """Make sure the ticker runs while any connection is open (it re-arms itself while
         there is one, so only opening a connection needs to call this)."""
         if self._ticker is None and not self._closed:
+            self._now = self.loop.time()
             self._ticker = self.loop.call_later(TICK, self._tick)
 
     def _tick(self) -> None:
