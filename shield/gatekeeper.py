@@ -26,10 +26,9 @@ from shield.metrics import ProxyStats
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
 from shield.policy.client_ip import ClientResolver
-from shield.policy.identity import IdentityResolver
+from shield.policy.identity import Identity, IdentityResolver
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
-from shield.policy.trigger import Trigger
 from shield.proxy import Proxy
 from shield.reload import PolicyHolder
 from shield.state import StateBackend
@@ -135,10 +134,7 @@ class Gatekeeper:
             return await self._challenge_submit(request, client.key, identity.label)
 
         if not policy.rules:
-            rank = _DEFAULT_RANKS[identity.authenticated]
-            return await self._forward(
-                request, target, b"", _DEFAULT, "allow", identity.label, upstream, rank
-            )
+            return await self._forward(request, target, b"", None, identity, upstream)
 
         view = RequestView(
             method,
@@ -161,10 +157,7 @@ class Gatekeeper:
             if closed_by_ctl is not None:
                 return closed_by_ctl
         if rule is None:
-            rank = _DEFAULT_RANKS[identity.authenticated]
-            return await self._forward(
-                request, target, b"", _DEFAULT, "allow", identity.label, upstream, rank
-            )
+            return await self._forward(request, target, b"", None, identity, upstream)
 
         debug = runtime.debug_header
         action = rule.action
@@ -179,7 +172,17 @@ class Gatekeeper:
                 extra=_debug(debug, rule, "auto-closed"),
             )
             return self._refusal(request, closed)
-        rank = rule.ranks[identity.authenticated]
+        if action == "throttle":
+            if self.shared is None and rule.count_statuses is None:
+                # The common case, allowed: header lines straight from the limiter, no verdict built.
+                rate = rule.rates[identity.authenticated]
+                assert rate is not None
+                lines = self.limiter.admit(rule.state_key(view), rate, self.clock.now())
+                if lines is not None:
+                    if debug:
+                        lines += _forwarded(debug, rule)
+                    return await self._forward(request, target, lines, rule, identity, upstream)
+            return await self._throttle(request, target, view, rule, upstream, debug)
         if action == "challenge":
             gate = self.challenge
             assert gate is not None
@@ -193,17 +196,7 @@ class Gatekeeper:
                 )
                 return self._refusal(request, page)
         if action == "allow" or action == "challenge":
-            return await self._forward(
-                request,
-                target,
-                _forwarded(debug, rule),
-                rule.name,
-                action,
-                identity.label,
-                upstream,
-                rank,
-                trigger,
-            )
+            return await self._forward(request, target, _forwarded(debug, rule), rule, identity, upstream)
         if action == "block":
             exchange.decided(rule.name, action, "blocked", identity.label)
             if self.bans is not None:
@@ -211,69 +204,60 @@ class Gatekeeper:
             return self._refusal(
                 request, actions.blocked(accept=headers.get("Accept"), extra=_debug(debug, rule, "blocked"))
             )
-        if action == "close":
-            exchange.decided(rule.name, action, "closed", identity.label)
-            config = rule.config
-            closed = actions.closed(
-                message=config.message or actions.DEFAULT_CLOSE_MESSAGE,
-                retry_after=config.retry_after or runtime.config.policy.default_retry_after,
-                accept=headers.get("Accept"),
-                template=runtime.close_template,
-                extra=_debug(debug, rule, "closed"),
-            )
-            return self._refusal(request, closed)
-        # throttle
+        # close
+        exchange.decided(rule.name, action, "closed", identity.label)
+        config = rule.config
+        closed = actions.closed(
+            message=config.message or actions.DEFAULT_CLOSE_MESSAGE,
+            retry_after=config.retry_after or runtime.config.policy.default_retry_after,
+            accept=headers.get("Accept"),
+            template=runtime.close_template,
+            extra=_debug(debug, rule, "closed"),
+        )
+        return self._refusal(request, closed)
+
+    async def _throttle(
+        self,
+        request: Request,
+        target: bytes,
+        view: RequestView,
+        rule: CompiledRule,
+        upstream: tuple[str, bytes],
+        debug: bool,
+    ) -> Reply:
+        """A throttle rule's decision, past the common case ``handle`` tried first: Redis state,
+        counting on outcomes, or a request the memory limiter denies."""
+        identity = view.identity
         rate = rule.rates[identity.authenticated]
         assert rate is not None
         key = rule.state_key(view)
         counting = rule.count_statuses
         shared = self.shared
         result: RateLimitResult | None
-        if shared is None and counting is None:
-            # The common case, allowed: header lines straight from the limiter, no verdict built.
-            now = self.clock.now()
-            lines = self.limiter.admit(key, rate, now)
-            if lines is not None:
-                return await self._forward(
-                    request,
-                    target,
-                    lines + _forwarded(debug, rule) if debug else lines,
-                    rule.name,
-                    action,
-                    identity.label,
-                    upstream,
-                    rank,
-                    trigger,
-                )
-            result = self.limiter.peek(key, rate, now)
-        elif shared is not None:
+        if shared is not None:
             result = await shared.decide(key, rate, 1 if counting is None else 0)
         else:
             result = self.limiter.peek(key, rate, self.clock.now())
+        exchange = request.exchange
+        accept = request.headers.get("Accept")
         if result is None:
             # The shared state did not answer in time; on_error says what that means.
             if self.on_state_error == "deny":
-                exchange.decided(rule.name, action, "error", identity.label)
-                refusal = actions.unavailable(
-                    accept=headers.get("Accept"), extra=_debug(debug, rule, "state unavailable")
-                )
+                exchange.decided(rule.name, rule.action, "error", identity.label)
+                refusal = actions.unavailable(accept=accept, extra=_debug(debug, rule, "state unavailable"))
                 return self._refusal(request, refusal)
             extra = _forwarded(debug, rule)
         elif not result.allowed:
-            exchange.decided(rule.name, action, "throttled", identity.label)
+            exchange.decided(rule.name, rule.action, "throttled", identity.label)
             if self.bans is not None:
                 self.bans.violation(view.client_key)
-            refusal = actions.throttled(
-                result, accept=headers.get("Accept"), extra=_debug(debug, rule, "throttled")
-            )
+            refusal = actions.throttled(result, accept=accept, extra=_debug(debug, rule, "throttled"))
             return self._refusal(request, refusal)
         else:
             extra = ratelimit_lines(result)
             if debug:
                 extra += _forwarded(debug, rule)
-        forwarded = await self._forward(
-            request, target, extra, rule.name, action, identity.label, upstream, rank, trigger
-        )
+        forwarded = await self._forward(request, target, extra, rule, identity, upstream)
         if (
             counting is not None
             and forwarded.status in counting
@@ -290,22 +274,26 @@ class Gatekeeper:
         request: Request,
         target: bytes,
         extra: bytes,
-        rule: str,
-        action: str,
-        identity: str,
+        rule: CompiledRule | None,
+        identity: Identity,
         upstream: tuple[str, bytes],
-        rank: int,
-        trigger: Trigger | None = None,
     ) -> Reply:
+        """Forward upstream as ``rule`` decided (None: no rule applied), and record the outcome."""
         if request.upgrade and is_websocket_upgrade(request.headers):
-            return await self._websocket(request, target, rule, action, identity, upstream)
+            return await self._websocket(request, target, rule, identity, upstream)
         if self.overload is None:
             response = await self.proxy.forward(request, target, extra, upstream)
         else:
-            response = await self.overload.forward(request, target, extra, upstream, rank)
-        request.exchange.decided(
-            rule, action, "forwarded" if isinstance(response, Written) else _outcome(response), identity
-        )
+            ranks = _DEFAULT_RANKS if rule is None else rule.ranks
+            response = await self.overload.forward(
+                request, target, extra, upstream, ranks[identity.authenticated]
+            )
+        outcome = "forwarded" if isinstance(response, Written) else _outcome(response)
+        if rule is None:
+            request.exchange.decided(_DEFAULT, "allow", outcome, identity.label)
+            return response
+        request.exchange.decided(rule.name, rule.action, outcome, identity.label)
+        trigger = rule.trigger
         if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
             trigger.answered(self.clock.now(), response.status >= 500)
         return response
@@ -314,9 +302,8 @@ class Gatekeeper:
         self,
         request: Request,
         target: bytes,
-        rule: str,
-        action: str,
-        identity: str,
+        rule: CompiledRule | None,
+        identity: Identity,
         upstream: tuple[str, bytes],
     ) -> Reply:
         forwarded_for, who = upstream
@@ -329,7 +316,10 @@ class Gatekeeper:
             return websockets.relay(handed_over, target, added, exchange.request_id)
 
         response = await request.hand_over(relay)
-        exchange.decided(rule, action, _outcome(response), identity)
+        if rule is None:
+            exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
+        else:
+            exchange.decided(rule.name, rule.action, _outcome(response), identity.label)
         return response
 
     async def _challenge_submit(self, request: Request, client_key: str, identity: str) -> Reply:
