@@ -26,7 +26,7 @@ from shield.metrics import ProxyStats
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
 from shield.policy.client_ip import ClientResolver
-from shield.policy.identity import Identity, IdentityResolver
+from shield.policy.identity import ANONYMOUS, Identity, IdentityResolver, NoIdentity
 from shield.policy.paths import UnsafePath, canonical_path
 from shield.policy.rules import CompiledRule, RequestView
 from shield.proxy import Proxy
@@ -116,7 +116,8 @@ class Gatekeeper:
         client_ip = client.ip
         if self.bans is not None and (ban := self.bans.banned(client.key)) is not None:
             return self._banned(request, client_ip, ban.until)
-        identity = (self.identities or runtime.identities).identify(headers, client_ip)
+        resolver = self.identities or runtime.identities
+        identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
         if self.introspector is not None and not identity.authenticated:
             identity = await self.introspector.identify(headers, identity)
         # What the upstream is told: the client chain, and who Shield saw when asked to say.
@@ -152,7 +153,7 @@ class Gatekeeper:
                 self._record_dry_runs(dry_runs, view)
             else:
                 await self._record_shared_dry_runs(dry_runs, view)
-        if self.switches is not None and self.switches.local:
+        if self.switches is not None and self.switches.store.local:
             closed_by_ctl = self._ctl_closure(request, rule, dry_runs, identity.label)
             if closed_by_ctl is not None:
                 return closed_by_ctl
@@ -177,7 +178,13 @@ class Gatekeeper:
                 # The common case, allowed: header lines straight from the limiter, no verdict built.
                 rate = rule.rates[identity.authenticated]
                 assert rate is not None
-                lines = self.limiter.admit(rule.state_key(view), rate, self.clock.now())
+                # ``rule.state_key(view)``, its common case inlined.
+                key = (
+                    rule.state_prefixes[identity.authenticated] + view.client_key
+                    if rule.by_ip
+                    else rule.state_key(view)
+                )
+                lines = self.limiter.admit(key, rate, self.clock.now())
                 if lines is not None:
                     if debug:
                         lines += _forwarded(debug, rule)
@@ -290,9 +297,9 @@ class Gatekeeper:
             )
         outcome = "forwarded" if isinstance(response, Written) else _outcome(response)
         if rule is None:
-            request.exchange.decided(_DEFAULT, "allow", outcome, identity.label)
+            request.exchange.labels = (_DEFAULT, "allow", outcome, identity.label)
             return response
-        request.exchange.decided(rule.name, rule.action, outcome, identity.label)
+        request.exchange.labels = (rule.name, rule.action, outcome, identity.label)
         trigger = rule.trigger
         if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
             trigger.answered(self.clock.now(), response.status >= 500)

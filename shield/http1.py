@@ -569,7 +569,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
     def on_message_complete(self) -> None:
         request = self._parsing
         self._parsing = None
-        if request is not None:
+        if request is not None and request.body_exists:
             request.content.feed_eof()
 
     # -- answering ----------------------------------------------------------------------------

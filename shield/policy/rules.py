@@ -467,9 +467,7 @@ def _host_test(hosts: Sequence[str]) -> Callable[[RequestView], bool]:
     suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
 
     def test(view: RequestView) -> bool:
-        host = view._host
-        if host is None:
-            host = view.host
+        host = host_name(view.host_header)
         return host in exact or host.endswith(suffixes)
 
     return test
