@@ -19,8 +19,6 @@ from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shield import limiter as limiter_module
-from shield import target
 from shield.clock import MonotonicClock
 from shield.config import load_config
 from shield.limiter import MemoryLimiter
@@ -77,7 +75,6 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
-    host_name, ratelimit_lines = target.host_name, limiter_module.ratelimit_lines
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
@@ -90,7 +87,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         view = RequestView(
             method,
             canonical.match,
-            host_name(headers.get("Host")),
+            headers.get("Host"),
             headers,
             query.decode("latin-1"),
             client_ip,
@@ -98,8 +95,9 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         )
         rule, _ = policy.match(view)
         if rule is not None and rule.rate is not None:
-            result = limiter.hit(rule.state_key(view), rule.rate, clock.now())
-            return ratelimit_lines(result)
+            # The gatekeeper's common case: charged and allowed, RateLimit lines straight back.
+            lines = limiter.admit(rule.state_key(view), rule.rate, clock.now())
+            return lines if lines is not None else limiter.peek(rule.state_key(view), rule.rate, clock.now())
         return rule
 
     return decide, len(config.rules), path

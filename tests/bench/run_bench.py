@@ -866,6 +866,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of target shield+redis"
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="the JSON results")
+    parser.add_argument(
+        "--print-rules", action="store_true", help="print the 20 rules as a rule file's rules: and exit"
+    )
     args = parser.parse_args(argv)
     args.target_list = [t for t in args.targets.split(",") if t]
     args.path_list = [p for p in args.paths.split(",") if p]
@@ -1043,6 +1046,9 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_rules:
+        print(yaml.safe_dump({"rules": bench_rules()}, sort_keys=False), end="")
+        return 0
     if threading.current_thread() is threading.main_thread():
         # Even when started from a script that ignores SIGINT: Ctrl-C and kill -INT must clean up.
         signal.signal(signal.SIGINT, signal.default_int_handler)
