@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -189,6 +190,23 @@ def test_a_denied_request_changes_nothing() -> None:
     assert limiter.peek("ip", login, clock.now()) == before
     clock.advance(6)
     assert allowed_now(limiter, "ip", login, clock, 10) == 1
+
+
+def test_admit_decides_and_charges_as_hit_does_and_says_the_same_headers() -> None:
+    """The gatekeeper's fast path (``admit``) must be ``hit`` without the verdict object: same
+    allowed/denied sequence, same stored state, the same RateLimit lines, at every step."""
+    rng = random.Random(5)
+    for count, period, burst in [(10, 60.0, 5), (3, 1.0, None), (100, 10.0, 1), (7, 3600.0, 20)]:
+        rate = Gcra(count, period, burst)
+        by_hit, by_admit = MemoryLimiter(), MemoryLimiter()
+        now = 1000.0
+        for _ in range(400):
+            now += rng.choice([0.0, 0.0, rate.interval / 3, rate.interval, rate.interval * 2.5, period])
+            result = by_hit.hit("k", rate, now)
+            lines = by_admit.admit("k", rate, now)
+            assert (lines is not None) is result.allowed
+            assert lines == (ratelimit_lines(result) if result.allowed else None)
+            assert by_admit.peek("k", rate, now) == by_hit.peek("k", rate, now)
 
 
 def test_peek_does_not_charge() -> None:
