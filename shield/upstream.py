@@ -30,6 +30,9 @@ from shield.flow import WriteFlow
 
 # How often the pool checks deadlines and idle connections: timeouts fire within this much.
 TICK = 0.1
+# The most bytes an upstream may send before its response head is complete (headers, and any
+# 1xx answers before them): a runaway head is a 502, not memory.
+MAX_RESPONSE_HEAD = 1024 * 1024
 
 NO_ANSWER = "upstream did not answer in time"
 STALLED = "upstream stalled inside its response body"
@@ -51,6 +54,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._head_request = False
         self._informational = False
         self.status = 0
+        self._head_received = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -93,6 +97,12 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             self.close()
             return
         self.received_any = True
+        if not self.headers_complete:
+            self._head_received += len(data)
+            if self._head_received > MAX_RESPONSE_HEAD:
+                self.fail(UpstreamProtocolError("upstream response head too large"))
+                self.close()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -200,6 +210,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._busy = True
         self._head_request = head_request
         self.status = 0
+        self._head_received = 0
         self.headers = []
         self._chunks = []
         self._buffered = 0

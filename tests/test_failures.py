@@ -151,6 +151,31 @@ async def test_a_malformed_upstream_response_gets_502(
     assert (await upstream_errors(shield))["reset"] == 1
 
 
+def endless_head() -> Respond:
+    """A status line, then header lines that never end."""
+
+    async def respond(request: UpstreamRequest, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"x" * 1000 + b"\r\n"
+        while not writer.is_closing():
+            writer.write(line * 64)
+            await writer.drain()
+
+    return respond
+
+
+async def test_an_upstream_head_that_never_ends_gets_502_not_memory(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream = await raw_upstream(endless_head())
+    shield = await make_shield(upstream.url)
+
+    response = await exchange(shield, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    assert response.status == 502
+    assert (await upstream_errors(shield))["reset"] == 1
+
+
 async def test_upstream_closing_before_answering_gets_502(
     raw_upstream: StartUpstream, make_shield: MakeShield
 ) -> None:
