@@ -48,6 +48,8 @@ def ratelimit_lines(result: RateLimitResult) -> bytes:
     )
 
 
+_REMEMBERED_LINES = 1024
+
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
 _result = tuple.__new__
 
@@ -55,7 +57,7 @@ _result = tuple.__new__
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
-    __slots__ = ("burst", "count", "interval", "lines_start", "period", "tolerance")
+    __slots__ = ("burst", "count", "interval", "known_lines", "lines_start", "period", "tolerance")
 
     def __init__(self, count: int, period: float, burst: int | None = None) -> None:
         self.count = count
@@ -65,6 +67,17 @@ class Gcra:
         self.tolerance = self.interval * self.burst
         # What ``ratelimit_lines`` of any verdict of this rate starts with.
         self.lines_start = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: " % self.burst
+        # (remaining, reset) -> ``ratelimit_lines`` of an allowed verdict: a bucket is mostly in
+        # one of a few states, and formatting the numbers cost more than the GCRA step itself.
+        self.known_lines: dict[tuple[int, int], bytes] = {}
+
+    def new_lines(self, state: tuple[int, int]) -> bytes:
+        """The lines of a (remaining, reset) state not in ``known_lines`` yet, remembered there.
+        Bounded: past ``_REMEMBERED_LINES`` states the table starts again."""
+        if len(self.known_lines) >= _REMEMBERED_LINES:
+            self.known_lines.clear()
+        lines = self.known_lines[state] = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % state
+        return lines
 
     def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
         """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
@@ -142,10 +155,9 @@ class MemoryLimiter:
         tats.move_to_end(key)
         if len(tats) > self.max_keys:
             self._evict(now)
-        return rate.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % (
-            int((now + tolerance - new_tat) / interval + 1e-9),
-            ceil(new_tat - now),
-        )
+        state = (int((now + tolerance - new_tat) / interval + 1e-9), ceil(new_tat - now))
+        lines = rate.known_lines.get(state)
+        return lines if lines is not None else rate.new_lines(state)
 
     def _evict(self, now: float) -> None:
         """Make room for 0.1% more keys: expired ones near the front first, then the oldest.

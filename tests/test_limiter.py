@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from shield import limiter as limiter_module
 from shield.clock import FakeClock
 from shield.config.rules import PolicyOptions, Rule, parse_limit
 from shield.limiter import Gcra, MemoryLimiter, RateLimitResult, ratelimit_lines
@@ -207,6 +208,15 @@ def test_admit_decides_and_charges_as_hit_does_and_says_the_same_headers() -> No
             assert (lines is not None) is result.allowed
             assert lines == (ratelimit_lines(result) if result.allowed else None)
             assert by_admit.peek("k", rate, now) == by_hit.peek("k", rate, now)
+
+
+def test_remembered_ratelimit_lines_stay_bounded_and_right() -> None:
+    rate = Gcra(1_000_000, 1.0)
+    for remaining in range(2 * limiter_module._REMEMBERED_LINES):
+        assert rate.new_lines((remaining, 1)) == ratelimit_lines(
+            RateLimitResult(True, rate.burst, remaining, 0.5, 0.0)
+        )
+    assert len(rate.known_lines) <= limiter_module._REMEMBERED_LINES
 
 
 def test_peek_does_not_charge() -> None:
