@@ -50,6 +50,22 @@ def _new_kind(name: bytes) -> int:
     return kind
 
 
+# Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
+# and formatting the number cost as much as the rest of the head. Bounded like the tables of
+# names and paths.
+_LENGTH_LINES: dict[int, bytes] = {}
+_REMEMBERED_LENGTHS = 4096
+
+
+def content_length_line(length: int) -> bytes:
+    line = _LENGTH_LINES.get(length)
+    if line is None:
+        if len(_LENGTH_LINES) >= _REMEMBERED_LENGTHS:
+            _LENGTH_LINES.clear()
+        line = _LENGTH_LINES[length] = b"Content-Length: %d\r\n" % length
+    return line
+
+
 def status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
@@ -139,7 +155,8 @@ def response_bytes(
             parts += (b"Content-Length: ", declared, b"\r\n")
         body = b""
     else:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
+        length = len(body)
+        parts.append(_LENGTH_LINES.get(length) or content_length_line(length))
     if extra:
         parts.append(extra)
     if not keep_alive:

@@ -371,6 +371,15 @@ def test_content_length_is_computed_from_the_body_sent() -> None:
     assert body == b"hello"
 
 
+def test_content_length_lines_are_right_for_every_size_and_remembered_within_bounds() -> None:
+    for size in range(2 * response._REMEMBERED_LENGTHS):
+        assert response.content_length_line(size) == b"Content-Length: %d\r\n" % size
+    assert len(response._LENGTH_LINES) <= response._REMEMBERED_LENGTHS
+    _, headers, body = respond(200, [], b"x" * 70_000)
+    assert values(headers, b"Content-Length") == [b"70000"]
+    assert len(body) == 70_000
+
+
 def test_head_keeps_the_upstreams_content_length_and_sends_no_body() -> None:
     _, headers, body = respond(200, [(b"Content-Length", b"1234")], b"", head_request=True)
     assert values(headers, b"Content-Length") == [b"1234"]
