@@ -7,16 +7,21 @@ from __future__ import annotations
 class Exchange:
     """What is known about one request as it crosses Shield."""
 
-    __slots__ = ("client_ip", "labels", "path", "request_id", "sent", "upstream_seconds")
+    __slots__ = ("client_ip", "id_line", "labels", "path", "sent", "upstream_seconds")
 
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
+    def __init__(self, id_line: bytes) -> None:
+        # "X-Request-ID: <id>\r\n" (``RequestIds.line_of``): the form the hot path sends.
+        self.id_line = id_line
         # (rule, action, decision, identity) once decided: the request counter's key as it is.
         self.labels: tuple[str, str, str, str] | None = None
         self.client_ip: str | None = None
         self.path: str | None = None
         self.upstream_seconds: float | None = None
         self.sent = -1  # body bytes of a streamed answer, counted by the proxy
+
+    @property
+    def request_id(self) -> str:
+        return self.id_line[14:-2].decode("latin-1")
 
     def decided(self, rule: str, action: str, decision: str, identity: str) -> None:
         self.labels = (rule, action, decision, identity)

@@ -65,7 +65,7 @@ class Observer:
 
     async def handle_unmeasured(self, request: Request) -> Reply:
         """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
-        exchange = request.exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get("X-Request-ID")))
         response = await self._handler(request)
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
@@ -73,7 +73,7 @@ class Observer:
 
     async def handle(self, request: Request) -> Reply:
         started = perf_counter()
-        exchange = request.exchange = Exchange(self._ids.of(request.headers.get("X-Request-ID")))
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get("X-Request-ID")))
         try:
             response = await self._handler(request)
         except asyncio.CancelledError:

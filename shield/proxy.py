@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from shield.actions import answer
 from shield.config.model import ShieldConfig
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from shield.headers import RequestHeadBuilder, request_id_line
+from shield.headers import RequestHeadBuilder
 from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
 from shield.response import DateHeader, response_bytes, streamed_head
@@ -127,7 +127,7 @@ class Proxy:
         settings = self.settings
         method = request.method
         exchange = request.exchange
-        id_line = request_id_line(exchange.request_id)
+        id_line = exchange.id_line
         extra += id_line
         body: bytes | None = None
         streamed = chunked = False

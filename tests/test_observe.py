@@ -13,6 +13,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from shield.access_log import format_line
+from shield.exchange import Exchange
 from shield.metrics import Histogram, ProxyStats, build_registry
 from shield.request_id import RequestIds
 from shield.server import Shield
@@ -59,9 +60,20 @@ def test_a_sane_client_request_id_is_kept_and_anything_else_replaced() -> None:
     assert ids.of("ünïcode") == "abc-5"
 
 
+def test_the_request_id_line_carries_the_same_ids_and_never_a_line_break() -> None:
+    ids = RequestIds(prefix="abc")
+    offered = ["0f8c-42.trace:7", None, "", "x" * 129, 'evil"\r\nSet-Cookie: a=b', "ünïcode"]
+    lines = [ids.line_of(value) for value in offered]
+    assert lines[0] == b"X-Request-ID: 0f8c-42.trace:7\r\n"
+    assert lines[1:] == [b"X-Request-ID: abc-%d\r\n" % n for n in range(1, 6)]
+    assert all(line.count(b"\r\n") == 1 and line.endswith(b"\r\n") for line in lines)
+    assert Exchange(lines[2]).request_id == "abc-2"
+
+
 def test_generated_ids_count_in_hex_after_the_prefix_whatever_it_holds() -> None:
     ids = RequestIds(prefix="50%x")
     assert [ids.new() for _ in range(17)][-2:] == ["50%x-10", "50%x-11"]
+    assert ids.line_of(None) == b"X-Request-ID: 50%x-12\r\n"
 
 
 def test_generated_ids_differ_between_processes() -> None:
