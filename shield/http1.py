@@ -78,6 +78,23 @@ SINGLETON_HEADERS: Final = frozenset(
     }
 )
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# Header name as the client spelled it -> as text: names repeat from request to request.
+_NAMES: dict[bytes, str] = {}
+_REMEMBERED_NAMES = 1024
+_REMEMBERED_NAME = 64
+
+
+def _header_name(name: bytes) -> str:
+    """``name`` decoded, and remembered when short. Bounded: past ``_REMEMBERED_NAMES``
+    spellings the table starts again, so a client inventing names costs a rebuild, not memory."""
+    text = name.decode("latin-1")
+    if len(name) <= _REMEMBERED_NAME:
+        if len(_NAMES) >= _REMEMBERED_NAMES:
+            _NAMES.clear()
+        _NAMES[name] = text
+    return text
+
+
 # Shield frames every answer itself; these from a response object are never copied.
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -525,7 +542,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         for name, value in raw:
             if len(name) + len(value) > longest:
                 raise _HeadRefused("a header line is too long")
-            pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+            text = _NAMES.get(name) or _header_name(name)
+            pairs.append((text, value.decode("utf-8", "surrogateescape")))
             lower = name.lower()
             if lower in SINGLETON_HEADERS:
                 if seen is None:
@@ -540,7 +558,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                     chunked = True
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
-        keep_alive = bool(parser.should_keep_alive()) and not self._closing and method != "CONNECT"
+        keep_alive = parser.should_keep_alive() and not self._closing and method != "CONNECT"
         request = Request(
             self,
             method,
@@ -551,7 +569,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             keep_alive,
             content_length,
             RequestBody(self) if chunked or content_length else EMPTY_BODY,
-            bool(parser.should_upgrade()),
+            parser.should_upgrade(),
         )
         self._parsing = request
         if request.upgrade:

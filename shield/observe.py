@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
+from multidict import istr
 
 from shield.access_log import AccessLog, format_line
 from shield.exchange import Exchange
@@ -25,6 +26,9 @@ from shield.metrics import ProxyStats
 from shield.request_id import RequestIds
 
 Handler = Callable[[Request], Awaitable[Reply]]
+
+# A case-insensitive multidict looks an istr up without folding it first.
+_REQUEST_ID = istr("X-Request-ID")
 
 # What nginx logs for a client that went away before its answer was ready.
 CLIENT_CLOSED = 499
@@ -65,7 +69,7 @@ class Observer:
 
     async def handle_unmeasured(self, request: Request) -> Reply:
         """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
-        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get("X-Request-ID")))
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
         response = await self._handler(request)
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
@@ -73,7 +77,7 @@ class Observer:
 
     async def handle(self, request: Request) -> Reply:
         started = perf_counter()
-        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get("X-Request-ID")))
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
         try:
             response = await self._handler(request)
         except asyncio.CancelledError:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
+from shield import http1
 from tests.conftest import MakeShield
 from tests.test_proxy_http import (
     OK,
@@ -277,3 +278,13 @@ async def test_a_client_that_pipelines_without_reading_is_not_served_ahead_of_it
     assert served_unread < count * 0.8
     assert len(upstream.requests) == count
     assert all(a.status == 200 and a.body == body for a in answers)
+
+
+def test_header_names_are_remembered_within_bounds() -> None:
+    for i in range(2 * http1._REMEMBERED_NAMES):
+        name = b"X-Name-%d" % i
+        assert http1._header_name(name) == name.decode()
+    assert len(http1._NAMES) <= http1._REMEMBERED_NAMES
+    long_name = b"X-" + b"n" * 100
+    assert http1._header_name(long_name) == long_name.decode()
+    assert long_name not in http1._NAMES
