@@ -27,7 +27,7 @@ from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
 from shield.policy.client_ip import ClientResolver
 from shield.policy.identity import ANONYMOUS, Identity, IdentityResolver, NoIdentity
-from shield.policy.paths import UnsafePath, canonical_path
+from shield.policy.paths import UnsafePath, canonical_raw_path
 from shield.policy.rules import CompiledRule, RequestView
 from shield.proxy import Proxy
 from shield.reload import PolicyHolder
@@ -104,14 +104,12 @@ class Gatekeeper:
         if raw_path == b"*":
             match_path = "*"
         else:
-            path_text = raw_path.decode("utf-8", "surrogateescape")
             try:
-                canonical = canonical_path(path_text, case_insensitive=policy.case_insensitive)
+                match_path, forward = canonical_raw_path(raw_path, case_insensitive=policy.case_insensitive)
             except UnsafePath as error:
                 return answer(400, f"Bad request path: {error}.")
-            match_path = canonical.match
-            if canonical.forward != path_text:
-                target = canonical.forward.encode() + sep + query
+            if forward is not None:
+                target = forward + sep + query
         client = self.clients.resolve(request.remote or "unknown", headers)
         client_ip = client.ip
         if self.bans is not None and (ban := self.bans.banned(client.key)) is not None:

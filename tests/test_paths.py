@@ -182,6 +182,27 @@ def test_remembered_paths_are_bounded() -> None:
     assert all(long not in known for known in paths._known)
 
 
+@pytest.mark.parametrize("case_insensitive", [False, True])
+def test_the_raw_form_agrees_with_canonical_path(case_insensitive: bool) -> None:
+    """What the gatekeeper calls (bytes in, bytes out when the forwarded path changes)."""
+    raws = [raw for raw, _ in MATCHES_REGISTER] + [raw for raw, _, _ in DISTINCT] + ["/", "/API/Register"]
+    for raw in raws * 2:  # the second time from the table
+        raw_bytes = raw.encode("utf-8", "surrogateescape")
+        path = canonical_path(raw, case_insensitive=case_insensitive)
+        forward = None if path.forward == raw else path.forward.encode()
+        assert paths.canonical_raw_path(raw_bytes, case_insensitive=case_insensitive) == (path.match, forward)
+    for raw in UNSAFE:
+        raw_bytes = raw.encode("utf-8", "surrogateescape")
+        with pytest.raises(UnsafePath):
+            paths.canonical_raw_path(raw_bytes, case_insensitive=case_insensitive)
+
+
+def test_remembered_raw_paths_are_bounded() -> None:
+    for i in range(paths._KNOWN_ENTRIES + 10):
+        assert paths.canonical_raw_path(b"/p/%d/" % i) == (f"/p/{i}", None)
+    assert all(len(known) <= paths._KNOWN_ENTRIES for known in paths._known_raw)
+
+
 def test_forward_re_encodes_what_it_decoded() -> None:
     assert canonical_path("/a%20b/c%3Fd/e%25f").forward == "/a%20b/c%3Fd/e%25f"
     assert canonical_path("/a%20b/c%3Fd/e%25f").match == "/a b/c?d/e%f"

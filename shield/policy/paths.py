@@ -62,6 +62,29 @@ def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath
     return path
 
 
+# Raw path as received -> (the path rules match, the path to forward when it is not the raw one),
+# one table per case_insensitive value: the gatekeeper's form of ``canonical_path``, which spares
+# it a decode and a comparison per request. Bounded like ``_known``.
+_known_raw: tuple[dict[bytes, tuple[str, bytes | None]], dict[bytes, tuple[str, bytes | None]]] = ({}, {})
+
+
+def canonical_raw_path(raw: bytes, *, case_insensitive: bool = False) -> tuple[str, bytes | None]:
+    """``canonical_path`` of a raw path as bytes: its ``match``, and its ``forward`` encoded when
+    it differs from ``raw`` (None when ``raw`` is forwarded as it is). Raises ``UnsafePath``."""
+    known = _known_raw[case_insensitive]
+    found = known.get(raw)
+    if found is not None:
+        return found
+    text = raw.decode("utf-8", "surrogateescape")
+    path = canonical_path(text, case_insensitive=case_insensitive)
+    found = (path.match, None if path.forward == text else path.forward.encode())
+    if len(raw) <= _KNOWN_LENGTH:
+        if len(known) >= _KNOWN_ENTRIES:
+            known.clear()
+        known[raw] = found
+    return found
+
+
 def fold_case(text: str) -> str:
     """The case-insensitive form of a path or path pattern.
 
