@@ -157,6 +157,18 @@ class Gatekeeper:
                 return closed_by_ctl
         if rule is None:
             return await self._forward(request, target, b"", None, identity, upstream)
+        if rule.plain_throttle and self.shared is None:
+            # The common case, allowed: header lines straight from the limiter, no verdict built.
+            authenticated = identity.authenticated
+            rate = rule.rates[authenticated]
+            assert rate is not None
+            # ``rule.state_key(view)``, its common case inlined.
+            key = rule.state_prefixes[authenticated] + view.client_key if rule.by_ip else rule.state_key(view)
+            lines = self.limiter.admit(key, rate, self.clock.now())
+            if lines is not None:
+                if runtime.debug_header:
+                    lines += _forwarded(True, rule)
+                return await self._forward(request, target, lines, rule, identity, upstream)
 
         debug = runtime.debug_header
         action = rule.action
@@ -172,21 +184,6 @@ class Gatekeeper:
             )
             return self._refusal(request, closed)
         if action == "throttle":
-            if self.shared is None and rule.count_statuses is None:
-                # The common case, allowed: header lines straight from the limiter, no verdict built.
-                rate = rule.rates[identity.authenticated]
-                assert rate is not None
-                # ``rule.state_key(view)``, its common case inlined.
-                key = (
-                    rule.state_prefixes[identity.authenticated] + view.client_key
-                    if rule.by_ip
-                    else rule.state_key(view)
-                )
-                lines = self.limiter.admit(key, rate, self.clock.now())
-                if lines is not None:
-                    if debug:
-                        lines += _forwarded(debug, rule)
-                    return await self._forward(request, target, lines, rule, identity, upstream)
             return await self._throttle(request, target, view, rule, upstream, debug)
         if action == "challenge":
             gate = self.challenge
@@ -230,8 +227,8 @@ class Gatekeeper:
         upstream: tuple[str, bytes],
         debug: bool,
     ) -> Reply:
-        """A throttle rule's decision, past the common case ``handle`` tried first: Redis state,
-        counting on outcomes, or a request the memory limiter denies."""
+        """A throttle rule's decision where ``handle``'s fast path does not apply (Redis state,
+        counting on outcomes, an auto-close trigger) or did not allow the request."""
         identity = view.identity
         rate = rule.rates[identity.authenticated]
         assert rate is not None
@@ -241,6 +238,8 @@ class Gatekeeper:
         result: RateLimitResult | None
         if shared is not None:
             result = await shared.decide(key, rate, 1 if counting is None else 0)
+        elif counting is None:
+            result = self.limiter.hit(key, rate, self.clock.now())
         else:
             result = self.limiter.peek(key, rate, self.clock.now())
         exchange = request.exchange

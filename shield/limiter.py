@@ -152,9 +152,11 @@ class MemoryLimiter:
         if now < new_tat - tolerance:
             return None
         tats[key] = new_tat
-        tats.move_to_end(key)
-        if len(tats) > self.max_keys:
-            self._evict(now)
+        if tat is None:
+            if len(tats) > self.max_keys:
+                self._evict(now)
+        else:
+            tats.move_to_end(key)
         state = (int((now + tolerance - new_tat) / interval + 1e-9), ceil(new_tat - now))
         lines = rate.known_lines.get(state)
         return lines if lines is not None else rate.new_lines(state)

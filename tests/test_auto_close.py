@@ -175,6 +175,32 @@ async def test_a_flooded_rule_closes_with_its_message_and_reopens_after_the_cool
         await shield.stop(grace=1.0)
 
 
+async def test_a_throttle_rule_with_auto_close_still_throttles(
+    upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    """The auto-close trigger must not take the rule off the limiter's books: its bucket is
+    charged like any throttle's (a regression the gatekeeper's fast path once invited)."""
+    rule = {
+        "name": "login",
+        "match": {"paths": ["/api/login"]},
+        "action": "throttle",
+        "limit": "3/minute",
+        "key": "ip",
+        "auto_close": {"when": "rate > 1000/second", "for": "1m", "reopen_after": "1m"},
+    }
+    clock = FakeClock()
+    shield = Shield(shield_config(upstream_url, rules=[rule]), clock=clock)
+    await shield.start()
+    try:
+        statuses = []
+        for _ in range(5):
+            async with client.get(url_of(shield, "/api/login")) as response:
+                statuses.append(response.status)
+        assert statuses == [200, 200, 200, 429, 429]
+    finally:
+        await shield.stop(grace=1.0)
+
+
 async def test_transitions_are_logged(
     upstream_url: str, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:

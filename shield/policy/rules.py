@@ -243,6 +243,7 @@ class CompiledRule:
         "name",
         "outcome",
         "paths",
+        "plain_throttle",
         "query_tests",
         "ranks",
         "rate",
@@ -304,6 +305,11 @@ class CompiledRule:
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
+        # A throttle with nothing else to it (no counting on outcomes, no auto-close): the
+        # gatekeeper's one-check fast path. A reload keeps a trigger only where there was one.
+        self.plain_throttle = (
+            rule.action == "throttle" and self.count_statuses is None and self.trigger is None
+        )
 
     def _compile_checks(self) -> tuple[Check, ...]:
         """One (test, explanation) pair per condition the rule has, cheapest first."""
