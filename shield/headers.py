@@ -276,11 +276,10 @@ class RequestHeadBuilder:
         self,
         raw: tuple[tuple[bytes, bytes], ...],
         client_ip: str,
-        request_id: str | None = None,
         who: bytes = b"",
     ) -> list[tuple[bytes, bytes]]:
         """The headers ``build`` adds, as pairs (for the WebSocket handshake)."""
-        head = self.build(b"GET", b"/", raw, client_ip, b"", request_id_line(request_id), who)
+        head = self.build(b"GET", b"/", raw, client_ip, b"", b"", who)
         added = []
         for line in head.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b": ")
@@ -293,8 +292,3 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _ADDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"} | IDENTITY_HEADERS
 )
-
-
-def request_id_line(request_id: str | None) -> bytes:
-    """The ``X-Request-ID`` header line of ``request_id`` (nothing for None)."""
-    return b"" if request_id is None else b"X-Request-ID: " + request_id.encode("latin-1") + b"\r\n"

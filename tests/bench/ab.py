@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from local_http import free_port, variant_config, wait_http
+from local_http import free_port, nginx_upstream, variant_config, wait_http
 from run_bench import bench_rules
 
 
@@ -57,16 +57,9 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shield-ab-"))
     upstream_port = free_port()
-    (tmp / "nginx.conf").write_text(
-        f"worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\n"
-        "events {}\nhttp { access_log off; keepalive_requests 1000000;\n"
-        f"  server {{ listen 127.0.0.1:{upstream_port}; location / {{ return 200 ok; }} }} }}\n"
-    )
     started: list[subprocess.Popen[bytes]] = []
     try:
-        started.append(
-            subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-        )
+        started.append(subprocess.Popen(["taskset", "-c", "1", *nginx_upstream(tmp, upstream_port)]))
         wait_http(f"http://127.0.0.1:{upstream_port}/2b")
         results: dict[str, list[tuple[float, float]]] = {}
         variants = []

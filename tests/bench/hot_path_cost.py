@@ -33,7 +33,6 @@ from decision_cost import CASES, decider
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config import load_config
-from shield.headers import request_id_line
 from shield.policy.client_ip import ClientResolver
 from shield.proxy import head_builder
 from shield.request_id import RequestIds
@@ -61,7 +60,7 @@ def pieces() -> dict[str, Callable[[], object]]:
     builder = head_builder(config, tls=False)
     date = DateHeader()
     ids = RequestIds()
-    id_line = request_id_line(ids.new())
+    id_line = ids.line_of(None)
     return {
         "decide": lambda: decide(method, raw_path, ip),
         "resolve": lambda: clients.resolve("127.0.0.1", headers),

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from local_http import free_port, variant_config, wait_http
+from local_http import free_port, nginx_upstream, variant_config, wait_http
 from run_bench import bench_rules
 
 REQUEST = b"GET /2b HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -110,13 +110,8 @@ def main() -> int:
             raise SystemExit(f"{tool} is not installed (apt-get install valgrind nginx-light)")
     tmp = Path(tempfile.mkdtemp(prefix="shield-instructions-"))
     upstream_port = free_port()
-    (tmp / "nginx.conf").write_text(
-        f"worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\n"
-        "events {}\nhttp { access_log off; keepalive_requests 1000000;\n"
-        f"  server {{ listen 127.0.0.1:{upstream_port}; location / {{ return 200 ok; }} }} }}\n"
-    )
     rules = yaml.safe_dump({"rules": bench_rules()}) if args.rules else ""
-    nginx = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    nginx = subprocess.Popen(nginx_upstream(tmp, upstream_port))
     try:
         wait_http(f"http://127.0.0.1:{upstream_port}/2b", timeout=15)
         results: list[tuple[str, int]] = []

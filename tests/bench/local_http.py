@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,6 +31,17 @@ def wait_http(url: str, timeout: float = 15, interval: float = 0.1) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{url} never answered")
         time.sleep(interval)
+
+
+def nginx_upstream(directory: Path, port: int) -> list[str]:
+    """The command of an nginx answering ``ok`` on 127.0.0.1:``port``, its config written into
+    ``directory``: the upstream the A/B scripts put behind Shield."""
+    (directory / "nginx.conf").write_text(
+        f"worker_processes 1; daemon off; pid {directory}/nginx.pid; error_log {directory}/error.log;\n"
+        "events {}\nhttp { access_log off; keepalive_requests 1000000;\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }} }} }}\n"
+    )
+    return ["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory)]
 
 
 def variant_config(port: int, admin_port: int, upstream_port: int, *extras: str) -> str:
