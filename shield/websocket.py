@@ -124,17 +124,27 @@ class WebSocketRelay:
         downstream.headers["Server"] = "shield"
         if request_id is not None:
             downstream.headers["X-Request-ID"] = request_id
+        to_upstream = to_client = None
         try:
             await downstream.prepare(request)
             to_upstream = asyncio.create_task(_pump(downstream, upstream))
             to_client = asyncio.create_task(_pump(upstream, downstream))
-            _, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not downstream.prepared:
+                raise
+            # aiohttp cancels the handler when the client's connection closes, and that is how
+            # most sessions end: the client closes as soon as the close handshake is done, often
+            # before this task has run again. The session took place: it is answered, not lost.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
+            for task in (to_upstream, to_client):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             await upstream.close()
             if not downstream.closed:
                 await downstream.close()

@@ -206,3 +206,25 @@ async def test_the_upstream_sees_the_real_client_address_only(
     assert handshake.getall("X-Forwarded-For") == ["127.0.0.1"]
     assert "X-Real-IP" not in handshake
     assert handshake["X-Forwarded-Proto"] == "http"
+
+
+async def test_a_session_is_counted_but_its_length_is_not_a_request_duration(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    seen = Seen()
+    shield = await start(aiohttp_server, make_shield, seen)
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(ws_url(shield)) as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive_str(timeout=5)) == "HELLO"
+        async with client.get(f"http://127.0.0.1:{shield.port}/forbidden") as response:
+            assert response.status == 403
+    await asyncio.wait_for(seen.closed.wait(), 5)
+    labels = {"rule": "default", "action": "allow", "decision": "forwarded", "identity": "anonymous"}
+    for _ in range(100):  # the session is recorded once both sides have closed
+        if shield.registry.get_sample_value("shield_requests_total", labels) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert shield.registry.get_sample_value("shield_requests_total", labels) == 2
+    # Only the plain request is timed.
+    assert shield.registry.get_sample_value("shield_request_duration_seconds_count", {"rule": "default"}) == 1
