@@ -40,6 +40,11 @@ from shield.websocket import WebSocketRelay, is_websocket_upgrade
 log = logging.getLogger("shield.rules")
 
 _DEFAULT = "default"
+# The labels of a request no rule matched and the upstream answered, by ``identity.authenticated``.
+_DEFAULT_FORWARDED = (
+    (_DEFAULT, "allow", "forwarded", "anonymous"),
+    (_DEFAULT, "allow", "forwarded", "authenticated"),
+)
 # The admission class of requests no rule matched, by ``identity.authenticated``.
 _DEFAULT_RANKS = (priority_class("normal", False), priority_class("normal", True))
 
@@ -292,11 +297,19 @@ class Gatekeeper:
             response = await self.overload.forward(
                 request, target, extra, upstream, ranks[identity.authenticated]
             )
-        outcome = "forwarded" if isinstance(response, Written) else _outcome(response)
+        exchange = request.exchange
         if rule is None:
-            request.exchange.labels = (_DEFAULT, "allow", outcome, identity.label)
+            exchange.labels = (
+                _DEFAULT_FORWARDED[identity.authenticated]
+                if isinstance(response, Written)
+                else (_DEFAULT, "allow", _outcome(response), identity.label)
+            )
             return response
-        request.exchange.labels = (rule.name, rule.action, outcome, identity.label)
+        exchange.labels = (
+            rule.forwarded_labels[identity.authenticated]
+            if isinstance(response, Written)
+            else (rule.name, rule.action, _outcome(response), identity.label)
+        )
         trigger = rule.trigger
         if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
             trigger.answered(self.clock.now(), response.status >= 500)

@@ -3,7 +3,7 @@
 ``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (its
 ``exchange`` attribute, so the gatekeeper and the proxy fill it without new parameters on their
 methods): the gatekeeper writes what it decided, the proxy how long the upstream took. Once the
-answer is ready the observer counts the decision, drops the duration into the rule's histogram,
+answer is ready the observer records the decision and the duration (``ProxyStats.durations``),
 puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
 
 Requests refused before a rule could be asked (a malformed target or path, CONNECT) are not
@@ -61,11 +61,19 @@ class Observer:
     ) -> None:
         self._handler = handler
         self._stats = stats
+        self._durations = stats.durations
         self._log = access_log
         self._ids = request_ids or RequestIds()
         self._metrics = metrics
-        # What the listener calls: without metrics or a log, nothing needs timing or counting.
-        self.entry: Handler = self.handle if metrics or access_log is not None else self.handle_unmeasured
+        # What the listener calls: ``handle`` does it all; the others are what it comes to
+        # without a log (the default), and without metrics either.
+        self.entry: Handler = (
+            self.handle
+            if access_log is not None
+            else self.handle_counted
+            if metrics
+            else self.handle_unmeasured
+        )
 
     async def handle_unmeasured(self, request: Request) -> Reply:
         """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
@@ -74,6 +82,32 @@ class Observer:
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
         return response
+
+    async def handle_counted(self, request: Request) -> Reply:
+        """``handle`` without the access log."""
+        started = perf_counter()
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
+        response = await self._handler(request)
+        labels = exchange.labels
+        if isinstance(response, Written):
+            if labels is not None:
+                durations = self._durations.get(labels)
+                if durations is None:
+                    durations = self._stats.durations_of(labels)
+                durations.append(perf_counter() - started)
+            return response
+        if labels is not None:
+            self._record(labels, response, perf_counter() - started)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        return response
+
+    def _record(self, labels: tuple[str, str, str, str], response: Reply, elapsed: float) -> None:
+        """Count the request; a WebSocket session's length is not a request duration."""
+        if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
+            self._stats.durations_of(labels).append(elapsed)
+        else:
+            self._stats.count(labels)
 
     async def handle(self, request: Request) -> Reply:
         started = perf_counter()
@@ -87,12 +121,7 @@ class Observer:
         elapsed = perf_counter() - started
         labels = exchange.labels
         if labels is not None and self._metrics:
-            stats = self._stats
-            requests = stats.requests
-            requests[labels] = requests.get(labels, 0) + 1
-            if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
-                rule = labels[0]
-                (stats.request_seconds.get(rule) or stats.rule_histogram(rule)).observe(elapsed)
+            self._record(labels, response, elapsed)
         if not isinstance(response, Written) and not response.prepared:
             response.headers["X-Request-ID"] = exchange.request_id
         if self._log is not None and self._log.sampled():

@@ -111,7 +111,7 @@ class Proxy:
         self.pool = pool
         self.stats = stats
         self.timed = timed or upstream_histogram
-        self.upstream_histogram = stats.upstream_seconds if upstream_histogram else None
+        self.upstream_durations = stats.upstream_durations if upstream_histogram else None
         self.date = DateHeader()
 
     async def forward(
@@ -184,8 +184,8 @@ class Proxy:
                         await conn.wait(settings.headers_timeout, NO_ANSWER)
                     if timed:
                         upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
-                        if self.upstream_histogram is not None:
-                            self.upstream_histogram.observe(upstream_seconds)
+                        if self.upstream_durations is not None:
+                            self.upstream_durations.append(upstream_seconds)
                     break
                 except UpstreamProtocolError:
                     # A pooled connection the upstream closed while idle: retry once, on a new

@@ -29,7 +29,7 @@ from shield.errors import UpstreamError
 from shield.gatekeeper import Gatekeeper
 from shield.http1 import Http1Server
 from shield.introspect import Introspector, introspection_cache
-from shield.metrics import ProxyStats, build_registry
+from shield.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.observe import Observer
 from shield.overload import OverloadGate
 from shield.policy.client_ip import ClientResolver
@@ -289,6 +289,7 @@ class Shield:
             )
             await self._admin_site.start()
         self._tasks.append(loop.create_task(self._probe_upstream()))
+        self._tasks.append(loop.create_task(self._fold_metrics()))
         self._tasks.append(loop.create_task(self.auto_close.run()))
         if self.config_path is not None:
             self._tasks.append(loop.create_task(self.holder.watch()))
@@ -313,6 +314,12 @@ class Shield:
                 self.admin_state.upstream_seen = True
             except UpstreamError:
                 await asyncio.sleep(1.0)
+
+    async def _fold_metrics(self) -> None:
+        """Keep the per-request durations to one ``FOLD_INTERVAL`` of requests (``ProxyStats.fold``)."""
+        while True:
+            await asyncio.sleep(FOLD_INTERVAL)
+            self.stats.fold()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, release all."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shield.access_log import format_line
 from shield.exchange import Exchange
-from shield.metrics import Histogram, ProxyStats, build_registry
+from shield.metrics import FOLD_INTERVAL, Histogram, ProxyStats, build_registry
 from shield.request_id import RequestIds
 from shield.server import Shield
 from tests.conftest import MakeShield, url_of
@@ -45,6 +46,12 @@ async def scrape(client: aiohttp.ClientSession, shield: Shield) -> dict[str, lis
     async with client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response:
         text = await response.text()
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+async def get_each(client: aiohttp.ClientSession, shield: Shield, *paths: str) -> None:
+    for path in paths:
+        async with client.get(url_of(shield, path)) as response:
+            await response.read()
 
 
 # -- request ids --------------------------------------------------------------------------------
@@ -112,6 +119,54 @@ def test_a_histogram_counts_a_value_in_the_first_bucket_that_holds_it() -> None:
     assert histogram.total == pytest.approx(7.65)
 
 
+def test_a_batch_of_durations_lands_in_the_buckets_one_at_a_time_would() -> None:
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    rng = random.Random(7)
+    values = [rng.lognormvariate(-5, 2) for _ in range(2000)] + [*bounds, 0.0, 99.0, 0.001]
+    one_by_one, batch = Histogram(bounds), Histogram(bounds)
+    for value in values:
+        one_by_one.observe(value)
+    batch.observe_all(list(values))
+    batch.observe_all([])
+    assert batch.counts == one_by_one.counts
+    assert batch.counts[0] >= 3  # 0.0 and both 0.001s: a bound belongs to its own bucket
+    assert batch.total == pytest.approx(one_by_one.total)
+
+
+def test_recorded_durations_become_counts_and_buckets_and_the_lists_empty() -> None:
+    stats = ProxyStats()
+    forwarded = ("api", "throttle", "forwarded", "anonymous")
+    for elapsed in (0.0001, 0.0002, 0.2):
+        stats.durations_of(forwarded).append(elapsed)
+    stats.upstream_durations.extend([0.0001, 0.15])
+    stats.count(("live", "allow", "forwarded", "anonymous"))  # a WebSocket session: not timed
+    registry = build_registry(stats)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert (
+        sample(
+            "shield_requests_total", rule="api", action="throttle", decision="forwarded", identity="anonymous"
+        )
+        == 3
+    )
+    assert sample("shield_request_duration_seconds_bucket", rule="api", le="0.0005") == 2
+    assert sample("shield_request_duration_seconds_bucket", rule="api", le="0.25") == 3
+    assert sample("shield_request_duration_seconds_sum", rule="api") == pytest.approx(0.2003)
+    assert (
+        sample(
+            "shield_requests_total", rule="live", action="allow", decision="forwarded", identity="anonymous"
+        )
+        == 1
+    )
+    assert sample("shield_request_duration_seconds_count", rule="live") is None
+    assert sample("shield_upstream_duration_seconds_count") == 2
+    assert stats.durations[forwarded] == [] and stats.upstream_durations == []
+    # Folding again adds nothing.
+    assert sample("shield_request_duration_seconds_count", rule="api") == 3
+
+
 def test_stats_survive_a_snapshot_round_trip_and_add_up() -> None:
     stats = ProxyStats()
     stats.requests["api", "throttle", "throttled", "anonymous"] = 3
@@ -150,9 +205,7 @@ async def test_durations_are_recorded_by_rule_and_for_the_upstream(
     upstream_url, _ = await recording_upstream(aiohttp_server)
     shield = await make_shield(upstream_url, rules=RULES)
     async with aiohttp.ClientSession() as client:
-        for path in ("/slow", "/api/x", "/blocked", "/closed"):
-            async with client.get(url_of(shield, path)) as response:
-                await response.read()
+        await get_each(client, shield, "/slow", "/api/x", "/blocked", "/closed")
         families = await scrape(client, shield)
 
     counts = {
@@ -171,6 +224,25 @@ async def test_durations_are_recorded_by_rule_and_for_the_upstream(
         if s.name.endswith("_sum") and s.labels["rule"] == "default"
     ]
     assert default_sum[0] >= 0.05
+
+
+async def test_durations_are_folded_without_a_scrape_so_they_never_pile_up(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    upstream_url, _ = await recording_upstream(aiohttp_server)
+    shield = await make_shield(upstream_url, rules=RULES)
+    async with aiohttp.ClientSession() as client:
+        await get_each(client, shield, "/a", "/b", "/api/x", "/closed")
+    await asyncio.sleep(2.5 * FOLD_INTERVAL)
+    stats = shield.stats
+    assert all(durations == [] for durations in stats.durations.values())
+    assert stats.upstream_durations == []
+    assert stats.requests == {
+        ("default", "allow", "forwarded", "anonymous"): 2,
+        ("api", "throttle", "forwarded", "anonymous"): 1,
+        ("closed", "close", "closed", "anonymous"): 1,
+    }
+    assert sum(stats.upstream_seconds.counts) == 3
 
 
 # -- the access log -----------------------------------------------------------------------------

@@ -236,6 +236,7 @@ class CompiledRule:
         "count_statuses",
         "dry_run",
         "first_segments",
+        "forwarded_labels",
         "hosts",
         "indexed_test",
         "key_parts",
@@ -302,6 +303,12 @@ class CompiledRule:
         # What is left to test once ``Policy``'s index picked the rule by method (the method test,
         # always first, has passed by then), as one callable; None when nothing is.
         self.indexed_test = _all_of(tuple(test for test, _ in self.checks[self.methods is not None :]))
+        # The request counter's labels of a forwarded request, by ``identity.authenticated``:
+        # the same tuple every time, so the counter finds it by identity.
+        self.forwarded_labels = (
+            (rule.name, rule.action, "forwarded", "anonymous"),
+            (rule.name, rule.action, "forwarded", "authenticated"),
+        )
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
