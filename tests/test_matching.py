@@ -366,8 +366,9 @@ def _random_rule(rng: random.Random, index: int) -> dict[str, Any]:
         match["query"] = {"page": rng.choice(["present", "2", {"regex": "^[0-9]{3,}$"}])}
     if rng.random() < 0.1:
         match["client_cidrs"] = rng.sample(["10.0.0.0/8", "2001:db8::/32", "192.0.2.0/24"], 1)
-    if rng.random() < 0.1:
-        match["user_agents"] = ["(?i)bot"]
+    if rng.random() < 0.15:
+        # one pattern; two joined into one search; two that cannot be joined (a back-reference)
+        match["user_agents"] = rng.choice([["(?i)bot"], ["(?i)bot", "Mozilla"], ["(G)oo\\1?d", "^Moz"]])
     rule: dict[str, Any] = {
         "name": f"r{index}",
         "match": match,
@@ -389,7 +390,7 @@ def _random_request(rng: random.Random, case_insensitive: bool) -> RequestView:
     if rng.random() < 0.3:
         headers["Cookie"] = rng.choice(["session=s1", "session=s2", "other=1"])
     if rng.random() < 0.3:
-        headers["User-Agent"] = rng.choice(["GoodBot/1", "Mozilla/5.0"])
+        headers["User-Agent"] = rng.choice(["GoodBot/1", "Mozilla/5.0", "curl/8"])
     return view(
         rng.choice([*METHODS, "PATCH", "HEAD"]),
         path,
@@ -414,7 +415,7 @@ def linear_scan(
 
 
 @pytest.mark.parametrize("case_insensitive", [False, True])
-def test_index_never_changes_the_answer(case_insensitive: bool) -> None:
+def test_the_index_and_the_compiled_matchers_never_change_the_answer(case_insensitive: bool) -> None:
     rng = random.Random(20260303 + case_insensitive)
     checked = decided_by_a_rule = 0
     for _ in range(300):
@@ -446,3 +447,22 @@ def test_the_compiled_path_test_agrees_with_the_path_matcher(case_insensitive: b
         test = matcher.view_test()
         for path in [*REQUEST_PATHS, "*", ""]:
             assert test(view(path=path)) is matcher.matches(path), (patterns, path)
+
+
+def test_rule_values_reach_the_compiled_matcher_as_data_never_as_code() -> None:
+    sneaky = "') or True or ('"
+    policy = make_policy(
+        {
+            "name": "quoted",
+            "match": {"paths": [f"/q{sneaky}"], "headers": {"X-A": sneaky}},
+            "action": "block",
+        },
+        {"name": "hosted", "match": {"hosts": ["x.example')or('"]}, "action": "block"},
+        {"name": "agent", "match": {"user_agents": ["\\x27\\)\\s*or\\s*True"]}, "action": "block"},
+    )
+    assert decided(policy, view("GET", "/q", headers={"X-A": "x"})) is None
+    assert decided(policy, view("GET", f"/q{sneaky}", headers={"X-A": "x"})) is None
+    assert decided(policy, view("GET", f"/q{sneaky}", headers={"X-A": sneaky})) == "quoted"
+    assert decided(policy, view("GET", "/", host="x.example')or('")) == "hosted"
+    assert decided(policy, view("GET", "/", headers={"User-Agent": "') or True"})) == "agent"
+    assert decided(policy, view("GET", "/", headers={"User-Agent": "curl"})) is None

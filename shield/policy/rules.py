@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 from multidict import MultiMapping, istr
@@ -21,6 +22,7 @@ from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.limiter import Gcra
 from shield.policy.admission import priority_class
 from shield.policy.identity import Identity
+from shield.policy.matcher import CellMatch, MatchResult, compile_cell
 from shield.policy.paths import fold_case
 from shield.policy.trigger import Trigger
 from shield.target import host_name
@@ -126,7 +128,16 @@ def _describe(test: ValueMatch) -> str:
 
 
 Test = Callable[["RequestView"], bool]
-Check = tuple[Test, Callable[["RequestView"], str]]
+
+
+class Check(NamedTuple):
+    """One condition of a rule: ``test`` decides it, ``explain`` says why it failed. ``kind``
+    and ``data`` describe it for ``shield.policy.matcher``, which inlines the common kinds."""
+
+    test: Test
+    explain: Callable[[RequestView], str]
+    kind: str = "call"
+    data: Any = None
 
 
 def _cookie_values(view: RequestView, name: str) -> list[str]:
@@ -238,7 +249,6 @@ class CompiledRule:
         "first_segments",
         "forwarded_labels",
         "hosts",
-        "indexed_test",
         "key_parts",
         "methods",
         "name",
@@ -300,9 +310,6 @@ class CompiledRule:
         outcome["challenge"] = "challenged"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
-        # What is left to test once ``Policy``'s index picked the rule by method (the method test,
-        # always first, has passed by then), as one callable; None when nothing is.
-        self.indexed_test = _all_of(tuple(test for test, _ in self.checks[self.methods is not None :]))
         # The request counter's labels of a forwarded request, by ``identity.authenticated``:
         # the same tuple every time, so the counter finds it by identity.
         self.forwarded_labels = (
@@ -319,61 +326,93 @@ class CompiledRule:
         )
 
     def _compile_checks(self) -> tuple[Check, ...]:
-        """One (test, explanation) pair per condition the rule has, cheapest first."""
+        """One condition per thing the rule asks of a request, cheapest first."""
         match = self.config.match
         checks: list[Check] = []
         if (methods := self.methods) is not None:
             listed = sorted(methods)
             checks.append(
-                (lambda v: v.method in methods, lambda v: f"method {v.method} is not one of {listed}")
+                Check(lambda v: v.method in methods, lambda v: f"method {v.method} is not one of {listed}")
             )
-        if self.paths is not None:
-            checks.append((self.paths.view_test(), lambda v: f"path {v.path} matches none of {match.paths}"))
+        if (paths := self.paths) is not None:
+            checks.append(
+                Check(
+                    paths.view_test(),
+                    lambda v: f"path {v.path} matches none of {match.paths}",
+                    "paths",
+                    paths,
+                )
+            )
         if (wanted := self.authenticated) is not None:
             checks.append(
-                (
+                Check(
                     lambda v: v.identity.authenticated is wanted,
                     lambda v: f"rule is for {self.config.for_} clients; this one is {v.identity.label}",
+                    "for",
+                    wanted,
                 )
             )
         if (hosts := self.hosts) is not None:
-            checks.append((_host_test(hosts), lambda v: f"host {v.host!r} is not one of {match.hosts}"))
+            exact, suffixes = _host_sets(hosts)
+            checks.append(
+                Check(
+                    _host_test(exact, suffixes),
+                    lambda v: f"host {v.host!r} is not one of {match.hosts}",
+                    "hosts",
+                    (exact, suffixes),
+                )
+            )
         if cidrs := self.cidrs:
             checks.append(
-                (
+                Check(
                     lambda v: _in_cidrs(v.client_ip, cidrs),
                     lambda v: f"client {v.client_ip} is outside {match.client_cidrs}",
                 )
             )
         if agents := self.user_agents:
-            checks.append((_user_agent_test(agents), lambda v: "User-Agent does not match"))
+            search = _agent_search(agents)
+            checks.append(
+                Check(_user_agent_test(agents), lambda v: "User-Agent does not match")
+                if search is None
+                else Check(_user_agent_test(agents), lambda v: "User-Agent does not match", "agent", search)
+            )
         for name, spec in (match.headers or {}).items():
             why = f"header {name} is not {_describe(spec)}"
-            checks.append((_header_test(name, spec), lambda v, w=why: w))  # type: ignore[misc]
+            test = _header_test(name, spec)
+            explain: Callable[[RequestView], str] = lambda v, w=why: w  # type: ignore[misc]  # noqa: E731
+            if spec.present is not None:
+                checks.append(Check(test, explain, "header-present", (istr(name), spec.present)))
+            elif spec.equals is not None:
+                checks.append(Check(test, explain, "header-equals", (istr(name), spec.equals)))
+            else:
+                checks.append(Check(test, explain))
         for kind, tests, specs in (
             ("cookie", self.cookie_tests, match.cookies),
             ("query parameter", self.query_tests, match.query),
         ):
-            for name, test in tests:
+            for name, value_test in tests:
                 why = f"{kind} {name} is not {_describe((specs or {})[name])}"
                 read = _readers[kind]
                 checks.append(
-                    (lambda v, n=name, t=test, r=read: _any_value(t, r(v, n)), lambda v, w=why: w)  # type: ignore[misc]
+                    Check(
+                        lambda v, n=name, t=value_test, r=read: _any_value(t, r(v, n)),  # type: ignore[misc]
+                        lambda v, w=why: w,  # type: ignore[misc]
+                    )
                 )
         return tuple(checks)
 
     def matches(self, view: RequestView) -> bool:
         # An explicit loop: all() over a generator costs a frame per call on the hot path.
-        for check, _ in self.checks:  # noqa: SIM110
-            if not check(view):
+        for check in self.checks:  # noqa: SIM110
+            if not check.test(view):
                 return False
         return True
 
     def mismatch(self, view: RequestView) -> str | None:
         """Why this rule does not apply to ``view``, or None when it does."""
-        for check, explain in self.checks:
-            if not check(view):
-                return explain(view)
+        for check in self.checks:
+            if not check.test(view):
+                return check.explain(view)
         return None
 
     def state_key(self, view: RequestView) -> str:
@@ -394,24 +433,6 @@ class CompiledRule:
                 value = view.headers.get(name) if kind == "header" else view.cookies.get(name)
                 parts.append(f"{kind[0]}:{value}" if value else view.client_key)
         return prefix + "|".join(parts)
-
-
-def _all_of(tests: tuple[Test, ...]) -> Test | None:
-    if not tests:
-        return None
-    if len(tests) == 1:
-        return tests[0]
-    if len(tests) == 2:
-        first, second = tests
-        return lambda v: first(v) and second(v)
-
-    def all_hold(view: RequestView) -> bool:
-        for test in tests:  # noqa: SIM110 (all() over a generator costs a frame per call)
-            if not test(view):
-                return False
-        return True
-
-    return all_hold
 
 
 # A pattern's leading global flags that can become a scoped group; "x" cannot (a comment would
@@ -442,11 +463,17 @@ def joined_search(patterns: Sequence[str]) -> re.Pattern[str] | None:
         return None
 
 
-def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
-    if len(agents) > 1 and (joined := joined_search([agent.pattern for agent in agents])) is not None:
-        agents = (joined,)
+def _agent_search(agents: tuple[re.Pattern[str], ...]) -> Callable[[str], re.Match[str] | None] | None:
+    """One search for all of a rule's User-Agent patterns, or None when they cannot be joined."""
     if len(agents) == 1:
-        search = agents[0].search
+        return agents[0].search
+    joined = joined_search([agent.pattern for agent in agents])
+    return joined.search if joined is not None else None
+
+
+def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
+    search = _agent_search(agents)
+    if search is not None:
         return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
     searches = tuple(agent.search for agent in agents)
 
@@ -474,11 +501,15 @@ def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
     return lambda v: any(search(value) is not None for value in v.headers.getall(name, ()))
 
 
-def _host_test(hosts: Sequence[str]) -> Callable[[RequestView], bool]:
-    """Exact names, and ``*.example.com`` for any name below example.com (not itself)."""
+def _host_sets(hosts: Sequence[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Exact names, and ``*.example.com`` as the suffix ".example.com": any name below
+    example.com (not itself)."""
     exact = frozenset(h.lower() for h in hosts if not h.startswith("*."))
     suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+    return exact, suffixes
 
+
+def _host_test(exact: frozenset[str], suffixes: tuple[str, ...]) -> Callable[[RequestView], bool]:
     def test(view: RequestView) -> bool:
         host = host_name(view.host_header)
         return host in exact or host.endswith(suffixes)
@@ -496,6 +527,14 @@ def _in_cidrs(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return any(address in network for network in networks if network.version == address.version)
 
 
+class Cell(NamedTuple):
+    """The rules a request with a given method and first path segment could match, in file
+    order, and the function that picks among them."""
+
+    rules: tuple[CompiledRule, ...]
+    match: CellMatch
+
+
 class Policy:
     """The compiled rule list: ``match`` returns the rules that apply, in order."""
 
@@ -506,20 +545,25 @@ class Policy:
             self._keep_triggers(previous)
         methods = {m for r in self.rules if r.methods for m in r.methods}
         segments = {s for r in self.rules if r.first_segments for s in r.first_segments}
-        # method -> first segment -> the rules that could apply, with their remaining tests;
-        # ANY stands for a method or a segment that no rule names.
-        self._index: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
+        # method -> first segment -> the rules that could apply, and their matcher (one per
+        # distinct list of rules); ANY stands for a method or a segment that no rule names.
+        self._index: dict[str, dict[str, Cell]] = {}
+        compiled: dict[tuple[int, ...], CellMatch] = {}
         for method in (*methods, ANY):
             by_segment = self._index[method] = {}
             for segment in (*segments, ANY):
-                by_segment[segment] = tuple(
-                    (r, r.indexed_test)
+                cell_rules = tuple(
+                    r
                     for r in self.rules
                     if (r.methods is None or method in r.methods)
                     and (r.first_segments is None or segment in r.first_segments)
                 )
-        # method -> canonical path -> ``_entries(method, path)``
-        self._seen: dict[str, dict[str, tuple[tuple[CompiledRule, Test | None], ...]]] = {}
+                ids = tuple(map(id, cell_rules))
+                if ids not in compiled:
+                    compiled[ids] = compile_cell(cell_rules)
+                by_segment[segment] = Cell(cell_rules, compiled[ids])
+        # method -> canonical path -> the matcher of ``_cell(method, path)``
+        self._seen: dict[str, dict[str, CellMatch]] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
         self.has_challenge = any(r.action == "challenge" for r in self.rules)
@@ -537,43 +581,35 @@ class Policy:
     def triggers(self) -> list[tuple[CompiledRule, Trigger]]:
         return [(rule, rule.trigger) for rule in self.rules if rule.trigger is not None]
 
-    def _entries(self, method: str, path: str) -> tuple[tuple[CompiledRule, Test | None], ...]:
+    def _cell(self, method: str, path: str) -> Cell:
         by_segment = self._index.get(method)
         if by_segment is None:
             by_segment = self._index[ANY]
         end = path.find("/", 1)
-        entries = by_segment.get(path[1:] if end < 0 else path[1:end])
-        return by_segment[ANY] if entries is None else entries
+        cell = by_segment.get(path[1:] if end < 0 else path[1:end])
+        return by_segment[ANY] if cell is None else cell
 
     def candidates(self, method: str, path: str) -> tuple[CompiledRule, ...]:
-        return tuple(rule for rule, _ in self._entries(method, path))
+        return self._cell(method, path).rules
 
-    def match(self, view: RequestView) -> tuple[CompiledRule | None, list[CompiledRule] | None]:
+    def match(self, view: RequestView) -> MatchResult:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
-        dry_runs: list[CompiledRule] | None = None
         seen = self._seen.get(view.method)
-        entries = seen.get(view.path) if seen is not None else None
-        if entries is None:
-            entries = self._remember(view.method, view.path)
-        for rule, test in entries:
-            if test is None or test(view):
-                if not rule.dry_run:
-                    return rule, dry_runs
-                if dry_runs is None:
-                    dry_runs = []
-                dry_runs.append(rule)
-        return None, dry_runs
+        match = seen.get(view.path) if seen is not None else None
+        if match is None:
+            match = self._remember(view.method, view.path)
+        return match(view)
 
-    def _remember(self, method: str, path: str) -> tuple[tuple[CompiledRule, Test | None], ...]:
-        """``_entries``, kept by method and path: most requests ask for a path seen moments ago.
-        Bounded like the canonical-path table: a flood of distinct paths costs a rebuild now
-        and then, never memory."""
-        entries = self._entries(method, path)
+    def _remember(self, method: str, path: str) -> CellMatch:
+        """``_cell(method, path).match``, kept by method and path: most requests ask for a path
+        seen moments ago. Bounded like the canonical-path table: a flood of distinct paths costs
+        a rebuild now and then, never memory."""
+        match = self._cell(method, path).match
         if len(path) <= _SEEN_LENGTH:
             seen = self._seen.get(method)
             if seen is None or len(seen) >= _SEEN_ENTRIES:
                 if len(self._seen) >= _SEEN_METHODS:
                     self._seen.clear()
                 seen = self._seen[method] = {}
-            seen[path] = entries
-        return entries
+            seen[path] = match
+        return match
