@@ -57,7 +57,16 @@ _result = tuple.__new__
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
-    __slots__ = ("burst", "count", "interval", "known_lines", "lines_start", "period", "tolerance")
+    __slots__ = (
+        "burst",
+        "count",
+        "full_lines",
+        "interval",
+        "known_lines",
+        "lines_start",
+        "period",
+        "tolerance",
+    )
 
     def __init__(self, count: int, period: float, burst: int | None = None) -> None:
         self.count = count
@@ -70,6 +79,11 @@ class Gcra:
         # (remaining, reset) -> ``ratelimit_lines`` of an allowed verdict: a bucket is mostly in
         # one of a few states, and formatting the numbers cost more than the GCRA step itself.
         self.known_lines: dict[tuple[int, int], bytes] = {}
+        # The lines of one request into a full bucket, the common case: always the same.
+        self.full_lines = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % (
+            self.burst - 1,
+            ceil(self.interval),
+        )
 
     def new_lines(self, state: tuple[int, int]) -> bytes:
         """The lines of a (remaining, reset) state not in ``known_lines`` yet, remembered there.
@@ -81,6 +95,11 @@ class Gcra:
 
     def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
         """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
+        if (tat is None or tat <= now) and cost <= self.burst:
+            # A full bucket. Worked out without the clock, whose large values would round
+            # "burst - cost remain" down by one for short intervals.
+            spent = self.interval * cost
+            return _result(RateLimitResult, (True, self.burst, self.burst - cost, spent, 0.0)), now + spent
         base = now if tat is None or tat < now else tat
         new_tat = base + self.interval * cost
         allow_at = new_tat - self.tolerance
@@ -147,16 +166,21 @@ class MemoryLimiter:
         tats = self._tats
         tat = tats.get(key)
         interval = rate.interval
+        if tat is None or tat <= now:
+            # A full bucket: what ``apply`` says of it, without the arithmetic.
+            tats[key] = now + interval
+            if tat is None:
+                if len(tats) > self.max_keys:
+                    self._evict(now)
+            else:
+                tats.move_to_end(key)
+            return rate.full_lines
         tolerance = rate.tolerance
-        new_tat = (now if tat is None or tat < now else tat) + interval
+        new_tat = tat + interval
         if now < new_tat - tolerance:
             return None
         tats[key] = new_tat
-        if tat is None:
-            if len(tats) > self.max_keys:
-                self._evict(now)
-        else:
-            tats.move_to_end(key)
+        tats.move_to_end(key)
         state = (int((now + tolerance - new_tat) / interval + 1e-9), ceil(new_tat - now))
         lines = rate.known_lines.get(state)
         return lines if lines is not None else rate.new_lines(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from math import ceil
 from typing import Any
 
 import pytest
@@ -354,3 +355,17 @@ def test_buckets_belong_to_a_rule_and_its_limit() -> None:
     )
     request = req("10.0.0.1")
     assert len({a.state_key(request), b.state_key(request), a_faster.state_key(request)}) == 3
+
+
+def test_a_full_bucket_answers_exactly_whatever_the_clock_reads() -> None:
+    # With float arithmetic on a clock days past boot, "burst - 1 remain" used to come out one
+    # short for short intervals, and a 6 s reset as 7 s now and then.
+    rng = random.Random(3)
+    for gcra in (Gcra(1_000_000, 1.0), Gcra(10, 60.0, 5)):
+        limiter = MemoryLimiter()
+        for i in range(20_000):
+            now = rng.uniform(1e3, 1e7)
+            result = limiter.hit(f"hit-{i}", gcra, now)
+            lines = limiter.admit(f"admit-{i}", gcra, now)
+            assert (result.remaining, ceil(result.reset_after)) == (gcra.burst - 1, ceil(gcra.interval))
+            assert lines == ratelimit_lines(result)
