@@ -140,7 +140,8 @@ class Gatekeeper:
         if not policy.rules:
             return await self._forward(request, target, b"", None, identity, upstream)
 
-        view = RequestView(
+        # What rules look at (a RequestView's fields, in order), for the matcher and any view.
+        parts = (
             method,
             match_path,
             host,
@@ -150,8 +151,15 @@ class Gatekeeper:
             identity,
             client.key,
         )
-        rule, dry_runs = policy.match(view)
+        # ``policy.matcher(method, match_path)``, looked up where it is kept first.
+        known = policy.known.get(method)
+        match = known.get(match_path) if known is not None else None
+        if match is None:
+            match = policy.matcher(method, match_path)
+        rule, dry_runs = match(*parts)
+        view = None  # made only for a decision that needs more than the rule and the client
         if dry_runs is not None:
+            view = RequestView(*parts)
             if self.shared is None:
                 self._record_dry_runs(dry_runs, view)
             else:
@@ -167,13 +175,18 @@ class Gatekeeper:
             authenticated = identity.authenticated
             rate = rule.rates[authenticated]
             assert rate is not None
-            # ``rule.state_key(view)``, its common case inlined.
-            key = rule.state_prefixes[authenticated] + view.client_key if rule.by_ip else rule.state_key(view)
+            if rule.by_ip:
+                key = rule.state_prefixes[authenticated] + client.key  # what state_key says
+            else:
+                view = RequestView(*parts)
+                key = rule.state_key(view)
             lines = self.limiter.admit(key, rate, self.clock.now())
             if lines is not None:
                 if runtime.debug_header:
                     lines += _forwarded(True, rule)
                 return await self._forward(request, target, lines, rule, identity, upstream)
+        if view is None:
+            view = RequestView(*parts)
 
         debug = runtime.debug_header
         action = rule.action

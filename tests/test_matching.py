@@ -10,6 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from shield.config.rules import PolicyOptions, Rule
+from shield.policy import rules as rules_module
 from shield.policy.identity import ANONYMOUS, Identity
 from shield.policy.paths import canonical_path
 from shield.policy.rules import CompiledRule, PathMatcher, Policy, RequestView
@@ -466,3 +467,14 @@ def test_rule_values_reach_the_compiled_matcher_as_data_never_as_code() -> None:
     assert decided(policy, view("GET", "/", host="x.example')or('")) == "hosted"
     assert decided(policy, view("GET", "/", headers={"User-Agent": "') or True"})) == "agent"
     assert decided(policy, view("GET", "/", headers={"User-Agent": "curl"})) is None
+
+
+def test_matchers_kept_by_method_and_path_stay_bounded() -> None:
+    policy = make_policy({"name": "r", "match": {"paths": ["/api/**"]}, "action": "block"})
+    for i in range(3 * rules_module._KNOWN_PATHS):
+        assert decided(policy, view("GET", f"/api/{i}")) == "r"
+        assert decided(policy, view(f"M{i % 200}", f"/x/{i}")) is None
+    assert len(policy.known) <= rules_module._KNOWN_METHODS
+    assert all(len(paths) <= rules_module._KNOWN_PATHS for paths in policy.known.values())
+    assert decided(policy, view("GET", "/api/" + "x" * 300)) == "r"  # too long to keep, still matched
+    assert all(len(path) <= rules_module._KNOWN_LENGTH for paths in policy.known.values() for path in paths)

@@ -6,12 +6,13 @@ holds. Done with one closure per condition, that costs a Python call per conditi
 rule, and those calls were most of a request's matching cost. Here each cell's rules become the
 body of one generated function: the common conditions (paths, identity class, host, User-Agent,
 header presence or value) are inlined as expressions, and the rest (CIDRs, cookies, query
-parameters, header regexes) call the condition's own test, as before.
+parameters, header regexes) call the condition's own test, as before. The function takes the
+request's parts as arguments; a ``RequestView`` is made only for a condition that needs one.
 
 The source is built only from this module's templates and names it makes up (``c0``, ``c1``...);
 every value from the rule file reaches the function as a constant bound to such a name, never as
-text, so nothing an operator writes becomes code. ``tests/test_matcher.py`` checks the result
-against the rules' own tests on generated requests.
+text, so nothing an operator writes becomes code. ``tests/test_matching.py`` checks the result
+against the rules' own tests on random rule sets.
 """
 
 from __future__ import annotations
@@ -21,39 +22,47 @@ from typing import TYPE_CHECKING, Any
 
 from multidict import istr
 
-from shield.target import host_name
+from shield.target import HOST_NAMES, host_name
 
 if TYPE_CHECKING:
     from shield.policy.rules import Check, CompiledRule, RequestView
 
 MatchResult = tuple["CompiledRule | None", "list[CompiledRule] | None"]
-CellMatch = Callable[["RequestView"], MatchResult]
+# match(method, path, host_header, headers, query_string, client_ip, identity, client_key, view)
+# where view is the request's RequestView if the caller has one (else one is made if needed).
+CellMatch = Callable[..., MatchResult]
 
 _USER_AGENT = istr("User-Agent")
+_ARGUMENTS = "method, path, host_header, headers, query_string, client_ip, identity, client_key"
 
 
 class _Source:
     """The generated function's lines and the constants its names stand for."""
 
-    def __init__(self) -> None:
+    def __init__(self, view_type: type[RequestView]) -> None:
         self.lines: list[str] = []
-        self.constants: dict[str, Any] = {"host_name": host_name, "_USER_AGENT": _USER_AGENT}
-        self.computed: set[str] = set()  # locals already assigned (host, agent)
+        self.constants: dict[str, Any] = {
+            "host_name": host_name,
+            "known_host": HOST_NAMES.get,
+            "RequestView": view_type,
+            "_USER_AGENT": _USER_AGENT,
+        }
+        self.computed: set[str] = set()  # locals already assigned (host, agent, view)
 
     def constant(self, value: object) -> str:
         name = f"c{len(self.constants)}"
         self.constants[name] = value
         return name
 
-    def local(self, name: str, expression: str, indent: str) -> None:
+    def local(self, name: str, *statements: str) -> None:
         """Assign a local the first time a condition needs it (later rules reuse it)."""
         if name not in self.computed:
             self.computed.add(name)
-            self.lines.append(f"{indent}{name} = {expression}")
+            self.lines.extend(f"    {statement}" for statement in statements)
 
 
-def _condition(check: Check, source: _Source, indent: str) -> str:
-    """``check`` as a Python expression over the locals ``view``, ``path`` and ``headers``."""
+def _condition(check: Check, source: _Source) -> str:
+    """``check`` as a Python expression over the generated function's arguments."""
     kind, data = check.kind, check.data
     if kind == "paths":
         exact, prefixes, pattern = data.exact, data.prefixes, data.pattern
@@ -68,13 +77,15 @@ def _condition(check: Check, source: _Source, indent: str) -> str:
             parts.append(f"{source.constant(pattern.fullmatch)}(path) is not None")
         return "(" + " or ".join(parts) + ")" if parts else "False"
     if kind == "for":
-        return f"view.identity.authenticated is {bool(data)}"
+        return f"identity.authenticated is {bool(data)}"
     if kind == "hosts":
         exact, suffixes = data
-        source.local("host", "host_name(view.host_header)", indent)
+        source.local(
+            "host", "host = known_host(host_header)", "if host is None: host = host_name(host_header)"
+        )
         return f"(host in {source.constant(exact)} or host.endswith({source.constant(suffixes)}))"
     if kind == "agent":
-        source.local("agent", "headers.get(_USER_AGENT, '')", indent)
+        source.local("agent", "agent = headers.get(_USER_AGENT, '')")
         return f"{source.constant(data)}(agent) is not None"
     if kind == "header-present":
         name, wanted = data
@@ -82,26 +93,25 @@ def _condition(check: Check, source: _Source, indent: str) -> str:
     if kind == "header-equals":
         name, expected = data
         return f"{source.constant(expected)} in headers.getall({source.constant(name)}, ())"
+    source.local("view", f"if view is None: view = RequestView({_ARGUMENTS})")
     return f"{source.constant(check.test)}(view)"
 
 
-def compile_cell(rules: tuple[CompiledRule, ...]) -> CellMatch:
+def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) -> CellMatch:
     """``Policy.match`` for requests whose method and first segment put them in this cell:
     the first enforcing rule of ``rules`` whose conditions (other than the method, which the
     index settled) hold, and the dry-run rules met before it."""
-    source = _Source()
+    source = _Source(view_type)
     body = source.lines
     dry_runs = any(rule.dry_run for rule in rules)
     result = "dry_runs" if dry_runs else "None"
-    body.append("def match(view):")
-    body.append("    path = view.path")
-    body.append("    headers = view.headers")
+    body.append(f"def match({_ARGUMENTS}, view=None):")
     if dry_runs:
         body.append("    dry_runs = None")
     for rule in rules:
         name = source.constant(rule)
         checks = rule.checks[rule.methods is not None :]
-        conditions = [_condition(check, source, "    ") for check in checks]
+        conditions = [_condition(check, source) for check in checks]
         action = (
             [
                 "        if dry_runs is None:",

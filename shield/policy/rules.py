@@ -32,10 +32,10 @@ _BY_IP = ("ip",)
 _COOKIE = istr("Cookie")
 _USER_AGENT = istr("User-Agent")
 ANY = ""  # index key for "any method" / "any first segment"
-# Bounds of the table of candidate rules by method and path (``Policy._remember``).
-_SEEN_ENTRIES = 4096
-_SEEN_LENGTH = 256
-_SEEN_METHODS = 64
+# Bounds of the table of matchers by method and path (``Policy.known``).
+_KNOWN_PATHS = 4096
+_KNOWN_LENGTH = 256
+_KNOWN_METHODS = 64
 
 
 class RequestView:
@@ -560,10 +560,10 @@ class Policy:
                 )
                 ids = tuple(map(id, cell_rules))
                 if ids not in compiled:
-                    compiled[ids] = compile_cell(cell_rules)
+                    compiled[ids] = compile_cell(cell_rules, RequestView)
                 by_segment[segment] = Cell(cell_rules, compiled[ids])
-        # method -> canonical path -> the matcher of ``_cell(method, path)``
-        self._seen: dict[str, dict[str, CellMatch]] = {}
+        # method -> canonical path -> ``matcher(method, path)``; read-only outside ``matcher``
+        self.known: dict[str, dict[str, CellMatch]] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
         self.has_challenge = any(r.action == "challenge" for r in self.rules)
@@ -594,22 +594,29 @@ class Policy:
 
     def match(self, view: RequestView) -> MatchResult:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
-        seen = self._seen.get(view.method)
-        match = seen.get(view.path) if seen is not None else None
-        if match is None:
-            match = self._remember(view.method, view.path)
-        return match(view)
+        return self.matcher(view.method, view.path)(
+            view.method,
+            view.path,
+            view.host_header,
+            view.headers,
+            view.query_string,
+            view.client_ip,
+            view.identity,
+            view.client_key,
+            view,
+        )
 
-    def _remember(self, method: str, path: str) -> CellMatch:
-        """``_cell(method, path).match``, kept by method and path: most requests ask for a path
-        seen moments ago. Bounded like the canonical-path table: a flood of distinct paths costs
-        a rebuild now and then, never memory."""
+    def matcher(self, method: str, path: str) -> CellMatch:
+        """The function that matches requests with this method and path: ``known[method][path]``
+        once asked for (the gatekeeper looks there first), as most requests ask for a path seen
+        moments ago. Bounded like the canonical-path table: a flood of distinct paths costs a
+        rebuild now and then, never memory."""
         match = self._cell(method, path).match
-        if len(path) <= _SEEN_LENGTH:
-            seen = self._seen.get(method)
-            if seen is None or len(seen) >= _SEEN_ENTRIES:
-                if len(self._seen) >= _SEEN_METHODS:
-                    self._seen.clear()
-                seen = self._seen[method] = {}
-            seen[path] = match
+        if len(path) <= _KNOWN_LENGTH:
+            known = self.known.get(method)
+            if known is None or len(known) >= _KNOWN_PATHS:
+                if len(self.known) >= _KNOWN_METHODS:
+                    self.known.clear()
+                known = self.known[method] = {}
+            known[path] = match
         return match

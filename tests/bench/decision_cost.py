@@ -84,7 +84,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         canonical = canonical_path(path.decode("utf-8", "surrogateescape"), case_insensitive=False)
         canonical.forward.encode()
         identity = identities.identify(headers, client_ip)
-        view = RequestView(
+        parts = (
             method,
             canonical.match,
             headers.get("Host"),
@@ -92,12 +92,18 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
             query.decode("latin-1"),
             client_ip,
             identity,
+            client_ip,
         )
-        rule, _ = policy.match(view)
+        known = policy.known.get(method)
+        match = known.get(canonical.match) if known is not None else None
+        if match is None:
+            match = policy.matcher(method, canonical.match)
+        rule, _ = match(*parts)
         if rule is not None and rule.rate is not None:
             # The gatekeeper's common case: charged and allowed, RateLimit lines straight back.
-            lines = limiter.admit(rule.state_key(view), rule.rate, clock.now())
-            return lines if lines is not None else limiter.peek(rule.state_key(view), rule.rate, clock.now())
+            key = rule.state_key(RequestView(*parts))
+            lines = limiter.admit(key, rule.rate, clock.now())
+            return lines if lines is not None else limiter.peek(key, rule.rate, clock.now())
         return rule
 
     return decide, len(config.rules), path
