@@ -7,9 +7,13 @@ Each variant is ``python -m shield run`` with that interpreter (so another check
 virtualenv measures another commit) and the extra config appended; given a directory instead,
 this interpreter runs in it, importing that directory's ``shield/`` (a checkout or a patched
 copy, without a virtualenv of its own). An nginx upstream answers
-``GET /2b`` with ``ok`` on core 1; the Shields run one at a time on core 0; ``wrk -t1 -c50``
-on core 1. Prints median req/s and p99 per variant over the rounds. Example (this branch
-against its base commit, and with the access log on)::
+``GET /2b`` with ``ok`` on core 1; all the Shields run on core 0 for the whole benchmark, and
+``wrk -t1 -c50`` on core 1 loads one at a time, in short runs, the order rotating each round.
+Prints per variant, over the rounds: median req/s and p99, the median of each round's req/s
+ratio to the first variant (paired: drifts of the machine's speed cancel), and Shield's CPU
+time per request (user + system, from /proc), with the first variant's CPU time divided by it:
+what the throughput ratio would be on a core Shield had to itself. Example (this branch against
+its base commit, and with the access log on)::
 
     mkdir /tmp/base && git archive BASE | tar -x -C /tmp/base
     (cd /tmp/base && python3 -m venv .venv && .venv/bin/pip install -q -e .)
@@ -28,31 +32,47 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from local_http import free_port, nginx_upstream, variant_config, wait_http
 from run_bench import bench_rules
 
 
-def wrk(url: str, duration: float) -> tuple[float, float]:
+class Run(NamedTuple):
+    rps: float
+    p99: float  # seconds
+    cpu: float  # Shield's CPU seconds (user + system) per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (its own, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, duration: float, pid: int | None = None) -> Run:
+    before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{int(duration)}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    spent = cpu_seconds(pid) - before if pid is not None else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99_text is not None
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99_text.group(2)]
-    return rps, float(p99_text.group(1)) * scale
+    return Run(rps, float(p99_text.group(1)) * scale, spent / max(requests, 1))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("variants", nargs="+", help="NAME=PYTHON[:EXTRA_YAML]")
-    parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=2, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rules", action="store_true", help="add run_bench.py's 20 rules to every variant")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shield-ab-"))
@@ -61,7 +81,7 @@ def main() -> int:
     try:
         started.append(subprocess.Popen(["taskset", "-c", "1", *nginx_upstream(tmp, upstream_port)]))
         wait_http(f"http://127.0.0.1:{upstream_port}/2b")
-        results: dict[str, list[tuple[float, float]]] = {}
+        results: dict[str, list[Run]] = {}
         variants = []
         for spec in args.variants:
             name, _, rest = spec.partition("=")
@@ -69,49 +89,66 @@ def main() -> int:
             python = os.path.abspath(python)
             variants.append((name, python, extra.strip()))
         rules = yaml.safe_dump({"rules": bench_rules()}) if args.rules else ""
+        # Every variant runs for the whole benchmark (idle while another is measured), so runs
+        # can be short and many: a change in the machine's speed then hits all variants alike.
+        ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
+        for name, python, extra in variants:
+            port = ports[name] = free_port()
+            config = tmp / f"{name}.yaml"
+            config.write_text(variant_config(port, free_port(), upstream_port, extra, rules))
+            in_dir = os.path.isdir(python)
+            shield = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    "0",
+                    sys.executable if in_dir else python,
+                    "-m",
+                    "shield",
+                    "run",
+                    "-c",
+                    str(config),
+                ],
+                # ``-m`` imports the shield/ of the working directory first: a scratch
+                # directory runs the interpreter's own install, a checkout runs that checkout.
+                cwd=python if in_dir else tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            started.append(shield)
+            pids[name] = shield.pid
+        for port in ports.values():
+            wait_http(f"http://127.0.0.1:{port}/2b")
+            wrk(f"http://127.0.0.1:{port}/2b", 1)  # warm-up
         for round_ in range(args.rounds):
             order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
-            for name, python, extra in order:
-                port, admin = free_port(), free_port()
-                config = tmp / f"{name}.yaml"
-                config.write_text(variant_config(port, admin, upstream_port, extra, rules))
-                in_dir = os.path.isdir(python)
-                shield = subprocess.Popen(
-                    [
-                        "taskset",
-                        "-c",
-                        "0",
-                        sys.executable if in_dir else python,
-                        "-m",
-                        "shield",
-                        "run",
-                        "-c",
-                        str(config),
-                    ],
-                    # ``-m`` imports the shield/ of the working directory first: a scratch
-                    # directory runs the interpreter's own install, a checkout runs that checkout.
-                    cwd=python if in_dir else tmp,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    wait_http(f"http://127.0.0.1:{port}/2b")
-                    wrk(f"http://127.0.0.1:{port}/2b", 1)  # warm-up
-                    results.setdefault(name, []).append(wrk(f"http://127.0.0.1:{port}/2b", args.duration))
-                finally:
-                    shield.send_signal(signal.SIGTERM)
-                    shield.wait(10)
-        base_rps = statistics.median(r for r, _ in results[variants[0][0]])
-        print(f"{'variant':<12} {'req/s':>9} {'p99':>9} {'vs first':>9}   rounds")
+            for name, _, _ in order:
+                url = f"http://127.0.0.1:{ports[name]}/2b"
+                results.setdefault(name, []).append(wrk(url, args.duration, pids[name]))
+        first = results[variants[0][0]]
+        base_rps = statistics.median(run.rps for run in first)
+        base_cpu = statistics.median(run.cpu for run in first)
+        print(
+            f"{'variant':<12} {'req/s':>9} {'p99':>9} {'vs first':>9} {'paired':>7}"
+            f" {'CPU µs/req':>11} {'vs first':>9}   rounds"
+        )
         for name, runs in results.items():
-            rps = statistics.median(r for r, _ in runs)
-            p99 = statistics.median(p for _, p in runs)
-            rounds = " ".join(f"{r:.0f}" for r, _ in runs)
-            print(f"{name:<12} {rps:>9.0f} {p99 * 1000:>7.2f}ms {rps / base_rps:>9.3f}   {rounds}")
+            rps = statistics.median(run.rps for run in runs)
+            p99 = statistics.median(run.p99 for run in runs)
+            # Each round's ratio to the first variant's run in the same round, then the median:
+            # slow drifts of the machine's speed fall out of it.
+            paired = statistics.median(run.rps / base.rps for run, base in zip(runs, first, strict=True))
+            cpu = statistics.median(run.cpu for run in runs)
+            rounds = " ".join(f"{run.rps:.0f}" for run in runs)
+            print(
+                f"{name:<12} {rps:>9.0f} {p99 * 1000:>7.2f}ms {rps / base_rps:>9.3f} {paired:>7.3f}"
+                f" {cpu * 1e6:>11.1f} {base_cpu / cpu:>9.3f}   {rounds}"
+            )
     finally:
         for process in started:
-            process.send_signal(signal.SIGQUIT)
-            process.wait(5)
+            process.send_signal(signal.SIGQUIT if process is started[0] else signal.SIGTERM)
+            process.wait(10)
     return 0
 
 
