@@ -7,8 +7,11 @@ Each variant is ``python -m shield run`` with that interpreter (so another check
 virtualenv measures another commit) and the extra config appended; given a directory instead,
 this interpreter runs in it, importing that directory's ``shield/`` (a checkout or a patched
 copy, without a virtualenv of its own). An nginx upstream answers
-``GET /2b`` with ``ok`` on core 1; all the Shields run on core 0 for the whole benchmark, and
-``wrk -t1 -c50`` on core 1 loads one at a time, in short runs, the order rotating each round.
+``GET /2b`` with ``ok`` on core 1. Each round starts every variant on core 0 and ``wrk -t1 -c50``
+on core 1 loads them one at a time, the order rotating each round, or with ``--together`` all at
+once: then they share core 0 at the same moments, so a change in the machine's speed (this VM's
+moves by tens of percent from second to second) hits them alike, and their req/s compare their
+per-request costs.
 Prints per variant, over the rounds: median req/s and p99, the median of each round's req/s
 ratio to the first variant (paired: drifts of the machine's speed cancel), and Shield's CPU
 time per request (user + system, from /proc), with the first variant's CPU time divided by it:
@@ -51,21 +54,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: float, pid: int | None = None) -> Run:
-    before = cpu_seconds(pid) if pid is not None else 0.0
-    out = subprocess.run(
+def start_wrk(url: str, duration: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{int(duration)}s", "--latency", url],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
-    ).stdout
-    spent = cpu_seconds(pid) - before if pid is not None else 0.0
+    )
+
+
+def wrk_result(process: subprocess.Popen[str], cpu_spent: float) -> Run:
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"wrk failed: {out[-500:]}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99_text is not None
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99_text.group(2)]
-    return Run(rps, float(p99_text.group(1)) * scale, spent / max(requests, 1))
+    return Run(rps, float(p99_text.group(1)) * scale, cpu_spent / max(requests, 1))
+
+
+def wrk(url: str, duration: float, pid: int | None = None) -> Run:
+    before = cpu_seconds(pid) if pid is not None else 0.0
+    process = start_wrk(url, duration)
+    process.wait()
+    return wrk_result(process, cpu_seconds(pid) - before if pid is not None else 0.0)
+
+
+def wrk_together(urls: dict[str, str], duration: float, pids: dict[str, int]) -> dict[str, Run]:
+    """Load every variant at once: they share core 0, so each gets the same CPU time at the same
+    moments, and their req/s compare per-request costs whatever the machine's speed does."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    processes = {name: start_wrk(url, duration) for name, url in urls.items()}
+    for process in processes.values():
+        process.wait()
+    return {
+        name: wrk_result(process, cpu_seconds(pids[name]) - before[name])
+        for name, process in processes.items()
+    }
 
 
 def main() -> int:
@@ -74,6 +100,11 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=2, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rules", action="store_true", help="add run_bench.py's 20 rules to every variant")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load all variants at once (sharing core 0) instead of one after another",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shield-ab-"))
     upstream_port = free_port()
@@ -89,43 +120,59 @@ def main() -> int:
             python = os.path.abspath(python)
             variants.append((name, python, extra.strip()))
         rules = yaml.safe_dump({"rules": bench_rules()}) if args.rules else ""
-        # Every variant runs for the whole benchmark (idle while another is measured), so runs
-        # can be short and many: a change in the machine's speed then hits all variants alike.
-        ports: dict[str, int] = {}
-        pids: dict[str, int] = {}
-        for name, python, extra in variants:
-            port = ports[name] = free_port()
-            config = tmp / f"{name}.yaml"
-            config.write_text(variant_config(port, free_port(), upstream_port, extra, rules))
-            in_dir = os.path.isdir(python)
-            shield = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
-                    sys.executable if in_dir else python,
-                    "-m",
-                    "shield",
-                    "run",
-                    "-c",
-                    str(config),
-                ],
-                # ``-m`` imports the shield/ of the working directory first: a scratch
-                # directory runs the interpreter's own install, a checkout runs that checkout.
-                cwd=python if in_dir else tmp,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            started.append(shield)
-            pids[name] = shield.pid
-        for port in ports.values():
-            wait_http(f"http://127.0.0.1:{port}/2b")
-            wrk(f"http://127.0.0.1:{port}/2b", 1)  # warm-up
+
+        def start_all() -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]:
+            """Every variant on core 0, warmed up; idle until wrk loads it."""
+            ports: dict[str, int] = {}
+            shields: dict[str, subprocess.Popen[bytes]] = {}
+            for name, python, extra in variants:
+                port = ports[name] = free_port()
+                config = tmp / f"{name}.yaml"
+                config.write_text(variant_config(port, free_port(), upstream_port, extra, rules))
+                in_dir = os.path.isdir(python)
+                shields[name] = subprocess.Popen(
+                    [
+                        "taskset",
+                        "-c",
+                        "0",
+                        sys.executable if in_dir else python,
+                        "-m",
+                        "shield",
+                        "run",
+                        "-c",
+                        str(config),
+                    ],
+                    # ``-m`` imports the shield/ of the working directory first: a scratch
+                    # directory runs the interpreter's own install, a checkout runs that checkout.
+                    cwd=python if in_dir else tmp,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            for port in ports.values():
+                wait_http(f"http://127.0.0.1:{port}/2b")
+                wrk(f"http://127.0.0.1:{port}/2b", 1)  # warm-up
+            return ports, shields
+
         for round_ in range(args.rounds):
-            order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
-            for name, _, _ in order:
-                url = f"http://127.0.0.1:{ports[name]}/2b"
-                results.setdefault(name, []).append(wrk(url, args.duration, pids[name]))
+            # New processes every round: each draws its own hash seed and memory layout, which
+            # move a process's speed by a few percent; over the rounds that evens out.
+            ports, shields = start_all()
+            try:
+                pids = {name: shield.pid for name, shield in shields.items()}
+                if args.together:
+                    urls = {name: f"http://127.0.0.1:{port}/2b" for name, port in ports.items()}
+                    for name, run in wrk_together(urls, args.duration, pids).items():
+                        results.setdefault(name, []).append(run)
+                else:
+                    order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
+                    for name, _, _ in order:
+                        url = f"http://127.0.0.1:{ports[name]}/2b"
+                        results.setdefault(name, []).append(wrk(url, args.duration, pids[name]))
+            finally:
+                for shield in shields.values():
+                    shield.send_signal(signal.SIGTERM)
+                for shield in shields.values():
+                    shield.wait(10)
         first = results[variants[0][0]]
         base_rps = statistics.median(run.rps for run in first)
         base_cpu = statistics.median(run.cpu for run in first)
@@ -147,8 +194,8 @@ def main() -> int:
             )
     finally:
         for process in started:
-            process.send_signal(signal.SIGQUIT if process is started[0] else signal.SIGTERM)
-            process.wait(10)
+            process.send_signal(signal.SIGQUIT)
+            process.wait(5)
     return 0
 
 
