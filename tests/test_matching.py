@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pytest
@@ -478,3 +479,40 @@ def test_matchers_kept_by_method_and_path_stay_bounded() -> None:
     assert all(len(paths) <= rules_module._KNOWN_PATHS for paths in policy.known.values())
     assert decided(policy, view("GET", "/api/" + "x" * 300)) == "r"  # too long to keep, still matched
     assert all(len(path) <= rules_module._KNOWN_LENGTH for paths in policy.known.values() for path in paths)
+
+
+# What ignoring case matches besides the ASCII letter: the long s, the Kelvin sign.
+LOOK_ALIKES = {"s": "\u017f", "k": "\u212a"}
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        ["(?i)sqlmap"],
+        ["(?i)python-requests", "Scrapy", "(?i)curl/"],
+        ["(?im)Bot"],
+        ["Go-http-client", "(?i)okhttp"],
+    ],
+)
+def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patterns: list[str]) -> None:
+    regex = rules_module.joined_search(patterns)
+    assert regex is not None
+    search = rules_module.literal_search(patterns, regex.search)
+    assert search is not None
+    rng = random.Random(11)
+    # ASCII of both cases, and look-alikes that ignoring case treats specially: the Kelvin sign
+    # matches "k", the long s matches "s", dotted capital I lowers to two code points.
+    alphabet = "sqlmapSQLMAPbotBOTcurl/-ythonreqsuScrapyGohtpcient \u212a\u017f\u0130\u00df"
+    pieces = [p.split(")")[-1] for p in patterns]
+    for _ in range(3000):
+        agent = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        if rng.random() < 0.3:
+            piece = rng.choice(pieces)
+            piece = "".join(rng.choice([c, c.upper(), LOOK_ALIKES.get(c, c)]) for c in piece)
+            agent = agent[: len(agent) // 2] + piece + agent[len(agent) // 2 :]
+        assert (search(agent) is not None) is (regex.search(agent) is not None), agent
+
+
+@pytest.mark.parametrize("patterns", [["(?i)sql.*map"], ["curl/[0-9]"], ["(?i)caf\u00e9"], ["(?x)bot"]])
+def test_user_agent_patterns_that_are_not_plain_text_keep_their_regex(patterns: list[str]) -> None:
+    assert rules_module.literal_search(patterns, re.compile(patterns[0]).search) is None

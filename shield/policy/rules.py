@@ -463,18 +463,67 @@ def joined_search(patterns: Sequence[str]) -> re.Pattern[str] | None:
         return None
 
 
-def _agent_search(agents: tuple[re.Pattern[str], ...]) -> Callable[[str], re.Match[str] | None] | None:
+AgentSearch = Callable[[str], object]  # a match (anything but None) or None
+
+
+def _agent_search(agents: tuple[re.Pattern[str], ...]) -> AgentSearch | None:
     """One search for all of a rule's User-Agent patterns, or None when they cannot be joined."""
-    if len(agents) == 1:
-        return agents[0].search
-    joined = joined_search([agent.pattern for agent in agents])
-    return joined.search if joined is not None else None
+    patterns = [agent.pattern for agent in agents]
+    joined = agents[0] if len(agents) == 1 else joined_search(patterns)
+    if joined is None:
+        return None
+    return literal_search(patterns, joined.search) or joined.search
+
+
+# No character with a meaning in a regex (outside a class, without the verbose flag).
+_PLAIN = re.compile(r"[^.^$*+?{}\[\]\\|()]*")
+
+
+def literal_search(patterns: Sequence[str], fallback: AgentSearch) -> AgentSearch | None:
+    """``fallback`` (the patterns' regex search) done with substring tests where every pattern is
+    plain ASCII text, case-sensitive or under a leading ``(?i)``; else None.
+
+    Python's ``re`` has no fast path for case-insensitive text: ``(?i)sqlmap`` took 1.5 us to
+    search a browser's User-Agent, against 0.2 us without the flag, and three such patterns 4 us,
+    more than the rest of a 20-rule decision. An ASCII User-Agent, lower-cased, holds the
+    lower-cased text exactly when the pattern matches it (for ASCII, ignoring case is comparing
+    lower-case forms); anything else goes to ``fallback``.
+    """
+    exact: list[str] = []
+    folded: list[str] = []
+    for pattern in patterns:
+        flags = _LEADING_FLAGS.match(pattern)
+        body = pattern[flags.end() :] if flags else pattern
+        if not body.isascii() or _PLAIN.fullmatch(body) is None:
+            return None
+        if flags is not None and "i" in flags.group(1):
+            folded.append(body.lower())
+        else:
+            exact.append(body)
+    exact_texts = tuple(exact)
+    folded_texts = tuple(folded)
+
+    def search(agent: str) -> object:
+        if not agent.isascii():
+            return fallback(agent)
+        for text in exact_texts:
+            if text in agent:
+                return True
+        if folded_texts:
+            lowered = agent.lower()
+            for text in folded_texts:
+                if text in lowered:
+                    return True
+        return None
+
+    return search
 
 
 def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
     search = _agent_search(agents)
     if search is not None:
-        return lambda v: search(v.headers.get(_USER_AGENT, "")) is not None
+        found = search
+        return lambda v: found(v.headers.get(_USER_AGENT, "")) is not None
     searches = tuple(agent.search for agent in agents)
 
     def any_matches(view: RequestView) -> bool:
