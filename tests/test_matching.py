@@ -392,7 +392,7 @@ def _random_request(rng: random.Random, case_insensitive: bool) -> RequestView:
     if rng.random() < 0.3:
         headers["Cookie"] = rng.choice(["session=s1", "session=s2", "other=1"])
     if rng.random() < 0.3:
-        headers["User-Agent"] = rng.choice(["GoodBot/1", "Mozilla/5.0", "curl/8"])
+        headers["User-Agent"] = rng.choice(["GoodBot/1", "Mozilla/5.0", "curl/8", "\u212a-B\u00f6t"])
     return view(
         rng.choice([*METHODS, "PATCH", "HEAD"]),
         path,

@@ -87,6 +87,15 @@ def _condition(check: Check, source: _Source) -> str:
     if kind == "agent":
         source.local("agent", "agent = headers.get(_USER_AGENT, '')")
         return f"{source.constant(data)}(agent) is not None"
+    if kind == "agent-text":
+        # ``rules.literal_search``, inlined: substrings of the (lower-cased, if ASCII) agent.
+        exact, folded, search = data
+        source.local("agent", "agent = headers.get(_USER_AGENT, '')")
+        source.local("lowered", "lowered = agent.lower() if agent.isascii() else None")
+        texts = [f"{source.constant(text)} in agent" for text in exact]
+        texts += [f"{source.constant(text)} in lowered" for text in folded]
+        otherwise = f"{source.constant(search)}(agent) is not None"
+        return f"(({' or '.join(texts)}) if lowered is not None else {otherwise})"
     if kind == "header-present":
         name, wanted = data
         return f"{source.constant(name)} {'in' if wanted else 'not in'} headers"

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,11 +82,33 @@ def wrk(url: str, duration: float, pid: int | None = None) -> Run:
     return wrk_result(process, cpu_seconds(pid) - before if pid is not None else 0.0)
 
 
-def wrk_together(urls: dict[str, str], duration: float, pids: dict[str, int]) -> dict[str, Run]:
+def wrk_together(
+    urls: dict[str, str], duration: float, pids: dict[str, int], slice_seconds: float = 0.0
+) -> dict[str, Run]:
     """Load every variant at once: they share core 0, so each gets the same CPU time at the same
-    moments, and their req/s compare per-request costs whatever the machine's speed does."""
+    moments, and their req/s compare per-request costs whatever the machine's speed does.
+
+    With ``slice_seconds``, only one variant runs at a time, in turns of that length (the others
+    are stopped with SIGSTOP): the core's caches then serve one process at a time, as in
+    production, where running side by side would charge a bigger working set for the other's
+    misses too."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     processes = {name: start_wrk(url, duration) for name, url in urls.items()}
+    if slice_seconds > 0:
+        order = list(pids.values())
+        turn = 0
+        try:
+            while any(process.poll() is None for process in processes.values()):
+                running = order[turn % len(order)]
+                os.kill(running, signal.SIGCONT)
+                for pid in order:
+                    if pid != running:
+                        os.kill(pid, signal.SIGSTOP)
+                time.sleep(slice_seconds)
+                turn += 1
+        finally:
+            for pid in order:
+                os.kill(pid, signal.SIGCONT)
     for process in processes.values():
         process.wait()
     return {
@@ -104,6 +127,13 @@ def main() -> int:
         "--together",
         action="store_true",
         help="load all variants at once (sharing core 0) instead of one after another",
+    )
+    parser.add_argument(
+        "--slice",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --together, run the variants in turns of this length rather than side by side",
     )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shield-ab-"))
@@ -161,7 +191,7 @@ def main() -> int:
                 pids = {name: shield.pid for name, shield in shields.items()}
                 if args.together:
                     urls = {name: f"http://127.0.0.1:{port}/2b" for name, port in ports.items()}
-                    for name, run in wrk_together(urls, args.duration, pids).items():
+                    for name, run in wrk_together(urls, args.duration, pids, args.slice).items():
                         results.setdefault(name, []).append(run)
                 else:
                     order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]

@@ -57,6 +57,12 @@ def twenty_rules() -> str:
 
 Decide = Callable[[str, str, str], object]
 
+# What most requests carry: a User-Agent rule searches all of it.
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+
 CASES = {
     "GET /2b (20 rules, ends in a throttle)": ("GET", "/2b", "10.0.0.1"),
     "GET /api/v1/items (throttle rule 14)": ("GET", "/api/v1/items", "10.0.0.2"),
@@ -75,7 +81,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
-    headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": "wrk/4", "Accept": "*/*"}))
+    headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": BROWSER, "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
         target = request_target(raw_path, headers.get("Host"))
