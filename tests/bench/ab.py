@@ -47,12 +47,14 @@ class Run(NamedTuple):
     rps: float
     p99: float  # seconds
     cpu: float  # Shield's CPU seconds (user + system) per request
+    system: float  # the system (kernel) part of it
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (its own, not its children's)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far (its own, not its children's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def start_wrk(url: str, duration: float) -> subprocess.Popen[str]:
@@ -63,7 +65,9 @@ def start_wrk(url: str, duration: float) -> subprocess.Popen[str]:
     )
 
 
-def wrk_result(process: subprocess.Popen[str], cpu_spent: float) -> Run:
+def wrk_result(
+    process: subprocess.Popen[str], before: tuple[float, float], after: tuple[float, float]
+) -> Run:
     out, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"wrk failed: {out[-500:]}")
@@ -72,14 +76,16 @@ def wrk_result(process: subprocess.Popen[str], cpu_spent: float) -> Run:
     p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99_text is not None
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99_text.group(2)]
-    return Run(rps, float(p99_text.group(1)) * scale, cpu_spent / max(requests, 1))
+    user, system = after[0] - before[0], after[1] - before[1]
+    count = max(requests, 1)
+    return Run(rps, float(p99_text.group(1)) * scale, (user + system) / count, system / count)
 
 
 def wrk(url: str, duration: float, pid: int | None = None) -> Run:
-    before = cpu_seconds(pid) if pid is not None else 0.0
+    before = cpu_seconds(pid) if pid is not None else (0.0, 0.0)
     process = start_wrk(url, duration)
     process.wait()
-    return wrk_result(process, cpu_seconds(pid) - before if pid is not None else 0.0)
+    return wrk_result(process, before, cpu_seconds(pid) if pid is not None else (0.0, 0.0))
 
 
 def wrk_together(
@@ -112,7 +118,7 @@ def wrk_together(
     for process in processes.values():
         process.wait()
     return {
-        name: wrk_result(process, cpu_seconds(pids[name]) - before[name])
+        name: wrk_result(process, before[name], cpu_seconds(pids[name]))
         for name, process in processes.items()
     }
 
@@ -208,7 +214,7 @@ def main() -> int:
         base_cpu = statistics.median(run.cpu for run in first)
         print(
             f"{'variant':<12} {'req/s':>9} {'p99':>9} {'vs first':>9} {'paired':>7}"
-            f" {'CPU µs/req':>11} {'vs first':>9}   rounds"
+            f" {'CPU µs/req':>11} {'vs first':>9} {'sys µs':>7}   rounds"
         )
         for name, runs in results.items():
             rps = statistics.median(run.rps for run in runs)
@@ -217,10 +223,11 @@ def main() -> int:
             # slow drifts of the machine's speed fall out of it.
             paired = statistics.median(run.rps / base.rps for run, base in zip(runs, first, strict=True))
             cpu = statistics.median(run.cpu for run in runs)
+            system = statistics.median(run.system for run in runs)
             rounds = " ".join(f"{run.rps:.0f}" for run in runs)
             print(
                 f"{name:<12} {rps:>9.0f} {p99 * 1000:>7.2f}ms {rps / base_rps:>9.3f} {paired:>7.3f}"
-                f" {cpu * 1e6:>11.1f} {base_cpu / cpu:>9.3f}   {rounds}"
+                f" {cpu * 1e6:>11.1f} {base_cpu / cpu:>9.3f} {system * 1e6:>7.1f}   {rounds}"
             )
     finally:
         for process in started:
