@@ -59,13 +59,23 @@ async def send_requests(port: int, count: int) -> None:
     await asyncio.gather(*(one_connection(share + (i < rest)) for i in range(CONNECTIONS)))
 
 
-def measure(python: str, directory: Path, config: Path, port: int, requests: int, log: Path) -> int:
-    """Instructions per request for one variant."""
+def measure(
+    python: str,
+    directory: Path,
+    config: Path,
+    port: int,
+    requests: int,
+    log: Path,
+    simulate: bool = False,
+) -> int:
+    """Instructions per request for one variant (``simulate``: with cache and branch simulation,
+    whose counts ``callgrind_annotate`` shows from the kept profile)."""
     out = log.with_suffix(".callgrind")
     process = subprocess.Popen(
         [
             "valgrind",
             "--tool=callgrind",
+            *(["--cache-sim=yes", "--branch-sim=yes"] if simulate else []),
             "--instr-atstart=no",
             f"--callgrind-out-file={out}",
             python,
@@ -104,6 +114,11 @@ def main() -> int:
     parser.add_argument(
         "--keep", metavar="DIR", help="copy each variant's callgrind profile to DIR/NAME.callgrind"
     )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="also simulate caches and branch prediction (slower; see the kept profiles)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if shutil.which(tool) is None:
@@ -122,7 +137,13 @@ def main() -> int:
             config = tmp / f"{name}.yaml"
             config.write_text(variant_config(port, free_port(), upstream_port, extra, rules))
             count = measure(
-                sys.executable, Path(directory).resolve(), config, port, args.requests, tmp / f"{name}.log"
+                sys.executable,
+                Path(directory).resolve(),
+                config,
+                port,
+                args.requests,
+                tmp / f"{name}.log",
+                args.simulate,
             )
             results.append((name, count))
             if args.keep:
