@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from typing import Any
 
 import pytest
@@ -497,8 +496,9 @@ LOOK_ALIKES = {"s": "\u017f", "k": "\u212a"}
 def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patterns: list[str]) -> None:
     regex = rules_module.joined_search(patterns)
     assert regex is not None
-    search = rules_module.literal_search(patterns, regex.search)
-    assert search is not None
+    texts = rules_module.plain_texts(patterns)
+    assert texts is not None
+    search = rules_module.text_search(texts, regex.search)
     rng = random.Random(11)
     # ASCII of both cases, and look-alikes that ignoring case treats specially: the Kelvin sign
     # matches "k", the long s matches "s", dotted capital I lowers to two code points.
@@ -515,4 +515,4 @@ def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patt
 
 @pytest.mark.parametrize("patterns", [["(?i)sql.*map"], ["curl/[0-9]"], ["(?i)caf\u00e9"], ["(?x)bot"]])
 def test_user_agent_patterns_that_are_not_plain_text_keep_their_regex(patterns: list[str]) -> None:
-    assert rules_module.literal_search(patterns, re.compile(patterns[0]).search) is None
+    assert rules_module.plain_texts(patterns) is None

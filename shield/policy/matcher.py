@@ -88,7 +88,7 @@ def _condition(check: Check, source: _Source) -> str:
         source.local("agent", "agent = headers.get(_USER_AGENT, '')")
         return f"{source.constant(data)}(agent) is not None"
     if kind == "agent-text":
-        # ``rules.literal_search``, inlined: substrings of the (lower-cased, if ASCII) agent.
+        # ``rules.text_search``, inlined: substrings of the (lower-cased, if ASCII) agent.
         exact, folded, search = data
         source.local("agent", "agent = headers.get(_USER_AGENT, '')")
         source.local("lowered", "lowered = agent.lower() if agent.isascii() else None")

@@ -370,15 +370,7 @@ class CompiledRule:
                 )
             )
         if agents := self.user_agents:
-            test, unmatched = _user_agent_test(agents), lambda v: "User-Agent does not match"
-            search = _regex_search(agents)
-            texts = plain_texts([agent.pattern for agent in agents])
-            if search is not None and texts is not None:
-                checks.append(Check(test, unmatched, "agent-text", (*texts, search)))
-            elif search is not None:
-                checks.append(Check(test, unmatched, "agent", search))
-            else:
-                checks.append(Check(test, unmatched))
+            checks.append(_user_agent_check(agents))
         for name, spec in (match.headers or {}).items():
             why = f"header {name} is not {_describe(spec)}"
             test = _header_test(name, spec)
@@ -469,18 +461,13 @@ def joined_search(patterns: Sequence[str]) -> re.Pattern[str] | None:
 AgentSearch = Callable[[str], object]  # a match (anything but None) or None
 
 
-def _regex_search(agents: tuple[re.Pattern[str], ...]) -> AgentSearch | None:
-    """One regex search for all of a rule's User-Agent patterns, or None when they cannot be
-    joined."""
-    joined = agents[0] if len(agents) == 1 else joined_search([agent.pattern for agent in agents])
-    return joined.search if joined is not None else None
-
-
 # No character with a meaning in a regex (outside a class, without the verbose flag).
 _PLAIN = re.compile(r"[^.^$*+?{}\[\]\\|()]*")
 
+Texts = tuple[tuple[str, ...], tuple[str, ...]]
 
-def plain_texts(patterns: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+
+def plain_texts(patterns: Sequence[str]) -> Texts | None:
     """The text of each pattern when every one is plain ASCII text (no character with a meaning
     in a regex), as (case-sensitive texts, lower-cased texts of those under a leading ``(?i)``);
     else None."""
@@ -498,9 +485,9 @@ def plain_texts(patterns: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ..
     return tuple(exact), tuple(folded)
 
 
-def literal_search(patterns: Sequence[str], fallback: AgentSearch) -> AgentSearch | None:
-    """``fallback`` (the patterns' regex search) done with substring tests where every pattern is
-    plain ASCII text (``plain_texts``); else None. The compiled matcher inlines the same tests.
+def text_search(texts: Texts, fallback: AgentSearch) -> AgentSearch:
+    """``fallback`` (the patterns' regex search) done with substring tests on ``plain_texts``.
+    The compiled matcher inlines the same tests.
 
     Python's ``re`` has no fast path for case-insensitive text: ``(?i)sqlmap`` took 1.5 us to
     search a browser's User-Agent, against 0.2 us without the flag, and three such patterns 4 us,
@@ -508,9 +495,6 @@ def literal_search(patterns: Sequence[str], fallback: AgentSearch) -> AgentSearc
     lower-cased text exactly when the pattern matches it (for ASCII, ignoring case is comparing
     lower-case forms); anything else goes to ``fallback``.
     """
-    texts = plain_texts(patterns)
-    if texts is None:
-        return None
     exact_texts, folded_texts = texts
 
     def search(agent: str) -> object:
@@ -529,21 +513,35 @@ def literal_search(patterns: Sequence[str], fallback: AgentSearch) -> AgentSearc
     return search
 
 
-def _user_agent_test(agents: tuple[re.Pattern[str], ...]) -> Callable[[RequestView], bool]:
-    search = _regex_search(agents)
-    if search is not None:
-        found = literal_search([agent.pattern for agent in agents], search) or search
-        return lambda v: found(v.headers.get(_USER_AGENT, "")) is not None
-    searches = tuple(agent.search for agent in agents)
+def _user_agent_check(agents: tuple[re.Pattern[str], ...]) -> Check:
+    """The User-Agent condition: as text where every pattern is plain text, else by one regex
+    where the patterns join into one, else by each regex in turn."""
 
-    def any_matches(view: RequestView) -> bool:
-        agent = view.headers.get(_USER_AGENT, "")
-        for search in searches:  # noqa: SIM110 (any() over a generator costs a frame per call)
-            if search(agent) is not None:
-                return True
-        return False
+    def unmatched(view: RequestView) -> str:
+        return "User-Agent does not match"
 
-    return any_matches
+    patterns = [agent.pattern for agent in agents]
+    regex = agents[0] if len(agents) == 1 else joined_search(patterns)
+    if regex is None:
+        searches = tuple(agent.search for agent in agents)
+
+        def any_matches(view: RequestView) -> bool:
+            agent = view.headers.get(_USER_AGENT, "")
+            for search in searches:  # noqa: SIM110 (any() over a generator costs a frame per call)
+                if search(agent) is not None:
+                    return True
+            return False
+
+        return Check(any_matches, unmatched)
+    texts = plain_texts(patterns)
+    found = regex.search if texts is None else text_search(texts, regex.search)
+
+    def test(view: RequestView) -> bool:
+        return found(view.headers.get(_USER_AGENT, "")) is not None
+
+    if texts is None:
+        return Check(test, unmatched, "agent", found)
+    return Check(test, unmatched, "agent-text", (*texts, regex.search))
 
 
 def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
