@@ -16,7 +16,7 @@ kinds and backend names: all bounded by the config, never paths or addresses.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
@@ -67,15 +67,12 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "<=").
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
     def observe_all(self, values: list[float]) -> None:
-        """``observe`` each of ``values``, sorting them (in place) first: then each bucket's
-        count is one ``bisect`` away, where bucketing each value would pay several comparisons
-        through the generic slot; sorting floats uses a specialized comparison."""
+        """Count each of ``values`` in the first bucket whose bound it does not exceed (le = "<=").
+
+        Sorts them (in place) first: then each bucket's count is one ``bisect`` away, where
+        bucketing each value would pay several comparisons through the generic slot; sorting
+        floats uses a specialized comparison."""
         values.sort()
         counts = self.counts
         below = 0
