@@ -66,13 +66,20 @@ def start_wrk(url: str, duration: float) -> subprocess.Popen[str]:
 
 
 def wrk_result(
-    process: subprocess.Popen[str], before: tuple[float, float], after: tuple[float, float]
+    process: subprocess.Popen[str],
+    before: tuple[float, float],
+    after: tuple[float, float],
+    running: float | None = None,
 ) -> Run:
+    """What wrk measured; with ``running`` (the seconds the variant ran in its turns), req/s is
+    requests over that time rather than over wrk's whole run."""
     out, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"wrk failed: {out[-500:]}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    if running is not None:
+        rps = requests / running
     p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99_text is not None
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99_text.group(2)]
@@ -89,7 +96,11 @@ def wrk(url: str, duration: float, pid: int | None = None) -> Run:
 
 
 def wrk_together(
-    urls: dict[str, str], duration: float, pids: dict[str, int], slice_seconds: float = 0.0
+    urls: dict[str, str],
+    duration: float,
+    pids: dict[str, int],
+    slice_seconds: float = 0.0,
+    first: int = 0,
 ) -> dict[str, Run]:
     """Load every variant at once: they share core 0, so each gets the same CPU time at the same
     moments, and their req/s compare per-request costs whatever the machine's speed does.
@@ -97,28 +108,38 @@ def wrk_together(
     With ``slice_seconds``, only one variant runs at a time, in turns of that length (the others
     are stopped with SIGSTOP): the core's caches then serve one process at a time, as in
     production, where running side by side would charge a bigger working set for the other's
-    misses too."""
+    misses too. Turns start with variant ``first``, and a variant's req/s is its requests over
+    the time it ran: wrk's own figure divides by the whole run, so whichever variant got one
+    turn more than another (the first, most often) would look faster by a turn's worth."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     processes = {name: start_wrk(url, duration) for name, url in urls.items()}
+    ran: dict[str, float] | None = None
     if slice_seconds > 0:
-        order = list(pids.values())
-        turn = 0
+        ran = dict.fromkeys(pids, 0.0)
+        order = list(pids.items())
+        turn = first
         try:
             while any(process.poll() is None for process in processes.values()):
-                running = order[turn % len(order)]
-                os.kill(running, signal.SIGCONT)
-                for pid in order:
+                name, running = order[turn % len(order)]
+                for _, pid in order:
                     if pid != running:
                         os.kill(pid, signal.SIGSTOP)
-                time.sleep(slice_seconds)
+                started = time.monotonic()
+                os.kill(running, signal.SIGCONT)
+                # The turn ends early when this variant's wrk does: what it ran after is not its.
+                while time.monotonic() - started < slice_seconds and processes[name].poll() is None:
+                    time.sleep(0.002)
+                ran[name] += time.monotonic() - started
                 turn += 1
         finally:
-            for pid in order:
+            for _, pid in order:
                 os.kill(pid, signal.SIGCONT)
     for process in processes.values():
         process.wait()
     return {
-        name: wrk_result(process, before[name], cpu_seconds(pids[name]))
+        name: wrk_result(
+            process, before[name], cpu_seconds(pids[name]), ran[name] if ran is not None else None
+        )
         for name, process in processes.items()
     }
 
@@ -197,7 +218,8 @@ def main() -> int:
                 pids = {name: shield.pid for name, shield in shields.items()}
                 if args.together:
                     urls = {name: f"http://127.0.0.1:{port}/2b" for name, port in ports.items()}
-                    for name, run in wrk_together(urls, args.duration, pids, args.slice).items():
+                    turns = wrk_together(urls, args.duration, pids, args.slice, first=round_)
+                    for name, run in turns.items():
                         results.setdefault(name, []).append(run)
                 else:
                     order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
