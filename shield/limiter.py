@@ -165,16 +165,17 @@ class MemoryLimiter:
         """
         tats = self._tats
         tat = tats.get(key)
-        interval = rate.interval
-        if tat is None or tat <= now:
-            # A full bucket: what ``apply`` says of it, without the arithmetic.
-            tats[key] = now + interval
-            if tat is None:
-                if len(tats) > self.max_keys:
-                    self._evict(now)
-            else:
-                tats.move_to_end(key)
+        # A full bucket: what ``apply`` says of it, without the arithmetic.
+        if tat is None:
+            tats[key] = now + rate.interval
+            if len(tats) > self.max_keys:
+                self._evict(now)
             return rate.full_lines
+        if tat <= now:
+            tats[key] = now + rate.interval
+            tats.move_to_end(key)
+            return rate.full_lines
+        interval = rate.interval
         tolerance = rate.tolerance
         new_tat = tat + interval
         if now < new_tat - tolerance:
