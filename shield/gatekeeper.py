@@ -77,6 +77,7 @@ class Gatekeeper:
         self.on_state_error = state.config.on_error
         self.identities = identities
         self.clock = clock
+        self.now = clock.now
         self.stats = stats
         self.clients = clients or ClientResolver()
         self.introspector = introspector
@@ -84,6 +85,8 @@ class Gatekeeper:
         self.overload = overload
         self.status = status
         self.switches = switches
+        # The ctl closures in force here: empty (falsy) almost always, all the hot path checks.
+        self.ctl_closures = switches.local if switches is not None else {}
         self.bans = bans
         self.challenge = challenge
         self.challenge_path = challenge.path if challenge is not None else None
@@ -140,62 +143,48 @@ class Gatekeeper:
         if not policy.rules:
             return await self._forward(request, target, b"", None, identity, upstream)
 
-        # What rules look at (a RequestView's fields, in order), for the matcher and any view.
-        parts = (
-            method,
-            match_path,
-            host,
-            headers,
-            query.decode("latin-1") if query else "",
-            client_ip,
-            identity,
-            client.key,
+        query_string = query.decode("latin-1") if query else ""
+        client_key = client.key
+        rule, dry_runs = policy.known[method, match_path](
+            method, match_path, host, headers, query_string, client_ip, identity, client_key
         )
-        # ``policy.matcher(method, match_path)``, looked up where it is kept first.
-        known = policy.known.get(method)
-        match = known.get(match_path) if known is not None else None
-        if match is None:
-            match = policy.matcher(method, match_path)
-        rule, dry_runs = match(*parts)
         view = None  # made only for a decision that needs more than the rule and the client
         if dry_runs is not None:
-            view = RequestView(*parts)
+            view = RequestView(
+                method, match_path, host, headers, query_string, client_ip, identity, client_key
+            )
             if self.shared is None:
                 self._record_dry_runs(dry_runs, view)
             else:
                 await self._record_shared_dry_runs(dry_runs, view)
-        if self.switches is not None and self.switches.store.local:
+        if self.ctl_closures:
             closed_by_ctl = self._ctl_closure(request, rule, dry_runs, identity.label)
             if closed_by_ctl is not None:
                 return closed_by_ctl
         if rule is None:
             return await self._forward(request, target, b"", None, identity, upstream)
-        if rule.plain_throttle and self.shared is None:
+        lanes = rule.ip_lanes
+        if lanes is not None and self.shared is None:
             # The common case, allowed: header lines straight from the limiter, no verdict built.
-            authenticated = identity.authenticated
-            rate = rule.rates[authenticated]
-            assert rate is not None
-            if rule.by_ip:
-                key = rule.state_prefixes[authenticated] + client.key  # what state_key says
-            else:
-                view = RequestView(*parts)
-                key = rule.state_key(view)
-            lines = self.limiter.admit(key, rate, self.clock.now())
+            prefix, rate = lanes[identity.authenticated]
+            lines = self.limiter.admit(prefix + client_key, rate, self.now())  # what state_key says
             if lines is not None:
                 if runtime.debug_header:
                     lines += _forwarded(True, rule)
                 return await self._forward(request, target, lines, rule, identity, upstream)
         if view is None:
-            view = RequestView(*parts)
+            view = RequestView(
+                method, match_path, host, headers, query_string, client_ip, identity, client_key
+            )
 
         debug = runtime.debug_header
         action = rule.action
         trigger = rule.trigger
-        if trigger is not None and trigger.hit(self.clock.now()):
+        if trigger is not None and trigger.hit(self.now()):
             exchange.decided(rule.name, action, "closed", identity.label)
             closed = actions.closed(
                 message=trigger.config.message or actions.DEFAULT_CLOSE_MESSAGE,
-                retry_after=trigger.retry_after(self.clock.now()),
+                retry_after=trigger.retry_after(self.now()),
                 accept=headers.get("Accept"),
                 template=runtime.close_template,
                 extra=_debug(debug, rule, "auto-closed"),
@@ -257,9 +246,9 @@ class Gatekeeper:
         if shared is not None:
             result = await shared.decide(key, rate, 1 if counting is None else 0)
         elif counting is None:
-            result = self.limiter.hit(key, rate, self.clock.now())
+            result = self.limiter.hit(key, rate, self.now())
         else:
-            result = self.limiter.peek(key, rate, self.clock.now())
+            result = self.limiter.peek(key, rate, self.now())
         exchange = request.exchange
         accept = request.headers.get("Accept")
         if result is None:
@@ -288,7 +277,7 @@ class Gatekeeper:
             if shared is not None:
                 shared.charge(key, rate)
             else:
-                self.limiter.hit(key, rate, self.clock.now())
+                self.limiter.hit(key, rate, self.now())
         return forwarded
 
     async def _forward(
@@ -325,7 +314,7 @@ class Gatekeeper:
         )
         trigger = rule.trigger
         if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
-            trigger.answered(self.clock.now(), response.status >= 500)
+            trigger.answered(self.now(), response.status >= 500)
         return response
 
     async def _websocket(
@@ -408,7 +397,7 @@ class Gatekeeper:
             if rule.action == "throttle":
                 rate = rule.rates[view.identity.authenticated]
                 assert rate is not None
-                result = self.limiter.hit(rule.state_key(view), rate, self.clock.now())
+                result = self.limiter.hit(rule.state_key(view), rate, self.now())
                 self._record_dry_run(rule, view, "forwarded" if result.allowed else "throttled")
             else:
                 self._record_dry_run(rule, view, rule.outcome)

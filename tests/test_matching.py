@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from shield.config.rules import PolicyOptions, Rule
 from shield.policy import rules as rules_module
 from shield.policy.identity import ANONYMOUS, Identity
+from shield.policy.memo import MAX_ENTRIES, MAX_LENGTH
 from shield.policy.paths import canonical_path
 from shield.policy.rules import CompiledRule, PathMatcher, Policy, RequestView
 
@@ -471,13 +472,12 @@ def test_rule_values_reach_the_compiled_matcher_as_data_never_as_code() -> None:
 
 def test_matchers_kept_by_method_and_path_stay_bounded() -> None:
     policy = make_policy({"name": "r", "match": {"paths": ["/api/**"]}, "action": "block"})
-    for i in range(3 * rules_module._KNOWN_PATHS):
+    for i in range(3 * rules_module._KNOWN_ENTRIES):
         assert decided(policy, view("GET", f"/api/{i}")) == "r"
         assert decided(policy, view(f"M{i % 200}", f"/x/{i}")) is None
-    assert len(policy.known) <= rules_module._KNOWN_METHODS
-    assert all(len(paths) <= rules_module._KNOWN_PATHS for paths in policy.known.values())
+        assert len(policy.known) <= rules_module._KNOWN_ENTRIES
     assert decided(policy, view("GET", "/api/" + "x" * 300)) == "r"  # too long to keep, still matched
-    assert all(len(path) <= rules_module._KNOWN_LENGTH for paths in policy.known.values() for path in paths)
+    assert all(len(path) <= rules_module._KNOWN_LENGTH for _, path in policy.known)
 
 
 # What ignoring case matches besides the ASCII letter: the long s, the Kelvin sign.
@@ -516,3 +516,20 @@ def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patt
 @pytest.mark.parametrize("patterns", [["(?i)sql.*map"], ["curl/[0-9]"], ["(?i)caf\u00e9"], ["(?x)bot"]])
 def test_user_agent_patterns_that_are_not_plain_text_keep_their_regex(patterns: list[str]) -> None:
     assert rules_module.plain_texts(patterns) is None
+
+
+def test_user_agent_and_host_answers_are_remembered_within_bounds() -> None:
+    """A rotating User-Agent or Host gets the right answer every time and never grows memory."""
+    policy = one_rule(user_agents=["(?i)sqlmap"], hosts=["*.example.com"])
+    memos = [check.data for check in policy.rules[0].checks if check.kind in ("agent", "hosts")]
+    assert len(memos) == 2
+    for i in range(3 * MAX_ENTRIES):
+        agent = f"SQLMap/{i}" if i % 3 else f"Mozilla/{i}"
+        host = f"h{i}.example.com" if i % 2 else f"h{i}.example.org"
+        for _ in range(2):  # worked out, then remembered
+            assert matches(policy, view(host=host, headers={"User-Agent": agent})) is bool(i % 3 and i % 2)
+        assert all(len(memo) <= MAX_ENTRIES for memo in memos)
+    long_agent = "x" * MAX_LENGTH + "sqlmap"
+    assert matches(policy, view(host="a.example.com", headers={"User-Agent": long_agent}))
+    assert not matches(policy, view(host="a.example.com", headers={"User-Agent": long_agent[:-1]}))
+    assert all(long_agent not in memo and long_agent[:-1] not in memo for memo in memos)

@@ -4,9 +4,10 @@
 candidate rule's remaining conditions, in order, and stop at the first enforcing rule that
 holds. Done with one closure per condition, that costs a Python call per condition and per
 rule, and those calls were most of a request's matching cost. Here each cell's rules become the
-body of one generated function: the common conditions (paths, identity class, host, User-Agent,
-header presence or value) are inlined as expressions, and the rest (CIDRs, cookies, query
-parameters, header regexes) call the condition's own test, as before. The function takes the
+body of one generated function: the common conditions are inlined as expressions (paths,
+identity class, header presence or value; host and User-Agent as a lookup in the condition's
+``Memo``), and the rest (CIDRs, cookies, query parameters, header regexes) call the condition's
+own test, as before. The function takes the
 request's parts as arguments; a ``RequestView`` is made only for a condition that needs one.
 
 The source is built only from this module's templates and names it makes up (``c0``, ``c1``...);
@@ -21,8 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from multidict import istr
-
-from shield.target import HOST_NAMES, host_name
 
 if TYPE_CHECKING:
     from shield.policy.rules import Check, CompiledRule, RequestView
@@ -42,12 +41,10 @@ class _Source:
     def __init__(self, view_type: type[RequestView]) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {
-            "host_name": host_name,
-            "known_host": HOST_NAMES.get,
             "RequestView": view_type,
             "_USER_AGENT": _USER_AGENT,
         }
-        self.computed: set[str] = set()  # locals already assigned (host, agent, view)
+        self.computed: set[str] = set()  # locals already assigned (agent, view)
 
     def constant(self, value: object) -> str:
         name = f"c{len(self.constants)}"
@@ -79,23 +76,10 @@ def _condition(check: Check, source: _Source) -> str:
     if kind == "for":
         return f"identity.authenticated is {bool(data)}"
     if kind == "hosts":
-        exact, suffixes = data
-        source.local(
-            "host", "host = known_host(host_header)", "if host is None: host = host_name(host_header)"
-        )
-        return f"(host in {source.constant(exact)} or host.endswith({source.constant(suffixes)}))"
+        return f"{source.constant(data)}[host_header]"
     if kind == "agent":
         source.local("agent", "agent = headers.get(_USER_AGENT, '')")
-        return f"{source.constant(data)}(agent) is not None"
-    if kind == "agent-text":
-        # ``rules.text_search``, inlined: substrings of the (lower-cased, if ASCII) agent.
-        exact, folded, search = data
-        source.local("agent", "agent = headers.get(_USER_AGENT, '')")
-        source.local("lowered", "lowered = agent.lower() if agent.isascii() else None")
-        texts = [f"{source.constant(text)} in agent" for text in exact]
-        texts += [f"{source.constant(text)} in lowered" for text in folded]
-        otherwise = f"{source.constant(search)}(agent) is not None"
-        return f"(({' or '.join(texts)}) if lowered is not None else {otherwise})"
+        return f"{source.constant(data)}[agent]"
     if kind == "header-present":
         name, wanted = data
         return f"{source.constant(name)} {'in' if wanted else 'not in'} headers"
@@ -113,7 +97,7 @@ def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) 
     source = _Source(view_type)
     body = source.lines
     dry_runs = any(rule.dry_run for rule in rules)
-    result = "dry_runs" if dry_runs else "None"
+
     body.append(f"def match({_ARGUMENTS}, view=None):")
     if dry_runs:
         body.append("    dry_runs = None")
@@ -121,15 +105,17 @@ def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) 
         name = source.constant(rule)
         checks = rule.checks[rule.methods is not None :]
         conditions = [_condition(check, source) for check in checks]
-        action = (
-            [
+        if rule.dry_run:
+            action = [
                 "        if dry_runs is None:",
                 "            dry_runs = []",
                 f"        dry_runs.append({name})",
             ]
-            if rule.dry_run
-            else [f"        return {name}, {result}"]
-        )
+        elif dry_runs:
+            action = [f"        return {name}, dry_runs"]
+        else:
+            # The same answer every time: one tuple, made here.
+            action = [f"        return {source.constant((rule, None))}"]
         if conditions:
             body.append(f"    if {' and '.join(conditions)}:")
             body.extend(action)
@@ -138,7 +124,7 @@ def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) 
             if not rule.dry_run:
                 break  # nothing after an unconditional enforcing rule is ever reached
     else:
-        body.append(f"    return None, {result}")
+        body.append("    return None, dry_runs" if dry_runs else "    return None, None")
     namespace = dict(source.constants)
     exec(compile("\n".join(body), "<shield rules>", "exec"), namespace)  # the module docstring says why
     match: CellMatch = namespace["match"]

@@ -23,6 +23,7 @@ from shield.limiter import Gcra
 from shield.policy.admission import priority_class
 from shield.policy.identity import Identity
 from shield.policy.matcher import CellMatch, MatchResult, compile_cell
+from shield.policy.memo import Memo
 from shield.policy.paths import fold_case
 from shield.policy.trigger import Trigger
 from shield.target import host_name
@@ -33,9 +34,8 @@ _COOKIE = istr("Cookie")
 _USER_AGENT = istr("User-Agent")
 ANY = ""  # index key for "any method" / "any first segment"
 # Bounds of the table of matchers by method and path (``Policy.known``).
-_KNOWN_PATHS = 4096
+_KNOWN_ENTRIES = 8192
 _KNOWN_LENGTH = 256
-_KNOWN_METHODS = 64
 
 
 class RequestView:
@@ -249,12 +249,12 @@ class CompiledRule:
         "first_segments",
         "forwarded_labels",
         "hosts",
+        "ip_lanes",
         "key_parts",
         "methods",
         "name",
         "outcome",
         "paths",
-        "plain_throttle",
         "query_tests",
         "ranks",
         "rate",
@@ -319,10 +319,18 @@ class CompiledRule:
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
-        # A throttle with nothing else to it (no counting on outcomes, no auto-close): the
-        # gatekeeper's one-check fast path. A reload keeps a trigger only where there was one.
-        self.plain_throttle = (
-            rule.action == "throttle" and self.count_statuses is None and self.trigger is None
+        # A throttle by client IP with nothing else to it (no counting on outcomes, no
+        # auto-close): the gatekeeper's fast path, as (state prefix, rate) by
+        # ``identity.authenticated``. A reload keeps a trigger only where there was one.
+        self.ip_lanes = (
+            ((self.state_prefixes[0], self.rate), (self.state_prefixes[1], other))
+            if rule.action == "throttle"
+            and self.by_ip
+            and self.count_statuses is None
+            and self.trigger is None
+            and self.rate is not None
+            and other is not None
+            else None
         )
 
     def _compile_checks(self) -> tuple[Check, ...]:
@@ -353,13 +361,13 @@ class CompiledRule:
                 )
             )
         if (hosts := self.hosts) is not None:
-            exact, suffixes = _host_sets(hosts)
+            host_holds = _host_memo(*_host_sets(hosts))
             checks.append(
                 Check(
-                    _host_test(exact, suffixes),
+                    lambda v: host_holds[v.host_header],
                     lambda v: f"host {v.host!r} is not one of {match.hosts}",
                     "hosts",
-                    (exact, suffixes),
+                    host_holds,
                 )
             )
         if cidrs := self.cidrs:
@@ -487,7 +495,6 @@ def plain_texts(patterns: Sequence[str]) -> Texts | None:
 
 def text_search(texts: Texts, fallback: AgentSearch) -> AgentSearch:
     """``fallback`` (the patterns' regex search) done with substring tests on ``plain_texts``.
-    The compiled matcher inlines the same tests.
 
     Python's ``re`` has no fast path for case-insensitive text: ``(?i)sqlmap`` took 1.5 us to
     search a browser's User-Agent, against 0.2 us without the flag, and three such patterns 4 us,
@@ -514,34 +521,31 @@ def text_search(texts: Texts, fallback: AgentSearch) -> AgentSearch:
 
 
 def _user_agent_check(agents: tuple[re.Pattern[str], ...]) -> Check:
-    """The User-Agent condition: as text where every pattern is plain text, else by one regex
-    where the patterns join into one, else by each regex in turn."""
-
-    def unmatched(view: RequestView) -> str:
-        return "User-Agent does not match"
-
+    """The User-Agent condition, remembered by User-Agent (``Memo``): as text where every
+    pattern is plain text, else by one regex where the patterns join into one, else by each
+    regex in turn."""
     patterns = [agent.pattern for agent in agents]
     regex = agents[0] if len(agents) == 1 else joined_search(patterns)
     if regex is None:
         searches = tuple(agent.search for agent in agents)
 
-        def any_matches(view: RequestView) -> bool:
-            agent = view.headers.get(_USER_AGENT, "")
-            for search in searches:  # noqa: SIM110 (any() over a generator costs a frame per call)
-                if search(agent) is not None:
-                    return True
-            return False
+        def holds(agent: str | None) -> bool:
+            return any(search(agent or "") is not None for search in searches)
 
-        return Check(any_matches, unmatched)
-    texts = plain_texts(patterns)
-    found = regex.search if texts is None else text_search(texts, regex.search)
+    else:
+        texts = plain_texts(patterns)
+        found = regex.search if texts is None else text_search(texts, regex.search)
 
-    def test(view: RequestView) -> bool:
-        return found(view.headers.get(_USER_AGENT, "")) is not None
+        def holds(agent: str | None) -> bool:
+            return found(agent or "") is not None
 
-    if texts is None:
-        return Check(test, unmatched, "agent", found)
-    return Check(test, unmatched, "agent-text", (*texts, regex.search))
+    agent_holds = Memo(holds)
+    return Check(
+        lambda v: agent_holds[v.headers.get(_USER_AGENT, "")],
+        lambda v: "User-Agent does not match",
+        "agent",
+        agent_holds,
+    )
 
 
 def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
@@ -566,12 +570,14 @@ def _host_sets(hosts: Sequence[str]) -> tuple[frozenset[str], tuple[str, ...]]:
     return exact, suffixes
 
 
-def _host_test(exact: frozenset[str], suffixes: tuple[str, ...]) -> Callable[[RequestView], bool]:
-    def test(view: RequestView) -> bool:
-        host = host_name(view.host_header)
+def _host_memo(exact: frozenset[str], suffixes: tuple[str, ...]) -> Memo:
+    """Whether a Host header names one of the hosts, by the header's value."""
+
+    def holds(host_header: str | None) -> bool:
+        host = host_name(host_header)
         return host in exact or host.endswith(suffixes)
 
-    return test
+    return Memo(holds)
 
 
 def _in_cidrs(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
@@ -590,6 +596,28 @@ class Cell(NamedTuple):
 
     rules: tuple[CompiledRule, ...]
     match: CellMatch
+
+
+class KnownMatchers(dict[tuple[str, str], CellMatch]):
+    """``known[method, path]``: the matcher of the cell a request falls in, kept by method and
+    canonical path, as most requests ask for a path seen moments ago (the gatekeeper subscripts
+    this table: a hit is one lookup in C). Bounded like the canonical-path table: a flood of
+    distinct paths costs a rebuild now and then, never memory."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Callable[[str, str], Cell]) -> None:
+        super().__init__()
+        self._cell = cell
+
+    def __missing__(self, key: tuple[str, str]) -> CellMatch:
+        method, path = key
+        match = self._cell(method, path).match
+        if len(path) <= _KNOWN_LENGTH:
+            if len(self) >= _KNOWN_ENTRIES:
+                self.clear()
+            self[key] = match
+        return match
 
 
 class Policy:
@@ -619,8 +647,7 @@ class Policy:
                 if ids not in compiled:
                     compiled[ids] = compile_cell(cell_rules, RequestView)
                 by_segment[segment] = Cell(cell_rules, compiled[ids])
-        # method -> canonical path -> ``matcher(method, path)``; read-only outside ``matcher``
-        self.known: dict[str, dict[str, CellMatch]] = {}
+        self.known = KnownMatchers(self._cell)
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
         self.has_challenge = any(r.action == "challenge" for r in self.rules)
@@ -664,16 +691,5 @@ class Policy:
         )
 
     def matcher(self, method: str, path: str) -> CellMatch:
-        """The function that matches requests with this method and path: ``known[method][path]``
-        once asked for (the gatekeeper looks there first), as most requests ask for a path seen
-        moments ago. Bounded like the canonical-path table: a flood of distinct paths costs a
-        rebuild now and then, never memory."""
-        match = self._cell(method, path).match
-        if len(path) <= _KNOWN_LENGTH:
-            known = self.known.get(method)
-            if known is None or len(known) >= _KNOWN_PATHS:
-                if len(self.known) >= _KNOWN_METHODS:
-                    self.known.clear()
-                known = self.known[method] = {}
-            known[path] = match
-        return match
+        """The function that matches requests with this method and path."""
+        return self.known[method, path]

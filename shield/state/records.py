@@ -74,7 +74,7 @@ class RecordStore:
         poll_interval: float = 0.5,
         on_reload: Callable[[], None] = lambda: None,
     ) -> None:
-        self.local: dict[str, Record] = {}
+        self.local: dict[str, Record] = {}  # updated in place, never rebound (the gatekeeper holds it)
         self.wall = wall
         self.stats = stats
         self.shared = shared
@@ -206,7 +206,8 @@ class RecordStore:
                 fresh[name] = Record(name, float(parsed["until"]), parsed["data"])
         if gone:
             await self._call(lambda p: p.srem(self._index, *gone))
-        self.local = fresh
+        self.local.clear()
+        self.local.update(fresh)
         self._seen = seq
         self._last_full = now
         self.on_reload()
