@@ -63,7 +63,14 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    loop.add_signal_handler(signal.SIGHUP, shield.reload)
+    reloads: set[asyncio.Task[bool]] = set()  # held until done: the loop keeps only weak references
+
+    def on_sighup() -> None:
+        task = loop.create_task(shield.reload_off_loop())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if started is not None:
         await started(shield)
     await stopping.wait()

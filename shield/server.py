@@ -169,6 +169,9 @@ class Shield:
     def reload(self) -> bool:
         return self.holder.reload()
 
+    async def reload_off_loop(self) -> bool:
+        return await self.holder.reload_off_loop()
+
     def _rule_closures(self) -> list[Closure]:
         return policy_closures(self.holder.current.policy, self.clock.now(), time.time())
 

@@ -201,6 +201,42 @@ async def test_throttle_state_survives_a_reload_of_an_unchanged_rule(
     assert [await api(), await api(), await api(), await api()] == [200, 200, 200, 429]
 
 
+def many_rules(count: int) -> str:
+    """CLOSED, then ``count`` more rules: a file that takes a while to compile."""
+    more = "".join(
+        f"  - name: r{i}\n    match: {{ paths: [/p{i}/**], headers: {{ X-R{i}: present }} }}\n"
+        "    action: block\n"
+        for i in range(count)
+    )
+    return CLOSED + more
+
+
+async def test_requests_are_served_while_a_reload_compiles(
+    start: StartShield, client: aiohttp.ClientSession
+) -> None:
+    """A big rule file compiles in a thread: the old rules keep answering until the swap."""
+    shield, files = await start(OPEN)
+    files.write(many_rules(1500))
+    reloading = asyncio.create_task(shield.reload_off_loop())
+    served_meanwhile = []
+    while not reloading.done():
+        served_meanwhile.append(await register(client, shield))
+    assert await reloading is True
+    # The old rules answered while the new ones compiled (the last request may meet the new).
+    assert served_meanwhile.count(200) >= len(served_meanwhile) - 1 >= 1
+    assert await register(client, shield) == 503
+
+
+async def test_a_broken_file_reloaded_off_the_loop_is_refused_and_counted(
+    start: StartShield, client: aiohttp.ClientSession
+) -> None:
+    shield, files = await start(CLOSED)
+    files.write(BROKEN)
+    assert await shield.reload_off_loop() is False
+    assert await register(client, shield) == 503
+    assert (await metrics(client, shield))['shield_config_reloads_total{result="failure"}'] == 1
+
+
 async def test_zero_failed_requests_during_20_reloads_under_load(
     start: StartShield, client: aiohttp.ClientSession
 ) -> None:
