@@ -90,26 +90,19 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         canonical = canonical_path(path.decode("utf-8", "surrogateescape"), case_insensitive=False)
         canonical.forward.encode()
         identity = identities.identify(headers, client_ip)
-        parts = (
-            method,
-            canonical.match,
-            headers.get("Host"),
-            headers,
-            query.decode("latin-1"),
-            client_ip,
-            identity,
-            client_ip,
+        query_string = query.decode("latin-1")
+        host = headers.get("Host")
+        rule, _ = policy.known[method, canonical.match](
+            method, canonical.match, host, headers, query_string, client_ip, identity, client_ip
         )
-        known = policy.known.get(method)
-        match = known.get(canonical.match) if known is not None else None
-        if match is None:
-            match = policy.matcher(method, canonical.match)
-        rule, _ = match(*parts)
-        if rule is not None and rule.rate is not None:
+        if rule is not None and rule.ip_lanes is not None:
             # The gatekeeper's common case: charged and allowed, RateLimit lines straight back.
-            key = rule.state_key(RequestView(*parts))
-            lines = limiter.admit(key, rule.rate, clock.now())
-            return lines if lines is not None else limiter.peek(key, rule.rate, clock.now())
+            prefix, rate = rule.ip_lanes[identity.authenticated]
+            lines = limiter.admit(prefix + client_ip, rate, clock.now())
+            return lines if lines is not None else limiter.peek(prefix + client_ip, rate, clock.now())
+        if rule is not None and rule.rate is not None:
+            view = RequestView(method, canonical.match, host, headers, query_string, client_ip, identity)
+            return limiter.hit(rule.state_key(view), rule.rate, clock.now())
         return rule
 
     return decide, len(config.rules), path
