@@ -145,7 +145,11 @@ class Gatekeeper:
 
         query_string = query.decode("latin-1") if query else ""
         client_key = client.key
-        rule, dry_runs = policy.known[method, match_path](
+        try:
+            match = policy.known[method, match_path]
+        except KeyError:
+            match = policy.matcher(method, match_path)
+        rule, dry_runs = match(
             method, match_path, host, headers, query_string, client_ip, identity, client_key
         )
         view = None  # made only for a decision that needs more than the rule and the client

@@ -34,10 +34,7 @@ def request_target(raw_path: str, host: str | None) -> bytes | None:
 # table rebuild now and then, never memory.
 _HOSTS = 1024
 _HOST_LENGTH = 256
-# Read-only outside ``host_name``; emptied in place when full, never rebound, so a reference to
-# its ``get`` stays good (the compiled rule matchers look names up there first).
-HOST_NAMES: dict[str, str] = {}
-_hosts = HOST_NAMES
+_hosts: dict[str, str] = {}
 
 
 def host_name(host_header: str | None) -> str:

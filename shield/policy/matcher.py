@@ -7,8 +7,8 @@ rule, and those calls were most of a request's matching cost. Here each cell's r
 body of one generated function: the common conditions are inlined as expressions (paths,
 identity class, header presence or value; host and User-Agent as a lookup in the condition's
 ``Memo``), and the rest (CIDRs, cookies, query parameters, header regexes) call the condition's
-own test, as before. The function takes the
-request's parts as arguments; a ``RequestView`` is made only for a condition that needs one.
+own test, as before. The function takes the request's parts as arguments; a ``RequestView`` is
+made only for a condition that needs one.
 
 The source is built only from this module's templates and names it makes up (``c0``, ``c1``...);
 every value from the rule file reaches the function as a constant bound to such a name, never as
@@ -97,7 +97,6 @@ def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) 
     source = _Source(view_type)
     body = source.lines
     dry_runs = any(rule.dry_run for rule in rules)
-
     body.append(f"def match({_ARGUMENTS}, view=None):")
     if dry_runs:
         body.append("    dry_runs = None")

@@ -5,6 +5,10 @@ worth keeping: a hit is one dictionary lookup done in C (the compiled matchers s
 directly), where working the answer out again costs a Python call, a lower-casing and a search
 or two. The memo stays bounded against a client that rotates values: a value longer than
 ``MAX_LENGTH`` is never kept, and the table is emptied when it reaches ``MAX_ENTRIES``.
+
+A dict subclass, so that a miss fills it from inside an expression (``__missing__``). ``[]`` on
+a subclass goes through a generic slot, some 12 ns dearer than on a plain dict, but any Python
+fallback a plain dict would need there costs more than that on every hit.
 """
 
 from __future__ import annotations

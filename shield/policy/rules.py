@@ -598,28 +598,6 @@ class Cell(NamedTuple):
     match: CellMatch
 
 
-class KnownMatchers(dict[tuple[str, str], CellMatch]):
-    """``known[method, path]``: the matcher of the cell a request falls in, kept by method and
-    canonical path, as most requests ask for a path seen moments ago (the gatekeeper subscripts
-    this table: a hit is one lookup in C). Bounded like the canonical-path table: a flood of
-    distinct paths costs a rebuild now and then, never memory."""
-
-    __slots__ = ("_cell",)
-
-    def __init__(self, cell: Callable[[str, str], Cell]) -> None:
-        super().__init__()
-        self._cell = cell
-
-    def __missing__(self, key: tuple[str, str]) -> CellMatch:
-        method, path = key
-        match = self._cell(method, path).match
-        if len(path) <= _KNOWN_LENGTH:
-            if len(self) >= _KNOWN_ENTRIES:
-                self.clear()
-            self[key] = match
-        return match
-
-
 class Policy:
     """The compiled rule list: ``match`` returns the rules that apply, in order."""
 
@@ -647,7 +625,10 @@ class Policy:
                 if ids not in compiled:
                     compiled[ids] = compile_cell(cell_rules, RequestView)
                 by_segment[segment] = Cell(cell_rules, compiled[ids])
-        self.known = KnownMatchers(self._cell)
+        # (method, canonical path) -> ``matcher(method, path)``; filled only by ``matcher``. A
+        # plain dict: the gatekeeper subscripts it, and ``[]`` on a dict subclass goes through
+        # a generic slot that costs several times a dict's own lookup.
+        self.known: dict[tuple[str, str], CellMatch] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
         self.has_challenge = any(r.action == "challenge" for r in self.rules)
@@ -691,5 +672,12 @@ class Policy:
         )
 
     def matcher(self, method: str, path: str) -> CellMatch:
-        """The function that matches requests with this method and path."""
-        return self.known[method, path]
+        """The function that matches requests with this method and path, kept in ``known`` as
+        most requests ask for a path seen moments ago. Bounded like the canonical-path table: a
+        flood of distinct paths costs a rebuild now and then, never memory."""
+        match = self._cell(method, path).match
+        if len(path) <= _KNOWN_LENGTH:
+            if len(self.known) >= _KNOWN_ENTRIES:
+                self.known.clear()
+            self.known[method, path] = match
+        return match

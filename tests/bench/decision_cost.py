@@ -92,9 +92,11 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         identity = identities.identify(headers, client_ip)
         query_string = query.decode("latin-1")
         host = headers.get("Host")
-        rule, _ = policy.known[method, canonical.match](
-            method, canonical.match, host, headers, query_string, client_ip, identity, client_ip
-        )
+        try:
+            match = policy.known[method, canonical.match]
+        except KeyError:
+            match = policy.matcher(method, canonical.match)
+        rule, _ = match(method, canonical.match, host, headers, query_string, client_ip, identity, client_ip)
         if rule is not None and rule.ip_lanes is not None:
             # The gatekeeper's common case: charged and allowed, RateLimit lines straight back.
             prefix, rate = rule.ip_lanes[identity.authenticated]
