@@ -109,8 +109,8 @@ class PolicyHolder:
     async def reload_off_loop(self) -> bool:
         """``reload``, with the file read and the rules compiled in a worker thread.
 
-        Compiling a big rule file takes a while (about 0.4 s for 1,000 rules); on the event loop
-        that would stall every request for as long. In a thread the interpreter keeps switching
+        Loading a big rule file takes a while (0.7 s for 1,000 rules, most of it parsing and
+        checking the YAML); on the event loop that would stall every request for as long. In a thread the interpreter keeps switching
         back to the loop, which serves on with the old rules until the swap. Reloads queue up
         rather than overlap, so a slow build of the file as it was never replaces a newer one.
         """
