@@ -110,9 +110,10 @@ class PolicyHolder:
         """``reload``, with the file read and the rules compiled in a worker thread.
 
         Loading a big rule file takes a while (0.7 s for 1,000 rules, most of it parsing and
-        checking the YAML); on the event loop that would stall every request for as long. In a thread the interpreter keeps switching
-        back to the loop, which serves on with the old rules until the swap. Reloads queue up
-        rather than overlap, so a slow build of the file as it was never replaces a newer one.
+        checking the YAML); on the event loop that would stall every request for as long. In a
+        thread the interpreter keeps switching back to the loop, which serves on with the old
+        rules until the swap. Reloads queue up rather than overlap, so a slow build of the file
+        as it was never replaces a newer one.
         """
         if self.path is None:
             return False
