@@ -76,7 +76,6 @@ class Gatekeeper:
         self.shared = state.redis
         self.on_state_error = state.config.on_error
         self.identities = identities
-        self.clock = clock
         self.now = clock.now
         self.stats = stats
         self.clients = clients or ClientResolver()
