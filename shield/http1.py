@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -52,10 +53,28 @@ BODY_HIGH_WATER: Final = 256 * 1024
 # Pause reading from a client with this many requests parsed and waiting for their turn.
 MAX_PIPELINED: Final = 16
 
-_BAD_REQUEST: Final = (
-    b"HTTP/1.1 400 Bad Request\r\nServer: shield\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 13\r\nConnection: close\r\n\r\nBad Request.\n"
-)
+# Bytes a client may send while Shield lingers after answering and closing (see ``_close``).
+LINGER_BYTES: Final = 8 * 1024 * 1024
+
+# Why reading from a client is paused. Each reason pauses and resumes on its own: reading goes
+# on only once none is left (resuming for a drained body must not undo a refusal).
+PAUSED_FOR_BODY: Final = 1  # a body waits unread past BODY_HIGH_WATER
+PAUSED_FOR_PIPELINE: Final = 2  # MAX_PIPELINED requests wait for their turn
+PAUSED_FOR_UPGRADE: Final = 4  # an upgrade request is being decided
+PAUSED_FOR_REFUSAL: Final = 8  # the input was refused: nothing more is parsed
+
+
+def _refusal(status: int) -> bytes:
+    """Shield's answer to a request it cannot parse or will not read: nothing of the input
+    echoed, then the connection closes."""
+    text = f"{HTTPStatus(status).phrase}.\n".encode()
+    return (
+        status_line(status) + b"Server: shield\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(text), text)
+    )
+
+
+_REFUSALS: Final = {status: _refusal(status) for status in (400, 501, 505)}
 _SERVER_ERROR: Final = (
     b"HTTP/1.1 500 Internal Server Error\r\nServer: shield\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
@@ -77,6 +96,9 @@ SINGLETON_HEADERS: Final = frozenset(
         b"user-agent",
     }
 )
+# RFC 3986 §3.2.2-3: an IP literal, or a registered name (IPv4 addresses are among them), then
+# an optional port. No userinfo, path or spaces: the host the rules see must be the host.
+_AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 # Header name as the client spelled it -> as text: names repeat from request to request.
 _NAMES: dict[bytes, str] = {}
@@ -387,7 +409,18 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._upgrade_rest: bytes | None = None
         self._handed_over = False
         self._closing = False
-        self._reading_paused = False
+        # PAUSED_FOR_* reasons in force, or-ed together.
+        self._paused = 0
+        # The answer to send once the requests parsed before a refusal are answered.
+        self._refused: bytes | None = None
+        # Set while a chunked body is parsed: bytes read since llhttp last reported body data
+        # (chunk-size lines, extensions, trailers), bounded like a head line.
+        self._chunked = False
+        self._framing_bytes = 0
+        # After the last answer on a connection closing with input still coming: until when,
+        # and how many more bytes, the rest is read and dropped (0.0: not lingering).
+        self._linger_until = 0.0
+        self._linger_left = 0
         # When the connection went idle (its last answer ended), and when the request head
         # now awaited began to arrive (0 when none is awaited within ``header_timeout``).
         self._idle_since = 0.0
@@ -422,6 +455,11 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self.writing_failed(ConnectionResetError("the client went away"))
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_until:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._abort()
+            return
         if self._proxy_pending is not None:
             rest = self._proxy_header(data)
             if not rest:
@@ -441,17 +479,22 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         try:
             if self._in_head:
                 self._head_bytes += len(data)
+            elif self._chunked:
+                self._framing_bytes += len(data)
             self._parser.feed_data(data)
             if self._in_head:
                 self._head_incomplete()
+            elif self._chunked and self._framing_bytes > 2 * self._server.max_line:
+                raise _HeadRefused("a chunk-size line or the trailers are too long")
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._upgrade_rest = data[offset:]
-            if self.transport is not None:
-                self.transport.pause_reading()
-            self._reading_paused = True
+            self._pause(PAUSED_FOR_UPGRADE)
         except (httptools.HttpParserError, _HeadRefused) as error:
-            self._refuse_malformed(error)
+            # An error raised in a parser callback reaches here as llhttp's, with ours as its
+            # context.
+            cause = error.__context__
+            self._refuse(cause if isinstance(cause, _HeadRefused) else error)
             return
         # Requests start only once llhttp accepted all of this read: it refuses some heads
         # (an invalid Transfer-Encoding) only after reporting them complete.
@@ -499,15 +542,22 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             raise ConnectionResetError("the client went away")
         await self.writable(self.loop)
 
-    def pause_for_body(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None:
             self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def pause_for_body(self) -> None:
+        self._pause(PAUSED_FOR_BODY)
 
     def resume_for_body(self) -> None:
-        if self._reading_paused and self._upgrade_rest is None and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._resume(PAUSED_FOR_BODY)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -522,7 +572,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             raise _HeadRefused("the request line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))
+        # llhttp reports trailer fields (after a chunked body) through this callback too. They
+        # are dropped: appended here they would reach the upstream as headers no rule judged.
+        if self._in_head:
+            self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -536,12 +589,20 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             raise _HeadRefused("too many headers")
         longest = server.max_line - 4
         content_length: int | None = None
-        chunked = False
+        chunked = underscored = False
+        host: bytes | None = None
         pairs = []
         seen: set[bytes] | None = None
         for name, value in raw:
             if len(name) + len(value) > longest:
                 raise _HeadRefused("a header line is too long")
+            if b"_" in name and server.underscores_in_headers != "allow":
+                # WSGI and CGI turn X_Evil and X-Evil into the same HTTP_X_EVIL: a rule about
+                # one would be sidestepped with the other (nginx drops such names by default).
+                if server.underscores_in_headers == "refuse":
+                    raise _HeadRefused("a header name with an underscore")
+                underscored = True
+                continue
             text = _NAMES.get(name) or _header_name(name)
             pairs.append((text, value.decode("utf-8", "surrogateescape")))
             lower = name.lower()
@@ -552,10 +613,34 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                     raise _HeadRefused(f"duplicate {name.decode('latin-1')} header")
                 else:
                     seen.add(lower)
-                if lower == b"content-length":
+                if lower == b"host":
+                    host = value
+                elif lower == b"content-length":
                     content_length = int(value)
                 elif lower == b"transfer-encoding":
+                    coding = value.strip().lower()
+                    if coding != b"chunked":
+                        # Not chunked last: no body length can be trusted (RFC 9112 §6.3: 400).
+                        # Chunked after others (gzip, chunked): Shield decodes only chunked and
+                        # would pass gzip bytes on as the content (RFC 9112 §6.1: 501).
+                        if coding.rpartition(b",")[2].strip() != b"chunked":
+                            raise _HeadRefused("a body length that cannot be determined")
+                        raise _HeadRefused("a transfer coding other than chunked", 501)
                     chunked = True
+        if underscored:
+            raw = [pair for pair in raw if b"_" not in pair[0]]
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                raise _HeadRefused(f"HTTP/{version}", 505)
+            if chunked:
+                # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+                raise _HeadRefused("Transfer-Encoding in an HTTP/1.0 request")
+        if host is None:
+            if version == "1.1":
+                raise _HeadRefused("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
+        elif _AUTHORITY.fullmatch(host) is None:
+            raise _HeadRefused("a Host that is not a valid authority")
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
         keep_alive = parser.should_keep_alive() and not self._closing and method != "CONNECT"
@@ -563,7 +648,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             self,
             method,
             url,
-            parser.get_http_version(),
+            version,
             raw,
             CIMultiDictProxy(CIMultiDict(pairs)),
             keep_alive,
@@ -574,17 +659,21 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._parsing = request
         if request.upgrade:
             self._upgrade_request = request
+        self._chunked = chunked
+        self._framing_bytes = 0
         queue = self._queue
         queue.append(request)
         if len(queue) >= MAX_PIPELINED:
-            self.pause_for_body()
+            self._pause(PAUSED_FOR_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
+        self._framing_bytes = 0
         request = self._parsing
         if request is not None:
             request.content.feed(body)
 
     def on_message_complete(self) -> None:
+        self._chunked = False
         request = self._parsing
         self._parsing = None
         if request is not None and request.body_exists:
@@ -641,7 +730,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
     def _finished(self, request: Request, keep_alive: bool) -> None:
         self._current = None
         if not keep_alive or self._closing or self.transport is None:
-            self._abort(graceful=True)
+            self._close(linger=self._parsing is not None or bool(self._queue))
             return
         self._idle_since = self.loop.time()
         if self._parsing is request:
@@ -654,12 +743,14 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             rest = self._upgrade_rest
             self._upgrade_rest = None
             self._parser = httptools.HttpRequestParser(self)
-            self._reading_paused = False
-            self.transport.resume_reading()
+            self._resume(PAUSED_FOR_UPGRADE)
             if rest:
                 self._feed(rest)
-        if self._queue and self._current is None:
-            self._next()
+        if self._current is None:
+            if self._queue:
+                self._next()
+            elif self._refused is not None:
+                self._send_refusal()
 
     def _next(self) -> None:
         """Start the next pipelined request, unless the client is not reading its answers: then
@@ -667,8 +758,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         queue = self._queue
         if queue and self._current is None and not self._writing_paused:
             self._start(queue.popleft())
-            if self._reading_paused and len(queue) < MAX_PIPELINED // 2:
-                self.resume_for_body()
+            if len(queue) < MAX_PIPELINED // 2:
+                self._resume(PAUSED_FOR_PIPELINE)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -684,29 +775,68 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             else:
                 transport.abort()
 
-    def _refuse_malformed(self, error: BaseException) -> None:
-        """aiohttp's answer to a malformed request: 400, nothing of the input echoed, close."""
+    def _close(self, *, linger: bool) -> None:
+        """Close after the last answer. With ``linger`` (the client may still be sending: a body
+        not read to its end, input after a refusal) Shield's side is shut down and what still
+        comes is read and dropped, for at most ``lingering`` seconds and ``LINGER_BYTES``, then
+        the connection closes: closing a socket with unread input sends a reset, which can
+        destroy the answer before the client reads it (aiohttp and nginx linger likewise)."""
+        self._closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if not linger:
+            transport.close()
+            return
+        self._linger_until = self.loop.time() + self._server.lingering
+        self._linger_left = LINGER_BYTES
+        self._queue.clear()
+        parsing = self._parsing
+        if parsing is not None:
+            self._parsing = None
+            parsing.content.lost()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._paused = 0
+        transport.resume_reading()
+
+    def _refuse(self, error: BaseException) -> None:
+        """Input Shield cannot parse or will not read: the requests parsed before it are
+        answered in order, then a 400 (or the refusal's own status), and the connection closes.
+        Nothing of the input is echoed."""
         log.debug("refused a malformed request from %s: %s", self.remote, error)
         parsing = self._parsing
         if parsing is not None:
-            parsing.content.fail(BadHttpMessage(str(error) or "malformed request"))
             self._parsing = None
-        if self._current is None and self.transport is not None:
-            self.transport.write(_BAD_REQUEST)
-            self._abort(graceful=True)
-        else:
-            # The answer in progress goes out first; nothing after it is served.
-            self._closing = True
-            self._queue.clear()
-            if self.transport is not None:
-                self.transport.pause_reading()
-                self._reading_paused = True
+            parsing.content.fail(BadHttpMessage(str(error) or "malformed request"))
+            if parsing is not self._current and parsing in self._queue:
+                # llhttp refuses some heads (Content-Length beside Transfer-Encoding) only after
+                # reporting them complete: such a request is never answered as if it were good.
+                self._queue.remove(parsing)
+        self._refused = _REFUSALS[error.status if isinstance(error, _HeadRefused) else 400]
+        self._pause(PAUSED_FOR_REFUSAL)
+        if self._current is None:
+            if self._queue:
+                self._next()
+            else:
+                self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        refusal = self._refused
+        self._refused = None
+        if refusal is not None and self.transport is not None:
+            self.transport.write(refusal)
+            self._close(linger=True)
 
     # -- deadlines ----------------------------------------------------------------------------
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's ticker. No deadline runs while a request is being answered."""
         if self._current is not None or self.transport is None:
+            return
+        if self._linger_until:
+            if now >= self._linger_until:
+                self._abort()
             return
         server = self._server
         if self._head_started:
@@ -752,7 +882,12 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
 
 
 class _HeadRefused(Exception):
-    """A request head over Shield's limits."""
+    """A request head Shield will not take: over its limits, or not a request it forwards
+    faithfully. ``status`` is the answer (400 unless said otherwise)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def serialize(response: web.StreamResponse, request: Request, keep_alive: bool, date: DateHeader) -> bytes:
@@ -877,8 +1012,12 @@ class Http1Server:
         max_headers: int,
         lingering: float = 2.0,
         proxy_protocol: bool = False,
+        underscores_in_headers: str = "drop",
         websocket_settings: dict[str, Any] | None = None,
     ) -> None:
+        """``underscores_in_headers``: what becomes of a request header whose name has an
+        underscore: ``drop`` it before anything reads the request, ``refuse`` the request (400),
+        or ``allow`` it."""
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.header_timeout = header_timeout
@@ -887,6 +1026,7 @@ class Http1Server:
         self.max_headers = max_headers
         self.lingering = lingering
         self.proxy_protocol = proxy_protocol
+        self.underscores_in_headers = underscores_in_headers
         self.connections: set[Http1Connection] = set()
         self.date = DateHeader()
         self.upgrades = Upgrades(**(websocket_settings or {}))

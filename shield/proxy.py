@@ -305,10 +305,16 @@ class Proxy:
 
 
 def _continue_if_expected(request: Request) -> None:
-    # aiohttp's low-level server never sends 100 Continue itself, so a request reaches this
-    # point only after Shield decided to forward it: refusals go out before any body is sent.
+    # A request reaches this point only after Shield decided to forward it: refusals go out
+    # before any body is sent. HTTP/1.0 has no 1xx answers: its expectation is ignored
+    # (RFC 9110 §10.1.1).
     expect = request.headers.get("Expect")
-    if expect is not None and expect.lower() == "100-continue" and request.transport is not None:
+    if (
+        expect is not None
+        and expect.lower() == "100-continue"
+        and request.version == "1.1"
+        and request.transport is not None
+    ):
         request.transport.write(_CONTINUE)
 
 

@@ -253,9 +253,11 @@ class Shield:
             keepalive_timeout=config.timeouts.keepalive,
             max_line=limits.max_header_size,
             max_headers=limits.max_headers,
-            # After a refusal, read and discard the rest of a body for at most this long.
+            # After a refusal, read and discard the rest of a body for at most this long (and
+            # after a last answer, what the client still sends before it reads it).
             lingering=2.0,
             proxy_protocol=config.listen.proxy_protocol,
+            underscores_in_headers=config.forwarding.underscores_in_headers,
             websocket_settings={
                 "keepalive_timeout": config.timeouts.keepalive,
                 "max_line_size": limits.max_header_size,

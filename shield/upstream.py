@@ -55,6 +55,9 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._informational = False
         self.status = 0
         self._head_received = 0
+        # Bytes read since llhttp last reported body data, once the head is in: chunk-size
+        # lines and trailers, bounded by MAX_RESPONSE_HEAD like the head.
+        self._framing_bytes = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -103,14 +106,32 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
                 self.fail(UpstreamProtocolError("upstream response head too large"))
                 self.close()
                 return
+        elif not self.message_complete:
+            self._framing_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
             self.close()
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(f"malformed upstream response: {exc}"))
-            self.close()
+            if self.message_complete:
+                # Bytes after a complete answer (a second answer glued to it, or garbage): never
+                # part of this answer, and the connection's framing is no longer to be trusted.
+                self.reusable = False
+                if self.transport is not None:
+                    self.transport.abort()
+            else:
+                cause = exc.__context__
+                self.fail(
+                    cause
+                    if isinstance(cause, UpstreamError)
+                    else UpstreamProtocolError(f"malformed upstream response: {exc}")
+                )
+                self.close()
+        else:
+            if self._framing_bytes > MAX_RESPONSE_HEAD and not self.message_complete:
+                self.fail(UpstreamProtocolError("upstream chunk-size lines or trailers too large"))
+                self.close()
 
     def eof_received(self) -> bool:
         return False
@@ -118,9 +139,14 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # Past the head, llhttp reports trailer fields, or the head of an answer glued after
+        # this one, through this same callback: neither belongs in this answer's head.
+        if not self.headers_complete:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.message_complete:
+            raise _Surplus("the upstream sent a second answer")
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # 1xx interim answers (103 Early Hints, a stray 100) are not the response; 101 is
@@ -130,14 +156,21 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             self._informational = True
             self.headers = []
             return
+        if _has_unsupported_coding(self.headers):
+            raise UpstreamProtocolError("upstream used a transfer coding other than chunked")
         self.status = status
         self.headers_complete = True
         if self._head_request:
+            # llhttp does not know this answers a HEAD, so it never completes the message (it
+            # waits for the body Content-Length announces): keep-alive is decided here.
             self.message_complete = True
+            if not self._parser.should_keep_alive():
+                self.reusable = False
         if self._waiter is not None:
             self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._framing_bytes = 0
         if self._head_request:
             self.reusable = False
             return
@@ -211,6 +244,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._head_request = head_request
         self.status = 0
         self._head_received = 0
+        self._framing_bytes = 0
         self.headers = []
         self._chunks = []
         self._buffered = 0
@@ -267,6 +301,19 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._pool._forget(self)
+
+
+class _Surplus(UpstreamProtocolError):
+    """Bytes after a complete answer."""
+
+
+def _has_unsupported_coding(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the answer uses a transfer coding Shield does not decode (``gzip, chunked``):
+    removing only chunked would pass gzip bytes off as the content (RFC 9112 §6.1)."""
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            return True
+    return False
 
 
 def _reads_until_eof(status: int, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -7,6 +7,7 @@ errors at the right line.
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -188,6 +189,13 @@ class Forwarding(Section):
         False,
         description="Tell the upstream who Shield saw: X-Shield-Client-IP, X-Shield-Authenticated, "
         "X-Shield-User. Clients' own X-Shield-* identity headers are always stripped.",
+    )
+    underscores_in_headers: Literal["drop", "refuse", "allow"] = Field(
+        "drop",
+        description="Request headers whose name has an underscore (X_Evil): drop them before the "
+        "rules read the request (nginx's default), refuse the request with 400, or allow them. "
+        "WSGI and CGI applications read X_Evil and X-Evil as the same HTTP_X_EVIL, so a rule on "
+        "one is sidestepped with the other when they are allowed.",
     )
 
 
