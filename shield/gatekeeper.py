@@ -9,9 +9,8 @@ request with the canonical target the rules matched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from shield import actions
 from shield.actions import Shed, ShieldAnswer, answer
@@ -35,7 +34,7 @@ from shield.state import StateBackend
 from shield.status import StatusPage
 from shield.switches import Switches
 from shield.target import request_target
-from shield.websocket import WebSocketRelay, is_websocket_upgrade
+from shield.websocket import is_websocket_upgrade
 
 log = logging.getLogger("shield.rules")
 
@@ -55,7 +54,6 @@ class Gatekeeper:
         *,
         holder: PolicyHolder,
         proxy: Proxy,
-        websockets: WebSocketRelay,
         state: StateBackend,
         identities: IdentityResolver | None,
         clock: Clock,
@@ -71,7 +69,6 @@ class Gatekeeper:
     ) -> None:
         self.holder = holder
         self.proxy = proxy
-        self.websockets = websockets
         self.limiter = state.memory
         self.shared = state.redis
         self.on_state_error = state.config.on_error
@@ -293,8 +290,9 @@ class Gatekeeper:
         upstream: tuple[str, bytes],
     ) -> Reply:
         """Forward upstream as ``rule`` decided (None: no rule applied), and record the outcome."""
-        if request.upgrade and is_websocket_upgrade(request.headers):
-            return await self._websocket(request, target, rule, identity, upstream)
+        if request.upgrade and not request.body_exists and is_websocket_upgrade(request.headers):
+            # (An upgrade request with a body goes on as a plain request: Upgrade is hop-by-hop.)
+            return await self._websocket(request, target, extra, rule, identity, upstream)
         if self.overload is None:
             response = await self.proxy.forward(request, target, extra, upstream)
         else:
@@ -324,24 +322,16 @@ class Gatekeeper:
         self,
         request: Request,
         target: bytes,
+        extra: bytes,
         rule: CompiledRule | None,
         identity: Identity,
         upstream: tuple[str, bytes],
     ) -> Reply:
-        forwarded_for, who = upstream
-        added = self.proxy.heads.forwarding_headers(tuple(request.raw_headers), forwarded_for, who=who)
-        exchange = request.exchange
-        added.append((b"X-Request-ID", exchange.request_id.encode("latin-1")))
-        websockets = self.websockets
-
-        def relay(handed_over: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-            return websockets.relay(handed_over, target, added, exchange.request_id)
-
-        response = await request.hand_over(relay)
+        response = await self.proxy.upgrade(request, target, extra, upstream)
         if rule is None:
-            exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
+            request.exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
         else:
-            exchange.decided(rule.name, rule.action, _outcome(response), identity.label)
+            request.exchange.decided(rule.name, rule.action, _outcome(response), identity.label)
         return response
 
     async def _challenge_submit(self, request: Request, client_key: str, identity: str) -> Reply:

@@ -18,8 +18,13 @@ What aiohttp's server did for Shield and this module does itself:
 - the handler task cancelled when its client goes away;
 - graceful shutdown: idle connections close at once, busy ones after their answer.
 
-WebSocket upgrades are the one thing handed over: once the gatekeeper has allowed one, the
-connection moves to aiohttp's server (``hand_over``), which speaks the WebSocket protocol.
+Refused input is answered in order: requests parsed before a parse error are answered first,
+then the refusal, and the connection lingers (reads and drops what still comes, bounded in
+time and bytes) before it closes, so the client reads the refusal rather than a reset. Trailer
+fields are dropped, never added to the headers the rules saw.
+
+A WebSocket upgrade the gatekeeper allowed and the upstream accepted (101) turns the connection
+into a tunnel to the upstream's (``tunnel``, ``shield.tunnel``).
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from typing import Any, Final
 import httptools
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
-from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.exchange import Exchange
 from shield.flow import WriteFlow
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.response import DateHeader, status_line
+from shield.tunnel import splice
 
 log = logging.getLogger("shield")
 
@@ -139,7 +144,6 @@ class Written:
 
 Reply = web.StreamResponse | Written
 Handler = Callable[["Request"], Awaitable[Reply]]
-WebSocketHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class RequestBody:
@@ -372,13 +376,14 @@ class Request:
         """Wait while the client reads more slowly than the answer is written."""
         await self._conn.drain()
 
-    async def hand_over(self, relay: WebSocketHandler) -> web.StreamResponse:
-        """Move the connection to aiohttp's server, which runs ``relay`` for this request.
+    async def tunnel(self, upstream: asyncio.Transport, to_client: bytes) -> Written:
+        """Splice this connection with ``upstream``, which switched protocols for it, after
+        writing ``to_client`` (the 101 and what followed it); return once the session ended.
 
         Only for a request llhttp parsed as an upgrade (``upgrade``), before anything was
-        answered: aiohttp receives this request's head again, and whatever followed it.
+        answered: what the client sent after the request goes to the upstream first.
         """
-        return await self._conn.hand_over(self, relay)
+        return await self._conn.tunnel(self, upstream, to_client)
 
 
 class Http1Connection(WriteFlow, asyncio.Protocol):
@@ -407,6 +412,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._serving: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._upgrade_rest: bytes | None = None
+        # Spliced with an upstream connection (``tunnel``): no longer this protocol's.
         self._handed_over = False
         self._closing = False
         # PAUSED_FOR_* reasons in force, or-ed together.
@@ -641,8 +647,15 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 raise _HeadRefused("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
         elif _AUTHORITY.fullmatch(host) is None:
             raise _HeadRefused("a Host that is not a valid authority")
+        upgrade = parser.should_upgrade()
+        if upgrade and (chunked or content_length):
+            # llhttp takes what follows an upgrade request's head for the new protocol, body
+            # included: Shield could not forward that body as the request's.
+            raise _HeadRefused("an upgrade request with a body")
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
+        if url == b"*" and method != "OPTIONS":
+            raise _HeadRefused("the asterisk-form with a method other than OPTIONS")  # RFC 9112 §3.2.4
         keep_alive = parser.should_keep_alive() and not self._closing and method != "CONNECT"
         request = Request(
             self,
@@ -654,7 +667,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             keep_alive,
             content_length,
             RequestBody(self) if chunked or content_length else EMPTY_BODY,
-            parser.should_upgrade(),
+            upgrade,
         )
         self._parsing = request
         if request.upgrade:
@@ -860,25 +873,21 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if self._current is None and self.transport is not None:
             self._abort(graceful=True)
 
-    async def hand_over(self, request: Request, relay: WebSocketHandler) -> web.StreamResponse:
+    async def tunnel(self, request: Request, upstream: asyncio.Transport, to_client: bytes) -> Written:
         transport = self.transport
         if transport is None:
             raise ConnectionResetError("the client went away")
         if self._upgrade_rest is None or request is not self._current or request is not self._upgrade_request:
-            raise RuntimeError("only a parsed upgrade request being answered can be handed over")
-        head = b"%s %s HTTP/%s\r\n%s\r\n" % (
-            request.method.encode(),
-            request.target,
-            request.version.encode(),
-            b"".join(b"%s: %s\r\n" % pair for pair in request.raw_headers),
-        )
-        rest = self._upgrade_rest
+            raise RuntimeError("only a parsed upgrade request being answered can be spliced")
+        to_upstream = self._upgrade_rest
         self._upgrade_rest = None
         self._handed_over = True
-        self._server.forget(self)
-        done: asyncio.Future[web.StreamResponse] = self.loop.create_future()
-        self._server.upgrades.take(transport, relay, done, self.remote, head + rest)
-        return await done
+        try:
+            sent, _ = await splice(transport, upstream, to_upstream, to_client)
+        finally:
+            self.transport = None
+            self._server.forget(self)
+        return Written(b"", False, 101, sent)
 
 
 class _HeadRefused(Exception):
@@ -921,84 +930,6 @@ def serialize(response: web.StreamResponse, request: Request, keep_alive: bool, 
     return b"".join(parts)
 
 
-class _QuietRequestHandler(RequestHandler):
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """aiohttp's own error answers, without echoing the bad input back and without
-        announcing the aiohttp version; logged at debug level only below 500."""
-        if status >= 500:
-            log.error("error handling a request from %s", request.remote, exc_info=exc)
-        else:
-            log.debug("refused a malformed request with %d: %s", status, exc)
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer had started; the connection is broken")
-        reason = HTTPStatus(status).phrase if status in _KNOWN_STATUSES else "Error"
-        answer = web.Response(status=status, text=f"{reason}.\n", headers={"Server": "shield"})
-        answer.force_close()
-        return answer
-
-
-class _UpgradeServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-_KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
-
-
-class Upgrades:
-    """aiohttp's server, for the WebSocket connections handed over to it."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._pending: dict[
-            asyncio.BaseTransport, tuple[WebSocketHandler, asyncio.Future[web.StreamResponse]]
-        ] = {}
-        self.server = _UpgradeServer(self._dispatch, handler_cancellation=True, **kwargs)
-
-    def take(
-        self,
-        transport: asyncio.Transport,
-        relay: WebSocketHandler,
-        done: asyncio.Future[web.StreamResponse],
-        remote: str | None,
-        data: bytes,
-    ) -> None:
-        self._pending[transport] = (relay, done)
-        handler = self.server()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if remote is not None:
-            # aiohttp caches the peer on the protocol; request.remote must stay the client.
-            handler._cache["peername"] = (remote, 0)
-        transport.resume_reading()
-        handler.data_received(data)
-
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        entry = self._pending.pop(request.transport, None) if request.transport is not None else None
-        if entry is None:
-            # Nothing more is served on a handed-over connection once its upgrade is done.
-            answer = web.Response(status=400, text="Bad Request.\n", headers={"Server": "shield"})
-            answer.force_close()
-            return answer
-        relay, done = entry
-        try:
-            response = await relay(request)
-        except BaseException as error:
-            if not done.done():
-                done.set_exception(error)
-            raise
-        if not isinstance(response, web.WebSocketResponse):
-            response.force_close()
-        if not done.done():
-            done.set_result(response)
-        return response
-
-
 class Http1Server:
     """Creates a connection per accepted socket and keeps them for deadlines and shutdown."""
 
@@ -1013,7 +944,6 @@ class Http1Server:
         lingering: float = 2.0,
         proxy_protocol: bool = False,
         underscores_in_headers: str = "drop",
-        websocket_settings: dict[str, Any] | None = None,
     ) -> None:
         """``underscores_in_headers``: what becomes of a request header whose name has an
         underscore: ``drop`` it before anything reads the request, ``refuse`` the request (400),
@@ -1029,7 +959,6 @@ class Http1Server:
         self.underscores_in_headers = underscores_in_headers
         self.connections: set[Http1Connection] = set()
         self.date = DateHeader()
-        self.upgrades = Upgrades(**(websocket_settings or {}))
         self._ticker: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
 
@@ -1038,8 +967,7 @@ class Http1Server:
 
     @property
     def in_flight(self) -> int:
-        busy = sum(1 for conn in self.connections if conn.busy)
-        return busy + sum(1 for conn in self.upgrades.server.connections if conn._request_in_progress)
+        return sum(1 for conn in self.connections if conn.busy)
 
     def watch(self) -> None:
         if self._ticker is None:
@@ -1057,13 +985,10 @@ class Http1Server:
         """Close idle connections now, the rest once answered; give up after ``grace``."""
         for conn in list(self.connections):
             conn.close_when_idle()
-        self.upgrades.server.pre_shutdown()
-        deadline = self.loop.time() + grace
         if self.connections:
             self._all_closed = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), grace)
-        await self.upgrades.server.shutdown(max(0.0, deadline - self.loop.time()))
 
     def forget(self, conn: Http1Connection) -> None:
         self.connections.discard(conn)

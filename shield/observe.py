@@ -91,6 +91,9 @@ class Observer:
         labels = exchange.labels
         if isinstance(response, Written):
             if labels is not None:
+                if response.status == 101:
+                    self._stats.count(labels)  # a WebSocket session: its length is no duration
+                    return response
                 durations = self._durations.get(labels)
                 if durations is None:
                     durations = self._stats.durations_of(labels)
@@ -104,7 +107,7 @@ class Observer:
 
     def _record(self, labels: tuple[str, str, str, str], response: Reply, elapsed: float) -> None:
         """Count the request; a WebSocket session's length is not a request duration."""
-        if isinstance(response, Written) or not isinstance(response, web.WebSocketResponse):
+        if response.status != 101:
             self._stats.durations_of(labels).append(elapsed)
         else:
             self._stats.count(labels)

@@ -27,7 +27,7 @@ from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.headers import RequestHeadBuilder
 from shield.http1 import Reply, Request, Written
 from shield.metrics import ProxyStats
-from shield.response import DateHeader, response_bytes, streamed_head
+from shield.response import DateHeader, response_bytes, streamed_head, switching_head
 from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shield.proxy")
@@ -213,26 +213,75 @@ class Proxy:
 
         try:
             if conn.message_complete:
-                body = conn.take_body()
-                conn.finish()
-                keep_alive = request.keep_alive
-                data = response_bytes(
-                    conn.status,
-                    conn.headers,
-                    body,
-                    head_request=head_request,
-                    keep_alive=keep_alive,
-                    date=self.date,
-                    extra=extra,
-                )
-                sent = 0 if head_request else len(body)
-                return Written(data, keep_alive, conn.status, sent)
+                return self._complete_answer(request, conn, extra)
             return await self._stream_response(request, conn, extra)
         finally:
             if upload is not None and not upload.done():
                 # The upstream answered before taking the whole body; the connection is dirty.
                 upload.cancel()
                 conn.close()
+
+    async def upgrade(
+        self, request: Request, target: bytes, extra: bytes, upstream: tuple[str, bytes]
+    ) -> Reply:
+        """Ask the upstream to switch ``request``'s connection to the protocol its Upgrade
+        names (WebSocket). On a 101 the two connections are spliced until the session ends; any
+        other answer (a server may decline, RFC 9110 §7.8) goes to the client as it is."""
+        exchange = request.exchange
+        extra += exchange.id_line
+        forwarded_for, who = upstream
+        protocol = request.headers["Upgrade"].encode("latin-1")
+        head = self.heads.build(
+            request.method.encode(),
+            target,
+            request.raw_headers,
+            forwarded_for,
+            b"Connection: Upgrade\r\nUpgrade: " + protocol + b"\r\n",
+            exchange.id_line,
+            who,
+        )
+        conn: UpstreamConnection | None = None
+        try:
+            conn, _ = await self.pool.acquire(fresh=True)
+            conn.start(head, head_request=False, upgrade=True)
+            await conn.wait_headers(self.settings.headers_timeout)
+        except UpstreamError as error:
+            if conn is not None:
+                conn.close()
+            return self._upstream_failed(error)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if conn.status != 101:
+            conn.reusable = False
+            if conn.message_complete:
+                return self._complete_answer(request, conn, extra)
+            return await self._stream_response(request, conn, extra)
+        try:
+            rest = conn.upgraded_rest
+            if rest is None or conn.transport is None:
+                return self._upstream_failed(UpstreamProtocolError("upstream switched protocols badly"))
+            return await request.tunnel(conn.transport, switching_head(conn.headers, self.date, extra) + rest)
+        finally:
+            conn.close()
+
+    def _complete_answer(self, request: Request, conn: UpstreamConnection, extra: bytes) -> Written:
+        """An answer the upstream has sent in full, as the client gets it, in one piece."""
+        head_request = request.method == "HEAD"
+        body = conn.take_body()
+        conn.finish()
+        keep_alive = request.keep_alive
+        data = response_bytes(
+            conn.status,
+            conn.headers,
+            body,
+            head_request=head_request,
+            keep_alive=keep_alive,
+            date=self.date,
+            extra=extra,
+        )
+        return Written(data, keep_alive, conn.status, 0 if head_request else len(body))
 
     async def _upload(self, request: Request, conn: UpstreamConnection, *, chunked: bool) -> None:
         settings = self.settings

@@ -193,3 +193,14 @@ def streamed_head(
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), chunked, keep_alive
+
+
+def switching_head(
+    upstream_headers: list[tuple[bytes, bytes]], date: DateHeader, extra: bytes = b""
+) -> bytes:
+    """The head of the upstream's 101 for the client: its end-to-end headers, and the
+    ``Upgrade`` it agreed to with ``Connection: Upgrade`` (hop-by-hop, so said again here)."""
+    parts, _ = _head(101, upstream_headers, date)
+    upgrade = next((value for name, value in upstream_headers if name.lower() == b"upgrade"), b"websocket")
+    parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n", extra, b"\r\n")
+    return b"".join(parts)

@@ -43,7 +43,6 @@ from shield.state.records import RecordStore, RedisChannel
 from shield.status import StatusPage
 from shield.switches import Switches
 from shield.upstream import UpstreamPool
-from shield.websocket import WebSocketRelay
 
 log = logging.getLogger("shield")
 
@@ -142,7 +141,6 @@ class Shield:
         self.pool: UpstreamPool | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.introspector: Introspector | None = None
-        self.websockets: WebSocketRelay | None = None
         self.auto_close = AutoCloseWatch(self.holder, self.clock, self.stats)
         # Where /status reads closures from; `shield ctl` switches will add a source here.
         self.status_page = StatusPage([self._rule_closures, self._ctl_closures])
@@ -204,12 +202,6 @@ class Shield:
             timed=self.access_log is not None or config.overload is not None,
             upstream_histogram=config.admin.request_metrics,
         )
-        self.websockets = WebSocketRelay(
-            config.upstream.url,
-            tls=upstream_tls if upstream_tls is not None else True,
-            connect_timeout=config.timeouts.connect,
-            max_msg_size=4 * 1024 * 1024,
-        )
         introspection = config.auth.introspection
         if introspection is not None:
             self.introspector = Introspector(
@@ -222,7 +214,6 @@ class Shield:
         gatekeeper = Gatekeeper(
             holder=self.holder,
             proxy=proxy,
-            websockets=self.websockets,
             state=self.state,
             identities=self.identities,
             clock=self.clock,
@@ -258,14 +249,6 @@ class Shield:
             lingering=2.0,
             proxy_protocol=config.listen.proxy_protocol,
             underscores_in_headers=config.forwarding.underscores_in_headers,
-            websocket_settings={
-                "keepalive_timeout": config.timeouts.keepalive,
-                "max_line_size": limits.max_header_size,
-                "max_field_size": limits.max_header_size,
-                "max_headers": limits.max_headers,
-                "auto_decompress": False,
-                "access_log": None,
-            },
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -344,8 +327,6 @@ class Shield:
             await self._listener.wait_closed()
         for task in self._tasks:
             task.cancel()
-        if self.websockets is not None:
-            await self.websockets.close()
         if self.pool is not None:
             await self.pool.close()
         await self.switches.store.close()

@@ -52,6 +52,10 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._parser: Any = httptools.HttpResponseParser(self)
         self._busy = False
         self._head_request = False
+        # Set for a WebSocket handshake: a 101 is its answer, and what follows it is no longer
+        # HTTP (``upgraded_rest`` holds the bytes of it read with the 101's head).
+        self._upgrade = False
+        self.upgraded_rest: bytes | None = None
         self._informational = False
         self.status = 0
         self._head_received = 0
@@ -110,7 +114,13 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             self._framing_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgrade and self.status == 101:
+                offset = upgrade.args[0] if upgrade.args else len(data)
+                self.upgraded_rest = data[offset:]
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                return
             self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
             self.close()
         except httptools.HttpParserError as exc:
@@ -149,13 +159,15 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             raise _Surplus("the upstream sent a second answer")
         status = self._parser.get_status_code()
         if 100 <= status < 200:
-            # 1xx interim answers (103 Early Hints, a stray 100) are not the response; 101 is
-            # refused because Shield only upgrades through its WebSocket path.
-            if status == 101:
-                raise httptools.HttpParserUpgrade("101")
-            self._informational = True
-            self.headers = []
-            return
+            # 1xx interim answers (103 Early Hints, a stray 100) are not the response; 101 is,
+            # to an upgrade Shield asked for, and refused otherwise.
+            if status != 101:
+                self._informational = True
+                self.headers = []
+                return
+            if not self._upgrade:
+                raise UpstreamProtocolError("upstream switched protocols unasked")
+            self.reusable = False
         if _has_unsupported_coding(self.headers):
             raise UpstreamProtocolError("upstream used a transfer coding other than chunked")
         self.status = status
@@ -236,12 +248,14 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._deadline_message = message
         return waiter
 
-    def start(self, head: bytes, *, head_request: bool) -> None:
-        """Send a request head (and any buffered body) and arm the parser for its response."""
+    def start(self, head: bytes, *, head_request: bool, upgrade: bool = False) -> None:
+        """Send a request head (and any buffered body) and arm the parser for its response;
+        ``upgrade``: the head asks to switch protocols."""
         if self._head_request or self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
         self._busy = True
         self._head_request = head_request
+        self._upgrade = upgrade
         self.status = 0
         self._head_received = 0
         self._framing_bytes = 0

@@ -401,6 +401,67 @@ async def test_an_http10_client_expecting_100_continue_gets_no_1xx(
     assert upstream.requests[0].body == b"hello"
 
 
+# -- 10. an upgrade the upstream declines ------------------------------------------------------
+
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nServer: app\r\nContent-Length: 9\r\n\r\nplain old", 200, b"plain old"),
+        (b"HTTP/1.1 400 Bad Request\r\nServer: app\r\nContent-Length: 3\r\n\r\nno!", 400, b"no!"),
+        (
+            b"HTTP/1.1 426 Upgrade Required\r\nServer: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nlater\r\n0\r\n\r\n",
+            426,
+            b"later",
+        ),
+    ],
+    ids=["200", "400", "426 chunked"],
+)
+async def test_a_declined_upgrade_reaches_the_client_as_the_upstream_answered(
+    raw_upstream: StartUpstream, make_shield: MakeShield, answer: bytes, status: int, body: bytes
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield, answer)
+
+    response = await exchange(shield, HANDSHAKE)
+
+    assert (response.status, response.body) == (status, body)
+    assert response.header(b"Server") == [b"app"]  # the upstream's, never a library's
+    assert b"aiohttp" not in response.raw_head
+    (request,) = upstream.requests
+    assert request.header(b"Upgrade") == [b"websocket"] and request.header(b"Host") == [b"chat.example"]
+
+
+async def test_an_upgrade_request_with_a_body_gets_400(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield)
+
+    response = await exchange(shield, HANDSHAKE.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello"))
+
+    # llhttp hands what follows an upgrade request's head to the new protocol, body included,
+    # so Shield cannot forward that body as the request's: refused, never passed on half-read.
+    assert response.status == 400 and b"aiohttp" not in response.raw_head
+    assert upstream.heads == []
+
+
+async def test_the_asterisk_form_is_only_for_options(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield)
+
+    refused = await exchange(shield, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")
+    options = await exchange(shield, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    assert (refused.status, options.status) == (400, 200)
+    assert [r.line for r in upstream.requests] == [b"OPTIONS * HTTP/1.1"]
+
+
 # -- 11. the reasons to pause reading ---------------------------------------------------------
 
 
