@@ -115,7 +115,7 @@ def explain(
     raw = url if not parts.scheme else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     method = method.upper()
     lines = [f"request:  {method} {raw}  (Host: {headers['Host']}, client {client_ip})"]
-    target = request_target(raw, headers["Host"])
+    target = request_target(raw, headers["Host"], method)
     if target is None:
         return [*lines, "decision: 400 Bad Request (the request-target is not a path, or names another host)"]
     raw_path, _, query = target.decode("utf-8", "surrogateescape").partition("?")

@@ -98,7 +98,7 @@ class Gatekeeper:
         # for a TypeError on every request.
         if target[:1] != b"/" or target.find(b"#") >= 0:
             # Absolute or asterisk form, or a fragment: what request_target makes of it.
-            checked = request_target(request.raw_path, host)
+            checked = request_target(request.raw_path, host, method)
             if checked is None:
                 return answer(400, "Bad request target.")
             target = checked

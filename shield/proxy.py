@@ -213,8 +213,11 @@ class Proxy:
 
         try:
             if conn.message_complete:
-                return self._complete_answer(request, conn, extra)
+                return self._complete_answer(request, conn, extra, head_request)
             return await self._stream_response(request, conn, extra)
+        except UpstreamProtocolError as error:  # an answer Shield would not pass on as it is
+            conn.close()
+            return self._upstream_failed(error)
         finally:
             if upload is not None and not upload.done():
                 # The upstream answered before taking the whole body; the connection is dirty.
@@ -243,7 +246,7 @@ class Proxy:
         conn: UpstreamConnection | None = None
         try:
             conn, _ = await self.pool.acquire(fresh=True)
-            conn.start(head, head_request=False, upgrade=True)
+            conn.start_upgrade(head)
             await conn.wait_headers(self.settings.headers_timeout)
         except UpstreamError as error:
             if conn is not None:
@@ -253,22 +256,25 @@ class Proxy:
             if conn is not None:
                 conn.close()
             raise
-        if conn.status != 101:
-            conn.reusable = False
-            if conn.message_complete:
-                return self._complete_answer(request, conn, extra)
-            return await self._stream_response(request, conn, extra)
         try:
+            if conn.status != 101:
+                conn.reusable = False
+                if conn.message_complete:
+                    return self._complete_answer(request, conn, extra, request.method == "HEAD")
+                return await self._stream_response(request, conn, extra)
             rest = conn.upgraded_rest
             if rest is None or conn.transport is None:
-                return self._upstream_failed(UpstreamProtocolError("upstream switched protocols badly"))
+                raise UpstreamProtocolError("upstream switched protocols badly")
             return await request.tunnel(conn.transport, switching_head(conn.headers, self.date, extra) + rest)
+        except UpstreamProtocolError as error:
+            return self._upstream_failed(error)
         finally:
             conn.close()
 
-    def _complete_answer(self, request: Request, conn: UpstreamConnection, extra: bytes) -> Written:
+    def _complete_answer(
+        self, request: Request, conn: UpstreamConnection, extra: bytes, head_request: bool
+    ) -> Written:
         """An answer the upstream has sent in full, as the client gets it, in one piece."""
-        head_request = request.method == "HEAD"
         body = conn.take_body()
         conn.finish()
         keep_alive = request.keep_alive

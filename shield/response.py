@@ -13,6 +13,7 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from shield.errors import UpstreamProtocolError
 from shield.headers import DROP_RESPONSE, connection_tokens, filter_response_headers
 
 # Connection values that name no other header: the common case, decided without tokenizing.
@@ -24,7 +25,7 @@ _STATUS_LINES = {
 
 
 # What ``response_bytes`` does with an upstream header, by its name as sent.
-_COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _DROP = range(6)
+_COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _CODING, _DROP = range(7)
 # Names longer than this are classified on every response rather than remembered.
 _REMEMBERED_NAME = 64
 _REMEMBERED_NAMES = 1024
@@ -40,7 +41,15 @@ def _new_kind(name: bytes) -> int:
     ``_REMEMBERED_NAMES`` spellings the table starts again."""
     lower = name.lower()
     if lower in DROP_RESPONSE:
-        kind = _LENGTH if lower == b"content-length" else _CONNECTION if lower == b"connection" else _DROP
+        kind = (
+            _LENGTH
+            if lower == b"content-length"
+            else _CONNECTION
+            if lower == b"connection"
+            else _CODING
+            if lower == b"transfer-encoding"
+            else _DROP
+        )
     else:
         kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
     if len(name) <= _REMEMBERED_NAME:
@@ -92,7 +101,8 @@ def _head(
     status: int, upstream_headers: list[tuple[bytes, bytes]], date: DateHeader
 ) -> tuple[list[bytes], bytes | None]:
     """The status line and the upstream's end-to-end headers (Date and Server added when it sent
-    none), as parts to join; and the Content-Length it declared, if any.
+    none), as parts to join; and the Content-Length it declared, if any. Raises
+    ``UpstreamProtocolError`` for a transfer coding Shield does not decode.
 
     Framing and hop-by-hop headers of the upstream are dropped (``headers.DROP_RESPONSE`` and
     whatever its Connection field names).
@@ -117,6 +127,10 @@ def _head(
                     declared = value
                 elif kind == _CONNECTION:
                     named = value if named is None else named + b"," + value
+                elif kind == _CODING and value.strip().lower() != b"chunked":
+                    # llhttp removed the chunked coding; the others would reach the client
+                    # undecoded, as if they were the content (RFC 9112 §6.1).
+                    raise UpstreamProtocolError("upstream used a transfer coding other than chunked")
                 continue
         parts += (name, b": ", value, b"\r\n")
     if (

@@ -63,6 +63,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         # lines and trailers, bounded by MAX_RESPONSE_HEAD like the head.
         self._framing_bytes = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        # Where the parser's fields go: ``headers`` until the head is complete.
+        self._fields = self.headers
         self._chunks: list[bytes] = []
         self._buffered = 0
         self.headers_complete = False
@@ -111,7 +113,12 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
                 self.close()
                 return
         elif not self.message_complete:
+            # Checked a read late: bounded all the same.
             self._framing_bytes += len(data)
+            if self._framing_bytes > MAX_RESPONSE_HEAD + len(data):
+                self.fail(UpstreamProtocolError("upstream chunk-size lines or trailers too large"))
+                self.close()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -138,10 +145,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
                     else UpstreamProtocolError(f"malformed upstream response: {exc}")
                 )
                 self.close()
-        else:
-            if self._framing_bytes > MAX_RESPONSE_HEAD and not self.message_complete:
-                self.fail(UpstreamProtocolError("upstream chunk-size lines or trailers too large"))
-                self.close()
 
     def eof_received(self) -> bool:
         return False
@@ -150,9 +153,9 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Past the head, llhttp reports trailer fields, or the head of an answer glued after
-        # this one, through this same callback: neither belongs in this answer's head.
-        if not self.headers_complete:
-            self.headers.append((name, value))
+        # this one, through this same callback: they land in a list of their own, which
+        # nothing reads, never in this answer's head.
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.message_complete:
@@ -163,15 +166,14 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             # to an upgrade Shield asked for, and refused otherwise.
             if status != 101:
                 self._informational = True
-                self.headers = []
+                self.headers = self._fields = []
                 return
             if not self._upgrade:
                 raise UpstreamProtocolError("upstream switched protocols unasked")
             self.reusable = False
-        if _has_unsupported_coding(self.headers):
-            raise UpstreamProtocolError("upstream used a transfer coding other than chunked")
         self.status = status
         self.headers_complete = True
+        self._fields = []
         if self._head_request:
             # llhttp does not know this answers a HEAD, so it never completes the message (it
             # waits for the body Content-Length announces): keep-alive is decided here.
@@ -248,18 +250,22 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._deadline_message = message
         return waiter
 
-    def start(self, head: bytes, *, head_request: bool, upgrade: bool = False) -> None:
-        """Send a request head (and any buffered body) and arm the parser for its response;
-        ``upgrade``: the head asks to switch protocols."""
+    def start_upgrade(self, head: bytes) -> None:
+        """``start`` for a head asking to switch protocols. The connection is never pooled
+        again, so nothing resets ``_upgrade``."""
+        self._upgrade = True
+        self.start(head, head_request=False)
+
+    def start(self, head: bytes, *, head_request: bool) -> None:
+        """Send a request head (and any buffered body) and arm the parser for its response."""
         if self._head_request or self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
         self._busy = True
         self._head_request = head_request
-        self._upgrade = upgrade
         self.status = 0
         self._head_received = 0
         self._framing_bytes = 0
-        self.headers = []
+        self.headers = self._fields = []
         self._chunks = []
         self._buffered = 0
         self.headers_complete = False
@@ -319,15 +325,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
 
 class _Surplus(UpstreamProtocolError):
     """Bytes after a complete answer."""
-
-
-def _has_unsupported_coding(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the answer uses a transfer coding Shield does not decode (``gzip, chunked``):
-    removing only chunked would pass gzip bytes off as the content (RFC 9112 §6.1)."""
-    for name, value in headers:
-        if len(name) == 17 and name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            return True
-    return False
 
 
 def _reads_until_eof(status: int, headers: list[tuple[bytes, bytes]]) -> bool:

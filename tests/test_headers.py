@@ -472,7 +472,6 @@ def test_date_header_is_an_http_date_line() -> None:
     [
         ("/a/%2e%2e/b?x=%20", "a", b"/a/%2e%2e/b?x=%20"),
         ("/p#fragment", "a", b"/p"),
-        ("*", "a", b"*"),
         ("http://a/x?y=1", "a", b"/x?y=1"),
         ("HTTPS://Shop.Example./x", "shop.example", b"/x"),
         ("http://a:8080/x", "a:8080", b"/x"),
@@ -481,7 +480,12 @@ def test_date_header_is_an_http_date_line() -> None:
     ],
 )
 def test_forwarded_target_is_origin_form(raw_path: str, host: str, expected: bytes) -> None:
-    assert request_target(raw_path, host) == expected
+    assert request_target(raw_path, host, "GET") == expected
+
+
+def test_the_asterisk_form_is_forwarded_for_options_only() -> None:
+    assert request_target("*", "a", "OPTIONS") == b"*"
+    assert request_target("*", "a", "GET") is None
 
 
 @pytest.mark.parametrize(
@@ -497,7 +501,7 @@ def test_forwarded_target_is_origin_form(raw_path: str, host: str, expected: byt
     ],
 )
 def test_unacceptable_targets_are_refused(raw_path: str, host: str | None) -> None:
-    assert request_target(raw_path, host) is None
+    assert request_target(raw_path, host, "GET") is None
 
 
 @pytest.mark.parametrize(

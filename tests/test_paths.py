@@ -219,7 +219,7 @@ def test_forward_re_encodes_what_it_decoded() -> None:
     ],
 )
 def test_request_target_drops_fragment_and_authority(raw: str, expected: bytes) -> None:
-    target = request_target(raw, "shop.example")
+    target = request_target(raw, "shop.example", "GET")
     assert target == expected
     assert canonical_path(target.decode().partition("?")[0]).match == REGISTER
 
@@ -229,4 +229,4 @@ def test_request_target_drops_fragment_and_authority(raw: str, expected: bytes) 
     ["http://other.example/api/register", "http://a@shop.example/api/register", "ftp://shop.example/x", "x"],
 )
 def test_absolute_form_naming_another_host_is_refused(raw: str) -> None:
-    assert request_target(raw, "shop.example") is None
+    assert request_target(raw, "shop.example", "GET") is None

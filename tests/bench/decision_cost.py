@@ -84,7 +84,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": BROWSER, "Accept": "*/*"}))
 
     def decide(method: str, raw_path: str, client_ip: str) -> object:
-        target = request_target(raw_path, headers.get("Host"))
+        target = request_target(raw_path, headers.get("Host"), "GET")
         assert target is not None
         path, _, query = target.partition(b"?")
         canonical = canonical_path(path.decode("utf-8", "surrogateescape"), case_insensitive=False)
