@@ -75,6 +75,14 @@ def content_length_line(length: int) -> bytes:
     return line
 
 
+def _unlisted_status_line(status: int) -> bytes:
+    """The status line of an upstream's answer with a code Python does not list; llhttp
+    accepts any three digits, but only 100 to 599 are status codes (RFC 9110 §15)."""
+    if not 100 <= status <= 599:
+        raise UpstreamProtocolError(f"upstream answered with status {status}")
+    return status_line(status)
+
+
 def status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
@@ -107,10 +115,10 @@ def _head(
     Framing and hop-by-hop headers of the upstream are dropped (``headers.DROP_RESPONSE`` and
     whatever its Connection field names).
     """
-    parts = [_STATUS_LINES.get(status) or status_line(status)]
+    parts = [_STATUS_LINES.get(status) or _unlisted_status_line(status)]
     declared: bytes | None = None
     named: bytes | None = None
-    has_date = has_server = False
+    has_date = has_server = coded = False
     kinds = _kinds
     for name, value in upstream_headers:
         try:
@@ -127,10 +135,13 @@ def _head(
                     declared = value
                 elif kind == _CONNECTION:
                     named = value if named is None else named + b"," + value
-                elif kind == _CODING and value.strip().lower() != b"chunked":
-                    # llhttp removed the chunked coding; the others would reach the client
-                    # undecoded, as if they were the content (RFC 9112 §6.1).
-                    raise UpstreamProtocolError("upstream used a transfer coding other than chunked")
+                elif kind == _CODING:
+                    # llhttp removed one chunked coding; any other (gzip, or chunked again in a
+                    # second field) would reach the client undecoded, as if it were the content
+                    # (RFC 9112 §6.1).
+                    if coded or value.strip().lower() != b"chunked":
+                        raise UpstreamProtocolError("upstream used a transfer coding besides chunked")
+                    coded = True
                 continue
         parts += (name, b": ", value, b"\r\n")
     if (
@@ -166,7 +177,7 @@ def response_bytes(
     parts, declared = _head(status, upstream_headers, date)
     if head_request or status == 204 or status == 304:
         if head_request and declared is not None:
-            parts += (b"Content-Length: ", declared, b"\r\n")
+            parts.append(content_length_line(int(declared)))  # as digits, never 0005
         body = b""
     else:
         length = len(body)
@@ -198,7 +209,7 @@ def streamed_head(
     chunked = declared is None and not http10
     keep_alive = keep_alive and (declared is not None or chunked)
     if declared is not None:
-        parts += (b"Content-Length: ", declared, b"\r\n")
+        parts.append(content_length_line(int(declared)))
     elif chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if extra:

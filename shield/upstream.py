@@ -165,6 +165,10 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
             # 1xx interim answers (103 Early Hints, a stray 100) are not the response; 101 is,
             # to an upgrade Shield asked for, and refused otherwise.
             if status != 101:
+                if _announces_body(self.headers):
+                    # llhttp reads a body for a 1xx that announces one (Content-Length,
+                    # chunked): it would be taken for the final answer's (RFC 9110 §15.2).
+                    raise UpstreamProtocolError(f"upstream sent a {status} with a body")
                 self._informational = True
                 self.headers = self._fields = []
                 return
@@ -325,6 +329,14 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
 
 class _Surplus(UpstreamProtocolError):
     """Bytes after a complete answer."""
+
+
+def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"transfer-encoding" or (lower == b"content-length" and value.strip(b"0 ")):
+            return True
+    return False
 
 
 def _reads_until_eof(status: int, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -586,3 +586,52 @@ async def test_lingering_ends_after_its_time_even_if_the_client_keeps_sending(
 
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert sending_for < 5  # Shield lingers 2 s, then resets a client that never stops
+
+
+# -- found by fuzzing (tests/fuzz) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 000 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 104 X\r\nContent-Length: 2\r\n\r\nhi" + OK,
+        b"HTTP/1.1 150 X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nSet-Cookie: session=attacker\r\n\r\n" + OK,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"8\r\n3\r\nabc\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["status 000", "status 999", "a 1xx with a body", "a 1xx with trailers", "chunked twice"],
+)
+async def test_answers_llhttp_accepts_but_the_client_would_misread_get_502(
+    raw_upstream: StartUpstream, make_shield: MakeShield, answer: bytes
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield, answer)
+
+    response = await exchange(shield, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    assert response.status == 502
+    assert response.header(b"Set-Cookie") == [] and b"hi" not in response.body
+
+
+async def test_an_upstreams_content_length_reaches_the_client_as_plain_digits(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield, b"HTTP/1.1 200 OK\r\nContent-Length: 0005\r\n\r\n")
+
+    response = await exchange(shield, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", head_request=True)
+
+    assert response.header(b"Content-Length") == [b"5"]
+
+
+@pytest.mark.parametrize(("host", "status"), [(b"shop%.example", 400), (b"shop%41.example", 200)])
+async def test_a_percent_in_host_must_encode_a_byte(
+    raw_upstream: StartUpstream, make_shield: MakeShield, host: bytes, status: int
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        answer = await read_response(reader)
+
+    assert answer.status == status
