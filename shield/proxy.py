@@ -181,7 +181,11 @@ class Proxy:
                             self._upload(request, conn, chunked=chunked)
                         )
                     while not conn.headers_complete:
-                        await conn.wait(settings.headers_timeout, NO_ANSWER)
+                        # While a streamed body goes up, the wait is the upload's: each piece
+                        # written re-arms it; the answer's own wait starts once it is all sent.
+                        uploading = upload is not None and not upload.done()
+                        timeout = settings.upstream_idle if uploading else settings.headers_timeout
+                        await conn.wait(timeout, NO_ANSWER)
                     if timed:
                         upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
                         if self.upstream_durations is not None:
@@ -309,8 +313,10 @@ class Proxy:
                 if sent > limit:
                     raise BodyTooLarge
                 await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                conn.rearm(settings.upstream_idle)
             if chunked:
                 await conn.write(b"0\r\n\r\n")
+            conn.rearm(settings.headers_timeout)
         except (BodyTooLarge, ClientBodyError):
             conn.fail(UpstreamProtocolError("client body refused"))
             raise

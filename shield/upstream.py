@@ -289,6 +289,12 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         transport.write(data)
         await self.writable(self._loop)
 
+    def rearm(self, timeout: float) -> None:
+        """Give the wait in progress ``timeout`` seconds from now: its phase made progress, or
+        ended and the next began (the body went up in full: now the answer is awaited)."""
+        if self._waiter is not None:
+            self.deadline = self._loop.time() + timeout
+
     async def wait_headers(self, timeout: float) -> None:
         while not self.headers_complete:
             await self.wait(timeout, NO_ANSWER)
