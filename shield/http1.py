@@ -79,7 +79,7 @@ def _refusal(status: int) -> bytes:
     )
 
 
-_REFUSALS: Final = {status: _refusal(status) for status in (400, 501, 505)}
+_REFUSALS: Final = {status: _refusal(status) for status in (400, 431, 501, 505)}
 _SERVER_ERROR: Final = (
     b"HTTP/1.1 500 Internal Server Error\r\nServer: shield\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
@@ -525,6 +525,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if not self._head_started:
             self._head_started = self.loop.time()
         server = self._server
+        if self._head_bytes > server.max_head:
+            raise _HeadRefused("the request head is too large", 431)
         headers = self._raw_headers
         if len(headers) > server.max_headers:
             raise _HeadRefused("too many headers")
@@ -981,6 +983,7 @@ class Http1Server:
         keepalive_timeout: float,
         max_line: int,
         max_headers: int,
+        max_head: int = 64 * 1024,
         lingering: float = 2.0,
         proxy_protocol: bool = False,
         underscores_in_headers: str = "drop",
@@ -994,6 +997,7 @@ class Http1Server:
         self.keepalive_timeout = keepalive_timeout
         self.max_line = max_line
         self.max_headers = max_headers
+        self.max_head = max_head
         self.lingering = lingering
         self.proxy_protocol = proxy_protocol
         self.underscores_in_headers = underscores_in_headers

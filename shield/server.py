@@ -244,6 +244,7 @@ class Shield:
             keepalive_timeout=config.timeouts.keepalive,
             max_line=limits.max_header_size,
             max_headers=limits.max_headers,
+            max_head=limits.max_header_total,
             # After a refusal, read and discard the rest of a body for at most this long (and
             # after a last answer, what the client still sends before it reads it).
             lingering=2.0,

@@ -1,12 +1,14 @@
-"""Slow clients that are healthy get served: each wait belongs to one phase of the exchange.
+"""Slow clients that are healthy get served, greedy ones are bounded.
 
 A streamed upload is its own phase: the wait for the upstream's answer starts once the whole
-body went up, so an upload longer than ``timeouts.upstream_headers`` is not cut off by it.
+body went up, so an upload longer than ``timeouts.upstream_headers`` is not cut off by it. A
+request head is bounded in all (``limits.max_header_total``), not only per line and count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,6 +16,16 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from tests.conftest import MakeShield, serve, url_of
+from tests.test_proxy_http import (
+    StartUpstream,
+    connect,
+    proxied,
+    raw_upstream,
+    read_response,
+    read_until_closed,
+)
+
+__all__ = ["raw_upstream"]  # the fixture, imported for this module's tests
 
 PIECE = 16 * 1024
 
@@ -71,3 +83,45 @@ async def test_the_header_wait_still_holds_once_the_body_is_up(
     ):
         assert answer.status == 504
     assert loop.time() - started < 2.0
+
+
+async def test_a_head_past_max_header_total_is_refused_while_it_arrives(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    # Every line within max_header_size and the count within max_headers: only the total is over.
+    upstream, shield = await proxied(raw_upstream, make_shield, limits={"max_header_total": "16KiB"})
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        answer = b""
+        for index in range(64):
+            writer.write(b"X-Filler-%d: %s\r\n" % (index, b"x" * 1000))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.005):
+                    answer = await reader.read(65536)
+            if answer:
+                break
+        answer += await read_until_closed(reader)
+
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert index < 40  # refused at about 16 KiB of the 64 the client would have sent
+    assert upstream.heads == []
+
+
+async def test_a_head_within_max_header_total_passes(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield, limits={"max_header_total": "16KiB"})
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        for index in range(12):
+            writer.write(b"X-Filler-%d: %s\r\n" % (index, b"x" * 1000))
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        writer.write(b"\r\n")
+        answer = await read_response(reader)
+
+    assert answer.status == 200
+    assert len(upstream.requests[0].header(b"X-Filler-11")[0]) == 1000

@@ -174,6 +174,12 @@ class Limits(Section):
         8190, ge=256, description="Request line and each header line (400 past it)."
     )
     max_headers: int = Field(128, ge=8, description="Header lines per request.")
+    max_header_total: Size = Field(
+        64 * 1024,
+        ge=1024,
+        description="A request's whole head, request line and headers (431 past it, checked while "
+        "it arrives): within the per-line and count limits alone, a head could hold a megabyte.",
+    )
     max_body_size: Size = Field(100 * 1024**2, ge=0, description="Request body bytes (413 past it).")
 
 
