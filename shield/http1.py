@@ -448,6 +448,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         # now awaited began to arrive (0 when none is awaited within ``header_timeout``).
         self._idle_since = 0.0
         self._head_started = 0.0
+        # When the transport last said the client stopped taking what is written to it.
+        self._write_stalled_since = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -798,6 +800,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             if self._paused and len(queue) < MAX_PIPELINED // 2:
                 self._resume(PAUSED_FOR_PIPELINE)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_stalled_since = self.loop.time()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if not self._closing and self.transport is not None:
@@ -869,10 +875,18 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
     # -- deadlines ----------------------------------------------------------------------------
 
     def check_deadline(self, now: float) -> None:
-        """Called by the server's ticker. No deadline runs while a request is being answered."""
-        if self._current is not None or self.transport is None:
+        """Called by the server's ticker. While a request is being answered, only the send
+        timeout runs: a client that takes nothing of its answer for that long is cut off (and
+        the upstream connection streaming to it closed, never pooled half-read)."""
+        if self.transport is None:
             return
         server = self._server
+        if self._writing_paused and now - self._write_stalled_since >= server.send_timeout:
+            log.debug("closing a connection from %s: it stopped reading its answer", self.remote)
+            self._abort()
+            return
+        if self._current is not None:
+            return
         if self._head_started:
             if now - self._head_started >= server.header_timeout:
                 log.debug("closing a connection from %s: request headers too slow", self.remote)
@@ -981,6 +995,7 @@ class Http1Server:
         *,
         header_timeout: float,
         keepalive_timeout: float,
+        send_timeout: float = 60.0,
         max_line: int,
         max_headers: int,
         max_head: int = 64 * 1024,
@@ -995,6 +1010,7 @@ class Http1Server:
         self.loop = asyncio.get_running_loop()
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
         self.max_line = max_line
         self.max_headers = max_headers
         self.max_head = max_head

@@ -242,6 +242,7 @@ class Shield:
             observer.entry,
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
+            send_timeout=config.timeouts.client_send,
             max_line=limits.max_header_size,
             max_headers=limits.max_headers,
             max_head=limits.max_header_total,

@@ -125,3 +125,37 @@ async def test_a_head_within_max_header_total_passes(
 
     assert answer.status == 200
     assert len(upstream.requests[0].header(b"X-Filler-11")[0]) == 1000
+
+
+async def test_a_client_that_never_reads_frees_its_upstream_connection_within_client_send(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    async def files(request: web.Request) -> web.StreamResponse:
+        if request.path == "/small":
+            return web.Response(text="small")
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(256):  # 64 MiB, far more than the socket buffers on the way
+            await response.write(b"x" * 262144)
+        return response
+
+    shield = await make_shield(
+        await serve(aiohttp_server, files),
+        upstream={"pool": {"max_connections": 1}},
+        timeouts={"client_send": 0.5, "connect": 5.0},
+    )
+
+    # A client asks for a large file and never reads: the one upstream connection streams to it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.2)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aiohttp.ClientSession() as client, client.get(url_of(shield, "/small")) as answer:
+        assert (answer.status, await answer.text()) == (200, "small")
+    assert loop.time() - started < 2.5  # within client_send (and a tick), not connect's 5 s
+    # The stalled client was cut off: what it can still read ends well short of 64 MiB.
+    got = await read_until_closed(reader, timeout=10)
+    writer.close()
+    assert len(got) < 64 * 1024 * 1024

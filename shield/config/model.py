@@ -165,6 +165,11 @@ class Timeouts(Section):
     upstream_idle: Duration = Field(60.0, description="Longest pause inside the upstream's response body.")
     client_header: Duration = Field(10.0, description="Receiving a request's headers (slowloris guard).")
     client_idle: Duration = Field(60.0, description="Longest pause inside a client's request body.")
+    client_send: Duration = Field(
+        60.0,
+        description="A client that takes nothing of its answer for this long is cut off, and the "
+        "upstream connection streaming to it closed (nginx's send_timeout).",
+    )
     keepalive: Duration = Field(75.0, description="Idle client keep-alive connections close after this.")
     shutdown_grace: Duration = Field(30.0, description="On SIGTERM, in-flight requests get this long.")
 
