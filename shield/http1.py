@@ -836,9 +836,14 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if parsing is not None:
             self._parsing = None
             parsing.content.lost()
-        # The connection is no longer this protocol's: one that only drops what comes takes it.
+        # The connection is no longer this protocol's: one that only drops what comes takes it
+        # (so connection_lost never comes here: the serving task, if idle, ends now).
         self.transport = None
         self._server.forget(self)
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            ready.set_result(None)
         if transport.can_write_eof():
             transport.write_eof()
         transport.set_protocol(_Lingering(transport, self._server.lingering))

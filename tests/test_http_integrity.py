@@ -635,3 +635,23 @@ async def test_a_percent_in_host_must_encode_a_byte(
         answer = await read_response(reader)
 
     assert answer.status == status
+
+
+async def test_a_refusal_on_an_idle_keepalive_connection_leaves_no_task_behind(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = await read_response(reader)
+        writer.write(b"GET /two HTTP/1.1\r\nHost: a\x01b\r\n\r\n")  # a control character
+        refused = await read_response(reader)
+    for _ in range(50):
+        serving = [t for t in asyncio.all_tasks() if "Http1Connection._serve" in repr(t.get_coro())]
+        if not serving:
+            break
+        await asyncio.sleep(0.01)
+
+    assert (first.status, refused.status) == (200, 400)
+    assert serving == []  # one would be left per such connection, for ever

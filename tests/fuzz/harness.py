@@ -42,6 +42,7 @@ AUDITED: dict[str, str] = {
     "response_chunked_once": "finding3: Transfer-Encoding: chunked in two fields is decoded once",
     "request_host_percent_encoded": "finding4: a Host with a '%' not followed by two hex digits is accepted",
     "relayed_content_length_canonical": "finding5: an upstream Content-Length like 0005 is relayed as is",
+    "connection_cleans_up": "finding6: a refusal on an idle keep-alive connection left its task behind",
 }
 # Invariants broken by bugs not fixed yet (found by fuzzing), and the bug.
 OPEN: dict[str, str] = {}
