@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield import http1
 from tests.conftest import MakeShield, serve, url_of
+from tests.test_http_integrity import FakeTransport
 from tests.test_proxy_http import (
     StartUpstream,
     connect,
@@ -159,3 +162,46 @@ async def test_a_client_that_never_reads_frees_its_upstream_connection_within_cl
     got = await read_until_closed(reader, timeout=10)
     writer.close()
     assert len(got) < 64 * 1024 * 1024
+
+
+async def test_a_read_full_of_pipelined_requests_is_not_parsed_past_the_cap() -> None:
+    started = asyncio.Event()
+
+    async def never_done(request: http1.Request) -> http1.Written:
+        started.set()
+        await asyncio.Event().wait()  # a client that never gets (or reads) its first answer
+        raise AssertionError("unreachable")
+
+    server = http1.Http1Server(
+        never_done, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100
+    )
+    conn = server()
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    flood = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * (256 * 1024 // 27)  # 9,700 requests in one read
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    conn.data_received(flood)
+    await started.wait()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+
+    # Parsing stopped within a slice of the pipelining cap: the rest of the read waits as bytes.
+    assert not transport.reading
+    assert grown < 512 * 1024  # it was 3.8 MB a connection
+    server.close_all()
+
+
+async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield)
+    count = 400  # 11 KiB: parsed in slices, with pauses at the pipelining cap on the way
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % n for n in range(count)))
+        answers = [await read_response(reader) for _ in range(count)]
+
+    assert all(answer.status == 200 for answer in answers)
+    assert [r.line for r in upstream.requests] == [b"GET /%d HTTP/1.1" % n for n in range(count)]
