@@ -33,6 +33,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -456,13 +458,21 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         # now awaited began to arrive (0 when none is awaited within ``header_timeout``).
         self._idle_since = 0.0
         self._head_started = 0.0
-        # When the transport last said the client stopped taking what is written to it.
+        # When the transport last said the client stopped taking what is written to it, and
+        # its buffer then; the seconds the client kept Shield waiting so, and what it took then.
         self._write_stalled_since = 0.0
+        self._stalled_buffer = 0
+        self._stalled_for = 0.0
+        self._taken_while_stalled = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._server.write_buffer:
+            # Up to this much of an answer waits in Shield for a slow client without holding up
+            # the upstream: streaming waits for the client only past it (nginx's proxy_buffering).
+            transport.set_write_buffer_limits(high=self._server.write_buffer)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple | list) and peer:
             self.remote = str(peer[0])
@@ -845,11 +855,27 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._write_stalled_since = self.loop.time()
+        if self.transport is not None:
+            self._stalled_buffer = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
+        if self.transport is not None:
+            self._stalled_for += self.loop.time() - self._write_stalled_since
+            self._taken_while_stalled += self._stalled_buffer - self.transport.get_write_buffer_size()
         super().resume_writing()
         if not self._closing and self.transport is not None:
             self._next()
+
+    def _reset(self) -> None:
+        """Abort with a reset: a plain close would leave what the kernel still buffers for a
+        client that does not read to trickle out to it (megabytes, for minutes)."""
+        transport = self.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._abort()
 
     def _abort(self, *, graceful: bool = False) -> None:
         self._closing = True
@@ -928,10 +954,15 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if self.transport is None:
             return
         server = self._server
-        if self._writing_paused and now - self._write_stalled_since >= server.send_timeout:
-            log.debug("closing a connection from %s: it stopped reading its answer", self.remote)
-            self._abort()
-            return
+        if self._writing_paused:
+            if now - self._write_stalled_since >= server.send_timeout:
+                log.debug("resetting a connection from %s: it stopped reading its answer", self.remote)
+                self._reset()
+                return
+            if server.min_send_rate and self._reads_too_slowly(now, server.min_send_rate, server.rate_grace):
+                log.debug("resetting a connection from %s: it reads its answer too slowly", self.remote)
+                self._reset()
+                return
         if self._current is not None:
             return
         if self._head_started:
@@ -942,6 +973,16 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             limit = server.lingering if self._parsing is not None else server.keepalive_timeout
             if now - self._idle_since >= limit:
                 self._abort(graceful=True)
+
+    def _reads_too_slowly(self, now: float, rate: int, grace: float) -> bool:
+        """Whether the client, over the time it kept Shield waiting (write buffer full), took
+        less than ``rate`` bytes a second, once that time passed ``grace`` (Kestrel's
+        MinResponseDataRate): a trickle reader would hold its answer's upstream connection as
+        long as it likes, making just enough progress for the send timeout."""
+        assert self.transport is not None
+        stalled = self._stalled_for + now - self._write_stalled_since
+        taken = self._taken_while_stalled + self._stalled_buffer - self.transport.get_write_buffer_size()
+        return stalled > grace and taken < rate * stalled
 
     # -- shutdown and hand-over ---------------------------------------------------------------
 
@@ -1043,9 +1084,12 @@ class Http1Server:
         header_timeout: float,
         keepalive_timeout: float,
         send_timeout: float = 60.0,
+        min_send_rate: int = 0,
+        rate_grace: float = 5.0,
         max_line: int,
         max_headers: int,
         max_head: int = 64 * 1024,
+        write_buffer: int = 0,
         lingering: float = 2.0,
         proxy_protocol: bool = False,
         underscores_in_headers: str = "drop",
@@ -1058,9 +1102,12 @@ class Http1Server:
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
+        self.min_send_rate = min_send_rate
+        self.rate_grace = rate_grace
         self.max_line = max_line
         self.max_headers = max_headers
         self.max_head = max_head
+        self.write_buffer = write_buffer
         self.lingering = lingering
         self.proxy_protocol = proxy_protocol
         self.underscores_in_headers = underscores_in_headers

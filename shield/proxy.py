@@ -32,8 +32,6 @@ from shield.upstream import NO_ANSWER, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("shield.proxy")
 
-# Bodies up to this size are read whole and sent with the head in one write.
-SMALL_BODY: Final = 64 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -49,14 +47,21 @@ class ForwardSettings:
     headers_timeout: float
     upstream_idle: float
     client_idle: float
+    buffer_request_body: int = 1024 * 1024
+    min_data_rate: int = 240
+    data_rate_grace: float = 5.0
 
     @classmethod
     def from_config(cls, config: ShieldConfig) -> ForwardSettings:
+        limits = config.limits
         return cls(
-            max_body_size=config.limits.max_body_size,
+            max_body_size=limits.max_body_size,
             headers_timeout=config.timeouts.upstream_headers,
             upstream_idle=config.timeouts.upstream_idle,
             client_idle=config.timeouts.client_idle,
+            buffer_request_body=limits.buffer_request_body,
+            min_data_rate=limits.min_data_rate,
+            data_rate_grace=config.timeouts.data_rate_grace,
         )
 
 
@@ -85,6 +90,58 @@ class BodyTooLarge(Exception):
 
 class ClientBodyError(Exception):
     """The client's body could not be read: malformed, stalled or cut short."""
+
+
+class BodyTooSlow(ClientBodyError):
+    """The client sent its body more slowly than ``limits.min_data_rate`` (408)."""
+
+
+class BodyPieces:
+    """A request body piece by piece as the client sends it: each piece within
+    ``timeouts.client_idle``, all of it within ``limits.max_body_size``, and once
+    ``timeouts.data_rate_grace`` is over, at least ``limits.min_data_rate`` bytes a second on
+    average (Kestrel's MinRequestBodyDataRate), so a trickle that never stalls is cut too."""
+
+    def __init__(self, request: Request, settings: ForwardSettings) -> None:
+        self._content = request.content
+        self._settings = settings
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self.size = 0
+
+    async def next(self) -> bytes:
+        """The next piece; ``b""`` at the end of the body."""
+        settings = self._settings
+        content = self._content
+        try:
+            async with asyncio.timeout(settings.client_idle):
+                piece = await content.readany()
+        except (TimeoutError, HttpProcessingError) as exc:
+            raise ClientBodyError(str(exc) or "client body stalled") from exc
+        if not piece:
+            if not content.is_eof():
+                raise ClientBodyError("request body cut short")
+            return b""
+        self.size += len(piece)
+        if self.size > settings.max_body_size:
+            raise BodyTooLarge
+        rate = settings.min_data_rate
+        if rate:
+            elapsed = self._loop.time() - self._started
+            if elapsed > settings.data_rate_grace and self.size < rate * elapsed:
+                raise BodyTooSlow(f"{self.size} bytes in {elapsed:.0f} s")
+        return piece
+
+    async def buffer(self, limit: int) -> tuple[bytes, bool]:
+        """Read while the body fits in ``limit``: (all of it, True), or (what was read, False)
+        once it is longer."""
+        pieces: list[bytes] = []
+        while self.size <= limit:
+            piece = await self.next()
+            if not piece:
+                return b"".join(pieces), True
+            pieces.append(piece)
+        return b"".join(pieces), False
 
 
 def plain_response(status: int, text: str, *, close: bool = False) -> web.Response:
@@ -143,14 +200,19 @@ class Proxy:
                     too_large.force_close()
                 return too_large
             _continue_if_expected(request)
-            if content_length is not None and content_length <= SMALL_BODY:
+            # Bodies up to buffer_request_body are read whole before an upstream connection is
+            # taken, so a slow client holds none; longer ones stream (nginx's request buffering).
+            pieces = BodyPieces(request, settings)
+            read = b""
+            if content_length is None or content_length <= settings.buffer_request_body:
                 try:
-                    async with asyncio.timeout(settings.client_idle):
-                        body = await request.content.readexactly(content_length)
-                except (TimeoutError, asyncio.IncompleteReadError, HttpProcessingError):
-                    return plain_response(400, "Incomplete request body.", close=True)
-                framing = b"Content-Length: %d\r\n" % content_length
-            else:
+                    read, complete = await pieces.buffer(settings.buffer_request_body)
+                except (BodyTooLarge, ClientBodyError) as error:
+                    return _body_refusal(error)
+                if complete:
+                    body = read
+                    framing = b"Content-Length: %d\r\n" % len(body)
+            if body is None:
                 streamed = True
                 chunked = content_length is None
                 framing = _CHUNKED if content_length is None else b"Content-Length: %d\r\n" % content_length
@@ -178,7 +240,7 @@ class Proxy:
                     conn.start(head, head_request=head_request)
                     if streamed:
                         upload = asyncio.get_running_loop().create_task(
-                            self._upload(request, conn, chunked=chunked)
+                            self._upload(pieces, read, conn, chunked=chunked)
                         )
                     while not conn.headers_complete:
                         # While a streamed body goes up, the wait is the upload's: each piece
@@ -293,27 +355,17 @@ class Proxy:
         )
         return Written(data, keep_alive, conn.status, 0 if head_request else len(body))
 
-    async def _upload(self, request: Request, conn: UpstreamConnection, *, chunked: bool) -> None:
+    async def _upload(
+        self, pieces: BodyPieces, read: bytes, conn: UpstreamConnection, *, chunked: bool
+    ) -> None:
+        """Stream the body upstream: what was read already, then the rest as it comes."""
         settings = self.settings
-        limit = settings.max_body_size
-        content = request.content
-        sent = 0
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(settings.client_idle):
-                        chunk = await content.readany()
-                except (TimeoutError, HttpProcessingError) as exc:
-                    raise ClientBodyError(str(exc) or "client body stalled") from exc
-                if not chunk:
-                    if not content.is_eof():
-                        raise ClientBodyError("request body cut short")
-                    break
-                sent += len(chunk)
-                if sent > limit:
-                    raise BodyTooLarge
+            chunk = read or await pieces.next()
+            while chunk:
                 await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 conn.rearm(settings.upstream_idle)
+                chunk = await pieces.next()
             if chunked:
                 await conn.write(b"0\r\n\r\n")
             conn.rearm(settings.headers_timeout)
@@ -385,8 +437,14 @@ def _client_body_refusal(upload: asyncio.Task[None]) -> web.Response | None:
         upload.cancel()
         return None
     error = None if upload.cancelled() else upload.exception()
+    if isinstance(error, BodyTooLarge | ClientBodyError):
+        return _body_refusal(error)
+    return None
+
+
+def _body_refusal(error: BodyTooLarge | ClientBodyError) -> web.Response:
     if isinstance(error, BodyTooLarge):
         return plain_response(413, "Request body too large.", close=True)
-    if isinstance(error, ClientBodyError):
-        return plain_response(400, "Incomplete request body.", close=True)
-    return None
+    if isinstance(error, BodyTooSlow):
+        return plain_response(408, "Request body too slow.", close=True)
+    return plain_response(400, "Incomplete request body.", close=True)

@@ -243,9 +243,12 @@ class Shield:
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
             send_timeout=config.timeouts.client_send,
+            min_send_rate=config.limits.min_data_rate,
+            rate_grace=config.timeouts.data_rate_grace,
             max_line=limits.max_header_size,
             max_headers=limits.max_headers,
             max_head=limits.max_header_total,
+            write_buffer=limits.buffer_response,
             # After a refusal, read and discard the rest of a body for at most this long (and
             # after a last answer, what the client still sends before it reads it).
             lingering=2.0,

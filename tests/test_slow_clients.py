@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from shield import http1
+from shield.server import Shield
 from tests.conftest import MakeShield, serve, url_of
 from tests.test_http_integrity import FakeTransport
 from tests.test_proxy_http import (
@@ -205,3 +208,148 @@ async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
 
     assert all(answer.status == 200 for answer in answers)
     assert [r.line for r in upstream.requests] == [b"GET /%d HTTP/1.1" % n for n in range(count)]
+
+
+# -- buffering and minimum rates --------------------------------------------------------------
+
+
+def big_file(size: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An upstream answering /big with ``size`` bytes, streamed, and /small with 'small'."""
+
+    async def files(request: web.Request) -> web.StreamResponse:
+        if request.path != "/big":
+            if request.method == "POST":
+                await request.read()
+            return web.Response(text="small")
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(size // 65536):
+            await response.write(b"x" * 65536)
+        return response
+
+    return files
+
+
+async def served_within(shield: Shield, seconds: float) -> int:
+    """The status of a GET /small, or 0 when it took longer than ``seconds``."""
+    try:
+        async with (
+            asyncio.timeout(seconds),
+            aiohttp.ClientSession() as client,
+            client.get(url_of(shield, "/small")) as answer,
+        ):
+            await answer.read()
+            return answer.status
+    except TimeoutError:
+        return 0
+
+
+def slow_reader(port: int, path: bytes) -> socket.socket:
+    """A client that asks for ``path`` with a small receive buffer and reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    return sock
+
+
+@pytest.mark.parametrize(("buffer", "served"), [("16MiB", True), ("64KiB", False)])
+async def test_an_answer_within_buffer_response_frees_its_upstream_connection_for_a_slow_client(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield, buffer: str, served: bool
+) -> None:
+    shield = await make_shield(
+        await serve(aiohttp_server, big_file(8 * 1024 * 1024)),
+        upstream={"pool": {"max_connections": 1}},
+        limits={"buffer_response": buffer},
+        timeouts={"connect": 1.5, "client_send": 30},
+    )
+    reader = slow_reader(shield.port, b"/big")  # 8 MiB: more than the kernel buffers hold
+    try:
+        await asyncio.sleep(0.5)
+        status = await served_within(shield, 1.0)
+    finally:
+        reader.close()
+
+    # With the answer waiting in Shield, the one upstream connection is free for the next client;
+    # without, it stays busy feeding the reader that does not read.
+    assert (status == 200) is served
+
+
+async def test_a_slow_upload_within_buffer_request_body_holds_no_upstream_connection(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    shield = await make_shield(
+        await serve(aiohttp_server, big_file(0)),
+        upstream={"pool": {"max_connections": 1}},
+        timeouts={"connect": 1.0},
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+    writer.write(b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 102400\r\n\r\n" + b"x" * 50000)
+    await writer.drain()  # half a 100 KB body, the rest still to come
+
+    # Read whole before an upstream connection is taken, so the other client gets the one there is.
+    assert await served_within(shield, 1.0) == 200
+    writer.write(b"x" * 52400)
+    assert (await read_response(reader)).status == 200
+    writer.close()
+
+
+async def test_an_upload_slower_than_min_data_rate_gets_408(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    shield = await make_shield(
+        await serve(aiohttp_server, big_file(0)),
+        limits={"min_data_rate": 1000},
+        timeouts={"data_rate_grace": 0.5, "client_idle": 30},
+    )
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        answer = b""
+        for _ in range(100):  # 100 bytes every 0.05 s: 2 KB/s at first, then below 1 KB/s...
+            writer.write(b"x" * 10)  # ...100 bytes a second: never idle, always a trickle
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    answer = await reader.read(65536)
+            if answer:
+                break
+        answer += await read_until_closed(reader)
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_reader_slower_than_min_data_rate_is_cut_off(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    shield = await make_shield(
+        await serve(aiohttp_server, big_file(64 * 1024 * 1024)),
+        upstream={"pool": {"max_connections": 1}},
+        limits={"min_data_rate": 100_000, "buffer_response": "64KiB"},
+        timeouts={"data_rate_grace": 0.5, "client_send": 30, "connect": 5},
+    )
+    sock = slow_reader(shield.port, b"/big")
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got = 0
+    reset = False
+    try:
+        while loop.time() - started < 10:  # 2 KB every 0.05 s: 40 KB/s, a fifth of the minimum
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                data = b"-"
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            got += len(data)
+            await asyncio.sleep(0.05)
+    finally:
+        sock.close()
+
+    # Cut off with a reset soon after the grace period, not left to read 64 MiB at its pace.
+    assert reset and loop.time() - started < 5
+    assert got < 64 * 1024 * 1024
+    assert await served_within(shield, 2.0) == 200  # and its upstream connection is free again

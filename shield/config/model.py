@@ -165,6 +165,9 @@ class Timeouts(Section):
     upstream_idle: Duration = Field(60.0, description="Longest pause inside the upstream's response body.")
     client_header: Duration = Field(10.0, description="Receiving a request's headers (slowloris guard).")
     client_idle: Duration = Field(60.0, description="Longest pause inside a client's request body.")
+    data_rate_grace: Duration = Field(
+        5.0, description="How long a body may run below limits.min_data_rate before it counts."
+    )
     client_send: Duration = Field(
         60.0,
         description="A client that takes nothing of its answer for this long is cut off, and the "
@@ -186,6 +189,27 @@ class Limits(Section):
         "it arrives): within the per-line and count limits alone, a head could hold a megabyte.",
     )
     max_body_size: Size = Field(100 * 1024**2, ge=0, description="Request body bytes (413 past it).")
+    buffer_request_body: Size = Field(
+        1024 * 1024,
+        ge=0,
+        description="Request bodies up to this size are read whole before an upstream connection "
+        "is taken, so a slow client holds none; longer ones stream (nginx's request buffering).",
+    )
+    buffer_response: Size = Field(
+        256 * 1024,
+        ge=0,
+        description="Up to this much of an answer waits in Shield for a slow client, so an answer "
+        "this size goes back to the pool's connection whatever the client's speed, and a longer "
+        "one holds it only past it (nginx's proxy_buffering; bytes go to the client as they "
+        "come either way). 0: the transport's default (64 KiB).",
+    )
+    min_data_rate: int = Field(
+        240,
+        ge=0,
+        description="Bytes a second a body must average, each way, once timeouts.data_rate_grace "
+        "is over: a slower upload gets 408, a slower reader of a streamed answer is cut off "
+        "(Kestrel's minimum data rates). 0: no minimum.",
+    )
 
 
 class Forwarding(Section):

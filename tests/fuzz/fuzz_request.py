@@ -31,18 +31,24 @@ if FUZZING:  # run as a script: make ``tests.fuzz`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports(include=["shield"]) if FUZZING else contextlib.nullcontext():
-    from aiohttp.http_exceptions import HttpProcessingError
-
     from shield.config.model import ShieldConfig
     from shield.headers import CLIENT_ADDRESS_HEADERS, HOP_BY_HOP, IDENTITY_HEADERS, REWRITE_HEADERS
     from shield.http1 import Http1Connection, Http1Server, Request, Written
-    from shield.proxy import SMALL_BODY, _continue_if_expected, head_builder
+    from shield.proxy import (
+        BodyPieces,
+        BodyTooLarge,
+        ClientBodyError,
+        ForwardSettings,
+        _continue_if_expected,
+        head_builder,
+    )
     from shield.target import request_target
     from tests.fuzz import harness
     from tests.fuzz.harness import Fields, describe, fail, normalized
 
 CONFIG = ShieldConfig.model_validate({"upstream": {"url": "http://upstream.test:8080"}})
 HEADS = head_builder(CONFIG, tls=False)
+SETTINGS = ForwardSettings.from_config(CONFIG)
 DEFAULT_HOST = CONFIG.upstream.authority.encode()
 VIA = CONFIG.forwarding.via.encode()
 CLIENT_IP = harness.PEER[0].encode()
@@ -175,7 +181,6 @@ async def _forward(request: Request, seen: Seen) -> Written:
             return _answer(seen, 400)
         target = checked
     seen.target = target
-    content = request.content
     length = request.content_length
 
     def build(framing: bytes) -> bytes:
@@ -185,34 +190,34 @@ async def _forward(request: Request, seen: Seen) -> Written:
         upstream = build(b"Content-Length: 0\r\n" if method in BODY_METHODS else b"")
     else:
         _continue_if_expected(request)
-        if length is not None and length <= SMALL_BODY:
-            try:
-                seen.body = await content.readexactly(length)
-            except (asyncio.IncompleteReadError, HttpProcessingError):
-                return _answer(seen, 400)
-            upstream = build(b"Content-Length: %d\r\n" % length) + seen.body
-        else:
-            # Streamed: the head goes before the body is read, the body as it arrives.
-            chunked = length is None
-            parts = [
-                build(b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % length)
-            ]
-            body = []
-            while True:
-                try:
-                    chunk = await content.readany()
-                except HttpProcessingError:
-                    return _answer(seen, 400)
-                if not chunk:
-                    if not content.is_eof():
-                        return _answer(seen, 400)
-                    break
-                body.append(chunk)
-                parts.append(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-            if chunked:
-                parts.append(b"0\r\n\r\n")
-            seen.body = b"".join(body)
-            upstream = b"".join(parts)
+        # As Proxy.forward does: a body up to buffer_request_body is read whole and re-framed
+        # with Content-Length; a longer one streams, what was read first.
+        pieces = BodyPieces(request, SETTINGS)
+        limit = SETTINGS.buffer_request_body
+        try:
+            read, complete = await pieces.buffer(limit) if length is None or length <= limit else (b"", False)
+            if complete:
+                seen.body = read
+                upstream = build(b"Content-Length: %d\r\n" % len(read)) + read
+            else:
+                chunked = length is None
+                parts = [
+                    build(
+                        b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % length
+                    )
+                ]
+                body = []
+                chunk = read or await pieces.next()
+                while chunk:
+                    body.append(chunk)
+                    parts.append(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    chunk = await pieces.next()
+                if chunked:
+                    parts.append(b"0\r\n\r\n")
+                seen.body = b"".join(body)
+                upstream = b"".join(parts)
+        except (BodyTooLarge, ClientBodyError):
+            return _answer(seen, 400)
     seen.upstream = upstream
     return _answer(seen, 200, request.keep_alive)
 
