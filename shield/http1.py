@@ -86,6 +86,10 @@ def _refusal(status: int) -> bytes:
 
 
 _REFUSALS: Final = {status: _refusal(status) for status in (400, 431, 501, 505)}
+# The same for a HEAD request, which gets no body (RFC 9110 §9.3.2).
+_HEAD_REFUSALS: Final = {
+    status: answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n" for status, answer in _REFUSALS.items()
+}
 _SERVER_ERROR: Final = (
     b"HTTP/1.1 500 Internal Server Error\r\nServer: shield\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
@@ -115,6 +119,17 @@ _AUTHORITY: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
 )
 _REG_NAME: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;="
+
+
+def _asks_to_close(raw: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's Connection fields name ``close``, or none of them keep-alive."""
+    tokens = {
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return b"close" in tokens or b"keep-alive" not in tokens
 
 
 def _is_authority(host: bytes) -> bool:
@@ -423,8 +438,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         # The request being parsed.
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        # A header name with an underscore was seen in the head being parsed.
+        # A header name with an underscore was seen in the head being parsed; an HTTP/1.0 one
+        # named close among its Connection options.
         self._underscored = False
+        self._closing_after = False
         # The last Host this client sent that was found valid (a keep-alive client repeats it).
         self._valid_host: bytes | None = None
         self._in_head = False
@@ -647,7 +664,9 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         # llhttp reports trailer fields (after a chunked body) through this callback too: they
         # land in the list ``on_headers_complete`` left for them, which nothing reads. Added to
         # the request's they would reach the upstream as headers no rule judged.
-        self._raw_headers.append((name, value))
+        # A field value has no trailing whitespace (RFC 9112 §5), but llhttp keeps it: kept, a
+        # rule on "X-Debug: 1" would not match "X-Debug: 1 " and the upstream would get it.
+        self._raw_headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -708,6 +727,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             if chunked:
                 # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
                 raise _HeadRefused("Transfer-Encoding in an HTTP/1.0 request")
+            if _asks_to_close(raw):
+                self._closing_after = True
         if host is None:
             if version == "1.1":
                 raise _HeadRefused("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
@@ -723,6 +744,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
         keep_alive = parser.should_keep_alive() and not self._closing and method != "CONNECT"
+        if self._closing_after:
+            # llhttp keeps an HTTP/1.0 connection alive on a keep-alive token, even beside
+            # close or in Proxy-Connection; close wins (RFC 9112 §9.3).
+            self._closing_after = keep_alive = False
         request = Request(
             self,
             method,
@@ -930,7 +955,9 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 # llhttp refuses some heads (Content-Length beside Transfer-Encoding) only after
                 # reporting them complete: such a request is never answered as if it were good.
                 self._queue.remove(parsing)
-        self._refused = _REFUSALS[error.status if isinstance(error, _HeadRefused) else 400]
+        # llhttp keeps the method of a request line it read; before that, it is not HEAD's.
+        refusals = _HEAD_REFUSALS if self._parser.get_method() == b"HEAD" else _REFUSALS
+        self._refused = refusals[error.status if isinstance(error, _HeadRefused) else 400]
         self._pause(PAUSED_FOR_REFUSAL)
         if self._current is None:
             if self._queue:

@@ -655,3 +655,50 @@ async def test_a_refusal_on_an_idle_keepalive_connection_leaves_no_task_behind(
 
     assert (first.status, refused.status) == (200, 400)
     assert serving == []  # one would be left per such connection, for ever
+
+
+# -- found by the property tests (tests/test_wire_*.py) ---------------------------------------
+
+
+async def test_whitespace_after_a_header_value_is_not_part_of_it(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    rules = [{"name": "debug", "match": {"headers": {"X-Debug": "1"}}, "action": "block"}]
+    upstream, shield = await proxied(raw_upstream, make_shield, rules=rules)
+
+    blocked = await exchange(shield, b"GET / HTTP/1.1\r\nHost: a\r\nX-Debug: 1 \t\r\n\r\n")
+    forwarded = await exchange(shield, b"GET / HTTP/1.1\r\nHost: a \r\nUser-Agent: curl \r\n\r\n")
+
+    # "1 " is "1" (RFC 9112 §5): the rule holds, and what goes upstream is stripped too.
+    assert (blocked.status, forwarded.status) == (403, 200)
+    (request,) = upstream.requests
+    assert request.header(b"Host") == [b"a"] and request.header(b"User-Agent") == [b"curl"]
+
+
+async def test_a_refused_head_request_gets_no_body(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"HEAD / HTTP/1.1\r\nHost: a b\r\n\r\n")
+        data = await read_until_closed(reader)
+
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and body == b""
+
+
+@pytest.mark.parametrize("connection", [b"Connection: keep-alive, close", b"Proxy-Connection: keep-alive"])
+async def test_an_http10_request_keeps_its_connection_only_when_asked_without_close(
+    raw_upstream: StartUpstream, make_shield: MakeShield, connection: bytes
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET /a HTTP/1.0\r\n" + connection + b"\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+        first = await read_response(reader)
+        rest = await read_until_closed(reader)
+
+    assert first.status == 200 and first.header(b"Connection") == [b"close"]
+    assert rest == b""  # the second request is not served on a connection that was to close
+    assert [r.line for r in upstream.requests] == [b"GET /a HTTP/1.1"]
