@@ -142,22 +142,25 @@ def _is_authority(host: bytes) -> bool:
 
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 # Header name as the client spelled it -> as text: names repeat from request to request.
-_NAMES: dict[bytes, str] = {}
+# Header name as the client spelled it -> its text, and its lower-cased form when it is one
+# of the SINGLETON_HEADERS (else None): names repeat from request to request.
+_NAMES: dict[bytes, tuple[str, bytes | None]] = {}
 _REMEMBERED_NAMES = 1024
 _REMEMBERED_NAME = 64
 
 
-def _header_name(name: bytes) -> str:
-    """``name`` decoded, and remembered when short and without an underscore (so that every
-    request carrying such a name comes past ``Http1Connection._new_name``). Bounded: past
-    ``_REMEMBERED_NAMES`` spellings the table starts again, so a client inventing names costs a
-    rebuild, not memory."""
-    text = name.decode("latin-1")
+def _header_name(name: bytes) -> tuple[str, bytes | None]:
+    """``name`` decoded, and lower-cased if it may appear once; remembered when short and
+    without an underscore (so that every request carrying such a name comes past
+    ``Http1Connection._new_name``). Bounded: past ``_REMEMBERED_NAMES`` spellings the table
+    starts again, so a client inventing names costs a rebuild, not memory."""
+    lower = name.lower()
+    known = name.decode("latin-1"), lower if lower in SINGLETON_HEADERS else None
     if len(name) <= _REMEMBERED_NAME and _UNDERSCORE not in name:
         if len(_NAMES) >= _REMEMBERED_NAMES:
             _NAMES.clear()
-        _NAMES[name] = text
-    return text
+        _NAMES[name] = known
+    return known
 
 
 # Shield frames every answer itself; these from a response object are never copied.
@@ -688,10 +691,9 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         for name, value in raw:
             if len(name) + len(value) > longest:
                 raise _HeadRefused("a header line is too long")
-            text = _NAMES.get(name) or self._new_name(name)
+            text, lower = _NAMES.get(name) or self._new_name(name)
             pairs.append((text, value.decode("utf-8", "surrogateescape")))
-            lower = name.lower()
-            if lower in SINGLETON_HEADERS:
+            if lower is not None:  # a header that may appear once
                 if seen is None:
                     seen = {lower}
                 elif lower in seen:
@@ -773,12 +775,13 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if len(queue) >= MAX_PIPELINED:
             self._pause(PAUSED_FOR_PIPELINE)
 
-    def _new_name(self, name: bytes) -> str | None:
-        """A header name not in ``_NAMES``: its text, or None for one with an underscore under
-        ``underscores_in_headers: drop | refuse``, which marks the request (``_underscored``)."""
+    def _new_name(self, name: bytes) -> tuple[str | None, bytes | None]:
+        """A header name not in ``_NAMES``, as ``_header_name`` gives it; for one with an
+        underscore under ``underscores_in_headers: drop | refuse``, no text, and the request is
+        marked (``_underscored``)."""
         if _UNDERSCORE in name and self._server.underscores_in_headers != "allow":
             self._underscored = True
-            return None
+            return None, None
         return _header_name(name)
 
     def on_body(self, body: bytes) -> None:

@@ -242,12 +242,16 @@ class Proxy:
                         upload = asyncio.get_running_loop().create_task(
                             self._upload(pieces, read, conn, chunked=chunked)
                         )
-                    while not conn.headers_complete:
-                        # While a streamed body goes up, the wait is the upload's: each piece
-                        # written re-arms it; the answer's own wait starts once it is all sent.
-                        uploading = upload is not None and not upload.done()
-                        timeout = settings.upstream_idle if uploading else settings.headers_timeout
-                        await conn.wait(timeout, NO_ANSWER)
+                    if upload is None:
+                        while not conn.headers_complete:
+                            await conn.wait(settings.headers_timeout, NO_ANSWER)
+                    else:
+                        # While the body goes up, the wait is the upload's: each piece written
+                        # re-arms it; the answer's own wait starts once the body is all sent.
+                        while not conn.headers_complete:
+                            uploading = not upload.done()
+                            timeout = settings.upstream_idle if uploading else settings.headers_timeout
+                            await conn.wait(timeout, NO_ANSWER)
                     if timed:
                         upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
                         if self.upstream_durations is not None:
