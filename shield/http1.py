@@ -678,7 +678,6 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         raw = self._raw_headers
         self._raw_headers = []  # for trailer fields, dropped (bounded with the chunk framing)
         url = self._url
-        self._url = b""
         server = self._server
         if len(raw) > server.max_headers:
             raise _HeadRefused("too many headers")
@@ -762,6 +761,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             RequestBody(self) if chunked or content_length else EMPTY_BODY,
             upgrade,
         )
+        self._url = b""
         self._parsing = request
         if request.upgrade:
             self._upgrade_request = request
@@ -958,8 +958,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 # llhttp refuses some heads (Content-Length beside Transfer-Encoding) only after
                 # reporting them complete: such a request is never answered as if it were good.
                 self._queue.remove(parsing)
-        # llhttp keeps the method of a request line it read; before that, it is not HEAD's.
-        refusals = _HEAD_REFUSALS if self._parser.get_method() == b"HEAD" else _REFUSALS
+        # llhttp keeps the method of the last request line it read: this message's once its
+        # target began (``_url``, reset when a head is taken).
+        head = self._url and self._parser.get_method() == b"HEAD"
+        refusals = _HEAD_REFUSALS if head else _REFUSALS
         self._refused = refusals[error.status if isinstance(error, _HeadRefused) else 400]
         self._pause(PAUSED_FOR_REFUSAL)
         if self._current is None:

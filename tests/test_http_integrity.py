@@ -702,3 +702,16 @@ async def test_an_http10_request_keeps_its_connection_only_when_asked_without_cl
     assert first.status == 200 and first.header(b"Connection") == [b"close"]
     assert rest == b""  # the second request is not served on a connection that was to close
     assert [r.line for r in upstream.requests] == [b"GET /a HTTP/1.1"]
+
+
+async def test_a_refusal_after_a_head_request_keeps_its_body(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    _, shield = await proxied(raw_upstream, make_shield)
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n\x00garbage\r\n\r\n")
+        head = await read_response(reader, head_request=True)
+        refused = await read_response(reader)  # found by fuzzing: llhttp kept HEAD as the method
+
+    assert (head.status, refused.status, refused.body) == (200, 400, b"Bad Request.\n")
