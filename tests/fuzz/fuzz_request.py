@@ -482,7 +482,7 @@ def _refused_head(sent: bytes, served: list[Seen]) -> bool:
     """Whether the message after the served ones began with a HEAD request line (counting
     messages by their blank lines: exact when the served requests had no body)."""
     messages = sent.split(b"\r\n\r\n", len(served))
-    return len(messages) > len(served) and messages[-1].startswith(b"HEAD ")
+    return len(messages) > len(served) and messages[-1].lstrip(b"\r\n").startswith(b"HEAD ")
 
 
 def _bodyless_refusal(data: bytes) -> bool:
