@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import socket
 
@@ -27,6 +26,7 @@ from tests.test_proxy_http import (
     raw_upstream,
     read_response,
     read_until_closed,
+    write_until_answered,
 )
 
 __all__ = ["raw_upstream"]  # the fixture, imported for this module's tests
@@ -86,21 +86,7 @@ async def test_an_endless_header_is_refused_while_it_arrives(
 
     async with connect(shield) as (reader, writer):
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Endless: ")
-        refused_after = 0
-        answer = b""
-        for _ in range(200):
-            try:
-                writer.write(b"x" * 512)
-                await writer.drain()
-            except ConnectionError:
-                break
-            refused_after += 512
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.002):
-                    answer = await reader.read(65536)
-            if answer:
-                break
-        answer += await read_until_closed(reader)
+        refused_after, answer = await write_until_answered(reader, writer, [b"x" * 512] * 200)
 
     # Shield answers within a few KiB, not after the 100 KiB the client was ready to send, and
     # the client reads the 400: Shield lingers rather than reset a connection with unread input.

@@ -27,6 +27,7 @@ from tests.test_proxy_http import (
     raw_upstream,
     read_response,
     read_until_closed,
+    write_until_answered,
 )
 
 __all__ = ["raw_upstream"]  # the fixture, imported for this module's tests
@@ -72,16 +73,7 @@ async def test_endless_request_trailers_are_refused_while_they_arrive(
 
     async with connect(shield) as (reader, writer):
         writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Endless: ")
-        sent = 0
-        answer = b""
-        while sent < 256 * 1024 and not answer:
-            writer.write(b"x" * 1024)
-            await writer.drain()
-            sent += 1024
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.002):
-                    answer = await reader.read(65536)
-        answer += await read_until_closed(reader)
+        sent, answer = await write_until_answered(reader, writer, [b"x" * 1024] * 256)
 
     assert sent < 16 * 1024
     assert answer.startswith(b"HTTP/1.1 400 ")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import pytest
@@ -217,6 +217,29 @@ async def read_until_closed(reader: asyncio.StreamReader, timeout: float = WAIT)
             while chunk := await reader.read(65536):
                 data += chunk
     return data
+
+
+async def write_until_answered(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pieces: Iterable[bytes], wait: float = 0.002
+) -> tuple[int, bytes]:
+    """Write ``pieces`` one after the other, looking for an answer for ``wait`` seconds after
+    each, and stop at the first byte of one: the bytes written until then, and the whole answer
+    (read until the server closes)."""
+    sent = 0
+    answer = b""
+    for piece in pieces:
+        try:
+            writer.write(piece)
+            await writer.drain()
+        except ConnectionError:
+            break
+        sent += len(piece)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                answer = await reader.read(65536)
+        if answer:
+            break
+    return sent, answer + await read_until_closed(reader)
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,6 @@ request head is bounded in all (``limits.max_header_total``), not only per line 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from tests.test_proxy_http import (
     raw_upstream,
     read_response,
     read_until_closed,
+    write_until_answered,
 )
 
 __all__ = ["raw_upstream"]  # the fixture, imported for this module's tests
@@ -99,19 +99,11 @@ async def test_a_head_past_max_header_total_is_refused_while_it_arrives(
 
     async with connect(shield) as (reader, writer):
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n")
-        answer = b""
-        for index in range(64):
-            writer.write(b"X-Filler-%d: %s\r\n" % (index, b"x" * 1000))
-            await writer.drain()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.005):
-                    answer = await reader.read(65536)
-            if answer:
-                break
-        answer += await read_until_closed(reader)
+        fillers = [b"X-Filler-%d: %s\r\n" % (index, b"x" * 1000) for index in range(64)]
+        sent, answer = await write_until_answered(reader, writer, fillers, wait=0.005)
 
     assert answer.startswith(b"HTTP/1.1 431 ")
-    assert index < 40  # refused at about 16 KiB of the 64 the client would have sent
+    assert sent < 40 * 1000  # refused at about 16 KiB of the 64 the client would have sent
     assert upstream.heads == []
 
 
@@ -305,15 +297,8 @@ async def test_an_upload_slower_than_min_data_rate_gets_408(
 
     async with connect(shield) as (reader, writer):
         writer.write(b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
-        answer = b""
-        for _ in range(100):  # 100 bytes every 0.05 s: 2 KB/s at first, then below 1 KB/s...
-            writer.write(b"x" * 10)  # ...100 bytes a second: never idle, always a trickle
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    answer = await reader.read(65536)
-            if answer:
-                break
-        answer += await read_until_closed(reader)
+        # 10 bytes every 0.1 s: 100 bytes a second, never idle, always a trickle.
+        _, answer = await write_until_answered(reader, writer, [b"x" * 10] * 100, wait=0.1)
 
     assert answer.startswith(b"HTTP/1.1 408 ")
 
