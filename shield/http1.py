@@ -960,7 +960,10 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 self._queue.remove(parsing)
         # llhttp keeps the method of the last request line it read: this message's once its
         # target began (``_url``, reset when a head is taken).
-        head = self._url and self._parser.get_method() == b"HEAD"
+        if parsing is not None:  # its head was taken: the refusal answers it
+            head = parsing.method == "HEAD"
+        else:
+            head = bool(self._url) and self._parser.get_method() == b"HEAD"
         refusals = _HEAD_REFUSALS if head else _REFUSALS
         self._refused = refusals[error.status if isinstance(error, _HeadRefused) else 400]
         self._pause(PAUSED_FOR_REFUSAL)
