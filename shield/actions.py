@@ -12,7 +12,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -21,6 +21,7 @@ from shield.limiter import RateLimitResult
 
 __all__ = [
     "DEFAULT_CLOSE_MESSAGE",
+    "Capped",
     "Shed",
     "ShieldAnswer",
     "answer",
@@ -29,6 +30,7 @@ __all__ = [
     "closed",
     "shed",
     "throttled",
+    "too_many_in_flight",
     "unavailable",
 ]
 
@@ -39,6 +41,9 @@ class ShieldAnswer(web.Response):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.headers.setdefault("Server", "shield")
+
+
+_Answer = TypeVar("_Answer", bound=ShieldAnswer)
 
 
 def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:
@@ -117,12 +122,17 @@ def banned(*, status: int, retry_after: float, accept: str | None) -> ShieldAnsw
 
 def unavailable(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
     """A throttle that cannot reach its shared state and was told to fail closed (on_error: deny)."""
-    headers = {"Retry-After": "1", "Cache-Control": "no-store", **extra}
     message = "The service is busy. Please try again shortly."
-    if wants_json(accept):
-        body = json.dumps({"error": message, "retry_after": 1})
-        return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
-    return ShieldAnswer(status=503, text=message + "\n", headers=headers)
+    return _retry_later(ShieldAnswer, 503, message, 1, accept, extra)
+
+
+class Capped(ShieldAnswer):
+    """A 429 for a client with ``limits.max_requests_per_client`` requests forwarded already."""
+
+
+def too_many_in_flight(*, accept: str | None) -> Capped:
+    message = "Too many requests at once. Please wait for the others to finish."
+    return _retry_later(Capped, 429, message, 1, accept, {})
 
 
 class Shed(ShieldAnswer):
@@ -130,10 +140,17 @@ class Shed(ShieldAnswer):
 
 
 def shed(retry_after: float, *, accept: str | None) -> Shed:
-    seconds = max(1, math.ceil(retry_after))
-    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store"}
     message = "The service is under heavy load. Please try again shortly."
+    return _retry_later(Shed, 503, message, max(1, math.ceil(retry_after)), accept, {})
+
+
+def _retry_later(
+    kind: type[_Answer], status: int, message: str, seconds: int, accept: str | None, extra: dict[str, str]
+) -> _Answer:
+    """A short refusal that says when to come back (Retry-After), never cached, in JSON for an
+    API client."""
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store", **extra}
     if wants_json(accept):
         body = json.dumps({"error": message, "retry_after": seconds})
-        return Shed(status=503, text=body, content_type="application/json", headers=headers)
-    return Shed(status=503, text=message + "\n", headers=headers)
+        return kind(status=status, text=body, content_type="application/json", headers=headers)
+    return kind(status=status, text=message + "\n", headers=headers)

@@ -7,7 +7,7 @@ from __future__ import annotations
 class Exchange:
     """What is known about one request as it crosses Shield."""
 
-    __slots__ = ("client_ip", "id_line", "labels", "path", "sent", "upstream_seconds")
+    __slots__ = ("client_ip", "client_key", "id_line", "labels", "path", "sent", "upstream_seconds")
 
     def __init__(self, id_line: bytes) -> None:
         # "X-Request-ID: <id>\r\n" (``RequestIds.line_of``): the form the hot path sends.
@@ -15,6 +15,8 @@ class Exchange:
         # (rule, action, decision, identity) once decided: the request counter's key as it is.
         self.labels: tuple[str, str, str, str] | None = None
         self.client_ip: str | None = None
+        # The client's throttle key (an IPv6 client's prefix), what per-client caps count by.
+        self.client_key = ""
         self.path: str | None = None
         self.upstream_seconds: float | None = None
         self.sent = -1  # body bytes of a streamed answer, counted by the proxy

@@ -13,7 +13,7 @@ import logging
 from aiohttp import hdrs
 
 from shield import actions
-from shield.actions import Shed, ShieldAnswer, answer
+from shield.actions import Capped, Shed, ShieldAnswer, answer
 from shield.bans import BanList
 from shield.challenge import ChallengeGate
 from shield.clock import Clock
@@ -24,6 +24,7 @@ from shield.limiter import RateLimitResult, ratelimit_lines
 from shield.metrics import ProxyStats
 from shield.overload import OverloadGate
 from shield.policy.admission import priority_class
+from shield.policy.client_caps import HeldPerClient
 from shield.policy.client_ip import ClientResolver
 from shield.policy.identity import ANONYMOUS, Identity, IdentityResolver, NoIdentity
 from shield.policy.paths import UnsafePath, canonical_raw_path
@@ -66,7 +67,10 @@ class Gatekeeper:
         switches: Switches | None = None,
         bans: BanList | None = None,
         challenge: ChallengeGate | None = None,
+        requests_per_client: HeldPerClient | None = None,
     ) -> None:
+        """``requests_per_client``: how many requests each client may have forwarded at once
+        (``limits.max_requests_per_client``; None: no cap)."""
         self.holder = holder
         self.proxy = proxy
         self.limiter = state.memory
@@ -86,6 +90,7 @@ class Gatekeeper:
         self.bans = bans
         self.challenge = challenge
         self.challenge_path = challenge.path if challenge is not None else None
+        self.requests_per_client = requests_per_client
 
     async def handle(self, request: Request) -> Reply:
         method = request.method
@@ -130,6 +135,7 @@ class Gatekeeper:
         )
         exchange = request.exchange
         exchange.client_ip = client_ip
+        exchange.client_key = client.key
         exchange.path = match_path
         if match_path == runtime.status_path and self.status is not None:
             return self.status.answer(method, headers.get("Accept"))
@@ -293,13 +299,10 @@ class Gatekeeper:
         if request.upgrade and not request.body_exists and is_websocket_upgrade(request.headers):
             # (An upgrade request with a body goes on as a plain request: Upgrade is hop-by-hop.)
             return await self._websocket(request, target, extra, rule, identity, upstream)
-        if self.overload is None:
-            response = await self.proxy.forward(request, target, extra, upstream)
+        if self.overload is None and self.requests_per_client is None:
+            response = await self.proxy.forward(request, target, extra, upstream)  # the common case
         else:
-            ranks = _DEFAULT_RANKS if rule is None else rule.ranks
-            response = await self.overload.forward(
-                request, target, extra, upstream, ranks[identity.authenticated]
-            )
+            response = await self._capped(request, target, extra, rule, identity, upstream)
         exchange = request.exchange
         if rule is None:
             exchange.labels = (
@@ -314,9 +317,36 @@ class Gatekeeper:
             else (rule.name, rule.action, _outcome(response), identity.label)
         )
         trigger = rule.trigger
-        if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed)):
+        if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed | Capped)):
             trigger.answered(self.now(), response.status >= 500)
         return response
+
+    async def _capped(
+        self,
+        request: Request,
+        target: bytes,
+        extra: bytes,
+        rule: CompiledRule | None,
+        identity: Identity,
+        upstream: tuple[str, bytes],
+    ) -> Reply:
+        """Forward within the client's cap on requests in flight and through the overload gate,
+        as far as either is configured."""
+        held = self.requests_per_client
+        key = request.exchange.client_key
+        if held is not None and not held.take(key):
+            self.stats.client_limits["requests_per_client"] += 1
+            return actions.too_many_in_flight(accept=request.headers.get("Accept"))
+        try:
+            if self.overload is None:
+                return await self.proxy.forward(request, target, extra, upstream)
+            ranks = _DEFAULT_RANKS if rule is None else rule.ranks
+            return await self.overload.forward(
+                request, target, extra, upstream, ranks[identity.authenticated]
+            )
+        finally:
+            if held is not None:
+                held.give_back(key)
 
     async def _websocket(
         self,
@@ -423,11 +453,13 @@ class Gatekeeper:
 
 def _outcome(response: Reply) -> str:
     """'error' for Shield's own failure answers (502, 504, 413...), 'shed' for load shedding,
-    else 'forwarded'."""
+    'capped' for a client over limits.max_requests_per_client, else 'forwarded'."""
     if isinstance(response, Written):
         return "forwarded"
     if isinstance(response, ShieldAnswer):
-        return "shed" if isinstance(response, Shed) else "error"
+        if isinstance(response, Shed):
+            return "shed"
+        return "capped" if isinstance(response, Capped) else "error"
     return "forwarded"
 
 

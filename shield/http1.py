@@ -35,7 +35,7 @@ import logging
 import re
 import socket
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -47,6 +47,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.exchange import Exchange
 from shield.flow import WriteFlow
+from shield.heap import release_freed_memory
+from shield.policy.client_caps import HeldPerClient
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.response import DateHeader, status_line
 from shield.tunnel import splice
@@ -57,12 +59,19 @@ log = logging.getLogger("shield")
 TICK: Final = 0.1
 # Pause reading from a client while this much of its body waits unread; resume below half.
 BODY_HIGH_WATER: Final = 256 * 1024
-# Pause reading from a client with this many requests parsed and waiting for their turn.
+# Pause reading from a client with this many requests parsed and waiting for their turn, or
+# this many bytes of them (heads and bodies): sixteen requests of large bodies would hold
+# megabytes per connection.
 MAX_PIPELINED: Final = 16
+MAX_PIPELINED_BYTES: Final = 64 * 1024
 # A read longer than this that is not all body is parsed a slice at a time, so that a pause
 # (the cap above, a body waiting unread) takes effect within it: 256 KiB of tiny pipelined
 # requests would otherwise become 6,000 queued requests (3.8 MB) before the cap is looked at.
 PARSE_SLICE: Final = 4096
+
+# Once this many connections were open at once and at most a quarter of them are left (an
+# attack's connections closed or cut off), freed memory is handed back to the system.
+TRIM_AFTER_CONNECTIONS: Final = 256
 
 # Bytes a client may send while Shield lingers after answering and closing (see ``_close``).
 LINGER_BYTES: Final = 8 * 1024 * 1024
@@ -362,6 +371,7 @@ class Request:
         "target",
         "upgrade",
         "version",
+        "waiting_bytes",
     )
 
     def __init__(
@@ -390,6 +400,8 @@ class Request:
         self.remote = conn.remote
         self.upgrade = upgrade
         self.started = False
+        # Bytes of this request (head, body so far) held while it waits behind another one.
+        self.waiting_bytes = 0
 
     @property
     def raw_path(self) -> str:
@@ -437,6 +449,8 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser: Any = httptools.HttpRequestParser(self)
         self.remote: str | None = None
+        # The client key this connection counts under for max_connections_per_client.
+        self.capped_as: str | None = None
         self._proxy_pending: bytes | None = b"" if server.proxy_protocol else None
         # The request being parsed.
         self._url = b""
@@ -453,6 +467,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._upgrade_request: Request | None = None
         # Requests parsed, waiting for their turn (pipelining), and the one being answered.
         self._queue: deque[Request] = deque()
+        self._waiting_bytes = 0  # the requests' in ``_queue``
         self._current: Request | None = None
         # One task per connection answers its requests in turn; between requests it waits on
         # ``_ready`` (a future is cheaper than a task per request).
@@ -489,19 +504,23 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self._server.write_buffer:
+        server = self._server
+        if server.write_buffer:
             # Up to this much of an answer waits in Shield for a slow client without holding up
             # the upstream: streaming waits for the client only past it (nginx's proxy_buffering).
-            transport.set_write_buffer_limits(high=self._server.write_buffer)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=server.write_buffer)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple | list) and peer:
             self.remote = str(peer[0])
         elif peer:
             self.remote = str(peer)
-        self._server.connections.add(self)
+        # (Behind the PROXY protocol, the client is known once its header is read.)
+        if self._proxy_pending is None and not self._take_connection_slot():
+            return
+        server.connections.add(self)
         # The first request's headers (or the PROXY header) must arrive in time.
         self._head_started = self.loop.time()
-        self._server.watch()
+        server.watch()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.forget(self)
@@ -594,6 +613,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             self._head_started = self.loop.time()
         server = self._server
         if self._head_bytes > server.max_head:
+            server.client_limits["header_total"] += 1
             raise _HeadRefused("the request head is too large", 431)
         headers = self._raw_headers
         if len(headers) > server.max_headers:
@@ -621,7 +641,26 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         self._proxy_pending = None
         if source is not None:
             self.remote = str(source[0])
+        if not self._take_connection_slot():
+            return None
         return buffered[length:]
+
+    def _take_connection_slot(self) -> bool:
+        """Count this connection against its client's cap, if there is one; over it, close the
+        connection (and False)."""
+        server = self._server
+        caps = server.connection_caps
+        if caps is None:
+            return True
+        key = server.connection_key(self.remote or "unknown")
+        if key is None or caps.take(key):
+            self.capped_as = key
+            return True
+        server.client_limits["connections_per_client"] += 1
+        log.debug("closing a connection from %s: it holds %d already", self.remote, caps.cap)
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def eof_received(self) -> bool:
         return False
@@ -771,9 +810,15 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             self._chunked = True
             self._framing_bytes = 0
         queue = self._queue
+        if queue or self._current is not None:
+            # Pipelined behind another request: what it holds while it waits is bounded.
+            request.waiting_bytes = waiting = len(url) + sum(
+                len(name) + len(value) + 4 for name, value in raw
+            )
+            self._waiting_bytes += waiting
+            if len(queue) + 1 >= MAX_PIPELINED or self._waiting_bytes > MAX_PIPELINED_BYTES:
+                self._pause(PAUSED_FOR_PIPELINE)
         queue.append(request)
-        if len(queue) >= MAX_PIPELINED:
-            self._pause(PAUSED_FOR_PIPELINE)
 
     def _new_name(self, name: bytes) -> tuple[str | None, bytes | None]:
         """A header name not in ``_NAMES``, as ``_header_name`` gives it; for one with an
@@ -790,6 +835,11 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         request = self._parsing
         if request is not None:
             request.content.feed(body)
+            if request.waiting_bytes and request is not self._current:
+                request.waiting_bytes += len(body)
+                self._waiting_bytes += len(body)
+                if self._waiting_bytes > MAX_PIPELINED_BYTES:
+                    self._pause(PAUSED_FOR_PIPELINE)
 
     def on_message_complete(self) -> None:
         self._chunked = False
@@ -876,8 +926,14 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         resume_writing will, so answers pile up in the kernel's buffers, not in Shield."""
         queue = self._queue
         if queue and self._current is None and not self._writing_paused:
-            self._start(queue.popleft())
-            if self._paused and len(queue) < MAX_PIPELINED // 2:
+            request = queue.popleft()
+            self._waiting_bytes -= request.waiting_bytes
+            self._start(request)
+            if (
+                self._paused
+                and len(queue) < MAX_PIPELINED // 2
+                and self._waiting_bytes <= MAX_PIPELINED_BYTES // 2
+            ):
                 self._resume(PAUSED_FOR_PIPELINE)
 
     def pause_writing(self) -> None:
@@ -958,6 +1014,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 # llhttp refuses some heads (Content-Length beside Transfer-Encoding) only after
                 # reporting them complete: such a request is never answered as if it were good.
                 self._queue.remove(parsing)
+                self._waiting_bytes -= parsing.waiting_bytes
         # llhttp keeps the method of the last request line it read: this message's once its
         # target began (``_url``, reset when a head is taken).
         if parsing is not None:  # its head was taken: the refusal answers it
@@ -992,10 +1049,12 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if self._writing_paused:
             if now - self._write_stalled_since >= server.send_timeout:
                 log.debug("resetting a connection from %s: it stopped reading its answer", self.remote)
+                server.client_limits["client_send"] += 1
                 self._reset()
                 return
             if server.min_send_rate and self._reads_too_slowly(now, server.min_send_rate, server.rate_grace):
                 log.debug("resetting a connection from %s: it reads its answer too slowly", self.remote)
+                server.client_limits["read_rate"] += 1
                 self._reset()
                 return
         if self._current is not None:
@@ -1003,6 +1062,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if self._head_started:
             if now - self._head_started >= server.header_timeout:
                 log.debug("closing a connection from %s: request headers too slow", self.remote)
+                server.client_limits["client_header"] += 1
                 self._abort()
         else:
             limit = server.lingering if self._parsing is not None else server.keepalive_timeout
@@ -1128,10 +1188,15 @@ class Http1Server:
         lingering: float = 2.0,
         proxy_protocol: bool = False,
         underscores_in_headers: str = "drop",
+        connection_caps: HeldPerClient | None = None,
+        connection_key: Callable[[str], str | None] = str,
+        client_limits: Counter[str] | None = None,
     ) -> None:
         """``underscores_in_headers``: what becomes of a request header whose name has an
         underscore: ``drop`` it before anything reads the request, ``refuse`` the request (400),
-        or ``allow`` it."""
+        or ``allow`` it. ``connection_caps``: connections each client may hold, counted under
+        ``connection_key(peer address)`` (None: not counted). ``client_limits``: where each
+        limit a client ran into is counted, by kind (``shield_client_limits``)."""
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.header_timeout = header_timeout
@@ -1146,9 +1211,14 @@ class Http1Server:
         self.lingering = lingering
         self.proxy_protocol = proxy_protocol
         self.underscores_in_headers = underscores_in_headers
+        self.connection_caps = connection_caps
+        self.connection_key = connection_key
+        self.client_limits: Counter[str] = Counter() if client_limits is None else client_limits
         self.connections: set[Http1Connection] = set()
         self.date = DateHeader()
         self._ticker: asyncio.TimerHandle | None = None
+        # The most connections open at once since memory was last handed back.
+        self._peak_connections = 0
         self._all_closed: asyncio.Event | None = None
 
     def __call__(self) -> Http1Connection:
@@ -1167,8 +1237,19 @@ class Http1Server:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check_deadline(now)
+        self._trim_after_a_drop()
         if self.connections:
             self.watch()
+
+    def _trim_after_a_drop(self) -> None:
+        """Hand freed memory back once most of a crowd of connections is gone: what a slow
+        attack's connections held would otherwise stay resident at its peak."""
+        open_now = len(self.connections)
+        if open_now > self._peak_connections:
+            self._peak_connections = open_now
+        elif self._peak_connections >= TRIM_AFTER_CONNECTIONS and open_now <= self._peak_connections // 4:
+            self._peak_connections = open_now
+            release_freed_memory()
 
     async def shutdown(self, grace: float) -> None:
         """Close idle connections now, the rest once answered; give up after ``grace``."""
@@ -1181,6 +1262,11 @@ class Http1Server:
 
     def forget(self, conn: Http1Connection) -> None:
         self.connections.discard(conn)
+        key = conn.capped_as
+        if key is not None:
+            conn.capped_as = None
+            assert self.connection_caps is not None
+            self.connection_caps.give_back(key)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
 

@@ -34,6 +34,19 @@ UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset")
 # Seconds between folds of the per-request durations into counts and buckets.
 FOLD_INTERVAL: Final = 0.25
 STATE_BACKENDS = ("memory", "redis")
+# What a client can run into that is not a rule (``shield_client_limits``): a head too slow
+# (timeouts.client_header) or too large (limits.max_header_total), a body below
+# limits.min_data_rate, an answer not read (timeouts.client_send) or read below the minimum rate,
+# and the per-client caps.
+CLIENT_LIMIT_KINDS = (
+    "client_header",
+    "header_total",
+    "body_rate",
+    "client_send",
+    "read_rate",
+    "connections_per_client",
+    "requests_per_client",
+)
 
 # Seconds. Shield's own answers take tens of microseconds, forwarded ones what the upstream takes:
 # fine steps below 100 ms where budgets live, coarse ones up to the 60 s upstream timeout.
@@ -122,6 +135,7 @@ class ProxyStats:
         self.durations: dict[tuple[str, str, str, str], list[float]] = {}
         self.upstream_durations: list[float] = []
         self.upstream_errors: Counter[str] = Counter({kind: 0 for kind in UPSTREAM_ERROR_KINDS})
+        self.client_limits: Counter[str] = Counter({kind: 0 for kind in CLIENT_LIMIT_KINDS})
         self.in_flight: Callable[[], float] = lambda: 0.0
         # (rule, would-be decision) for rules in mode: dry-run
         self.dry_run: Counter[tuple[str, str]] = Counter()
@@ -186,6 +200,7 @@ class ProxyStats:
             self.rule_histogram(rule).add(histogram)
         self.upstream_seconds.add(other.upstream_seconds)
         self.upstream_errors.update(other.upstream_errors)
+        self.client_limits.update(other.client_limits)
         self.dry_run.update(other.dry_run)
         self.config_reloads.update(other.config_reloads)
         self.state_errors.update(other.state_errors)
@@ -203,6 +218,7 @@ class ProxyStats:
             "request_seconds": {rule: [h.counts, h.total] for rule, h in self.request_seconds.items()},
             "upstream_seconds": [self.upstream_seconds.counts, self.upstream_seconds.total],
             "upstream_errors": dict(self.upstream_errors),
+            "client_limits": dict(self.client_limits),
             "in_flight": self.in_flight(),
             "dry_run": [[*labels, count] for labels, count in self.dry_run.items()],
             "config_reloads": dict(self.config_reloads),
@@ -230,6 +246,7 @@ class ProxyStats:
             stats.rule_histogram(rule).add(_histogram(counts, total))
         stats.upstream_seconds = _histogram(*data["upstream_seconds"])
         stats.upstream_errors.update({k: int(v) for k, v in data["upstream_errors"].items()})
+        stats.client_limits.update({k: int(v) for k, v in data.get("client_limits", {}).items()})
         in_flight = float(data["in_flight"])
         stats.in_flight = lambda: in_flight
         for rule, decision, count in data["dry_run"]:
@@ -336,6 +353,13 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         "Requests the upstream failed, by kind of failure.",
         ["kind"],
         stats.upstream_errors.items(),
+    )
+    yield _counter(
+        "shield_client_limits",
+        "Clients cut off or refused by a limit that is not a rule: a slow or oversized head, a "
+        "body or a reader below the minimum rate, an answer not read, a per-client cap.",
+        ["limit"],
+        stats.client_limits.items(),
     )
     yield _counter(
         "shield_dry_run_decisions",

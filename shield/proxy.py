@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Final
@@ -208,7 +209,7 @@ class Proxy:
                 try:
                     read, complete = await pieces.buffer(settings.buffer_request_body)
                 except (BodyTooLarge, ClientBodyError) as error:
-                    return _body_refusal(error)
+                    return _body_refusal(error, self.stats.client_limits)
                 if complete:
                     body = read
                     framing = b"Content-Length: %d\r\n" % len(body)
@@ -270,7 +271,7 @@ class Proxy:
             if conn is not None:
                 conn.close()
             if upload is not None:
-                refusal = _client_body_refusal(upload)
+                refusal = _client_body_refusal(upload, self.stats.client_limits)
                 if refusal is not None:
                     return refusal
             return self._upstream_failed(error)
@@ -435,20 +436,23 @@ def _continue_if_expected(request: Request) -> None:
         request.transport.write(_CONTINUE)
 
 
-def _client_body_refusal(upload: asyncio.Task[None]) -> web.Response | None:
+def _client_body_refusal(upload: asyncio.Task[None], limits: Counter[str]) -> web.Response | None:
     """The answer for a client whose own body failed the upload, if that is what happened."""
     if not upload.done():
         upload.cancel()
         return None
     error = None if upload.cancelled() else upload.exception()
     if isinstance(error, BodyTooLarge | ClientBodyError):
-        return _body_refusal(error)
+        return _body_refusal(error, limits)
     return None
 
 
-def _body_refusal(error: BodyTooLarge | ClientBodyError) -> web.Response:
+def _body_refusal(error: BodyTooLarge | ClientBodyError, limits: Counter[str]) -> web.Response:
+    """The answer to a body that failed; one sent below the minimum rate is counted in
+    ``limits`` (``shield_client_limits{limit="body_rate"}``)."""
     if isinstance(error, BodyTooLarge):
         return plain_response(413, "Request body too large.", close=True)
     if isinstance(error, BodyTooSlow):
+        limits["body_rate"] += 1
         return plain_response(408, "Request body too slow.", close=True)
     return plain_response(400, "Incomplete request body.", close=True)

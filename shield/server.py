@@ -32,6 +32,7 @@ from shield.introspect import Introspector, introspection_cache
 from shield.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.observe import Observer
 from shield.overload import OverloadGate
+from shield.policy.client_caps import cap_of
 from shield.policy.client_ip import ClientResolver
 from shield.policy.closures import Closure, policy_closures, runtime_closures
 from shield.policy.identity import IdentityResolver
@@ -211,6 +212,9 @@ class Shield:
                 ssl_context=upstream_tls,
             )
         clients = config.clients
+        resolver = ClientResolver(
+            clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header
+        )
         gatekeeper = Gatekeeper(
             holder=self.holder,
             proxy=proxy,
@@ -218,9 +222,7 @@ class Shield:
             identities=self.identities,
             clock=self.clock,
             stats=self.stats,
-            clients=ClientResolver(
-                clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header
-            ),
+            clients=resolver,
             introspector=self.introspector,
             identity_headers=config.forwarding.identity_headers,
             overload=OverloadGate(config.overload, proxy, self.clock) if config.overload else None,
@@ -228,6 +230,7 @@ class Shield:
             switches=self.switches,
             bans=self.bans,
             challenge=ChallengeGate(config.challenge, wall=self.wall),
+            requests_per_client=cap_of(config.limits.max_requests_per_client),
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -254,6 +257,9 @@ class Shield:
             lingering=2.0,
             proxy_protocol=config.listen.proxy_protocol,
             underscores_in_headers=config.forwarding.underscores_in_headers,
+            connection_caps=cap_of(limits.max_connections_per_client),
+            connection_key=resolver.connection_key,
+            client_limits=self.stats.client_limits,
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(

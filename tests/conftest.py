@@ -41,6 +41,22 @@ def shield_config(upstream_url: str, **sections: Any) -> ShieldConfig:
     return ShieldConfig.model_validate(data)
 
 
+async def scraped(shield: Shield, counter: str) -> dict[str, float]:
+    """A labelled counter's values (``shield_upstream_errors``: {"connect": 1.0, ...}), by its one
+    label's value, scraped from the admin listener as Prometheus would."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
+    ):
+        text = await response.text()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(counter + "_total{"):
+            labels, _, value = line.partition(" ")
+            values[labels.split('"')[1]] = float(value)
+    return values
+
+
 @pytest.fixture
 async def make_shield() -> AsyncIterator[MakeShield]:
     """``await make_shield(upstream_url, timeouts={...}, ...)`` starts a Shield; stopped after."""

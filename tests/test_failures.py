@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from shield.server import Shield
-from tests.conftest import MakeShield, url_of
+from tests.conftest import MakeShield, scraped, url_of
 from tests.test_proxy_http import (
     OK,
     RawUpstream,
@@ -69,17 +69,7 @@ def hanging_up(answer: bytes) -> Respond:
 
 async def upstream_errors(shield: Shield) -> dict[str, float]:
     """``shield_upstream_errors_total`` by kind, scraped from the admin listener."""
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
-    ):
-        text = await response.text()
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith('shield_upstream_errors_total{kind="'):
-            labels, _, value = line.partition(" ")
-            counts[labels.split('"')[1]] = float(value)
-    return counts
+    return await scraped(shield, "shield_upstream_errors")
 
 
 def closed_port() -> int:

@@ -8,6 +8,7 @@ request head is bounded in all (``limits.max_header_total``), not only per line 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from shield import http1
 from shield.server import Shield
-from tests.conftest import MakeShield, serve, url_of
+from tests.conftest import MakeShield, scraped, serve, url_of
 from tests.test_http_integrity import FakeTransport
 from tests.test_proxy_http import (
     StartUpstream,
@@ -34,6 +35,7 @@ from tests.test_proxy_http import (
 __all__ = ["raw_upstream"]  # the fixture, imported for this module's tests
 
 PIECE = 16 * 1024
+GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
 async def test_a_slow_upload_longer_than_the_header_wait_completes(
@@ -105,6 +107,7 @@ async def test_a_head_past_max_header_total_is_refused_while_it_arrives(
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert sent < 40 * 1000  # refused at about 16 KiB of the 64 the client would have sent
     assert upstream.heads == []
+    assert (await scraped(shield, "shield_client_limits"))["header_total"] == 1
 
 
 async def test_a_head_within_max_header_total_passes(
@@ -157,14 +160,20 @@ async def test_a_client_that_never_reads_frees_its_upstream_connection_within_cl
     got = await read_until_closed(reader, timeout=10)
     writer.close()
     assert len(got) < 64 * 1024 * 1024
+    assert (await scraped(shield, "shield_client_limits"))["client_send"] == 1
 
 
-async def test_a_read_full_of_pipelined_requests_is_not_parsed_past_the_cap() -> None:
+@contextlib.asynccontextmanager
+async def stuck_on_its_first_answer() -> AsyncIterator[
+    tuple[http1.Http1Connection, FakeTransport, asyncio.Event]
+]:
+    """A connection whose first answer never ends (its client never gets or reads it), so what
+    it reads next waits its turn; the event is set once that first request is being answered."""
     started = asyncio.Event()
 
     async def never_done(request: http1.Request) -> http1.Written:
         started.set()
-        await asyncio.Event().wait()  # a client that never gets (or reads) its first answer
+        await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
     server = http1.Http1Server(
@@ -173,19 +182,46 @@ async def test_a_read_full_of_pipelined_requests_is_not_parsed_past_the_cap() ->
     conn = server()
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
-    flood = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * (256 * 1024 // 27)  # 9,700 requests in one read
+    try:
+        yield conn, transport, started
+    finally:
+        server.close_all()
 
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    conn.data_received(flood)
-    await started.wait()
-    grown = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+
+async def test_a_read_full_of_pipelined_requests_is_not_parsed_past_the_cap() -> None:
+    flood = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * (256 * 1024 // 27)  # 9,700 requests in one read
+    async with stuck_on_its_first_answer() as (conn, transport, started):
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        conn.data_received(flood)
+        await started.wait()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
 
     # Parsing stopped within a slice of the pipelining cap: the rest of the read waits as bytes.
     assert not transport.reading
     assert grown < 512 * 1024  # it was 3.8 MB a connection
-    server.close_all()
+
+
+async def test_pipelined_requests_with_bodies_are_not_read_past_the_byte_cap() -> None:
+    # Fewer requests than the count cap (16), but 480 KiB of bodies waiting behind the first.
+    post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 32768\r\n\r\n" + b"x" * 32768
+    flood = GET + post * 15
+    reads = [flood[start : start + 65536] for start in range(0, len(flood), 65536)]
+    async with stuck_on_its_first_answer() as (conn, transport, started):
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        while reads and transport.reading:  # as the event loop reads a socket: until paused
+            conn.data_received(reads.pop(0))
+        await started.wait()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+
+    # Reading paused at the byte cap (64 KiB of requests waiting, a read past it at most), not
+    # once all fifteen bodies were held.
+    assert not transport.reading
+    assert reads
+    assert grown < 192 * 1024
 
 
 async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
@@ -200,6 +236,24 @@ async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
 
     assert all(answer.status == 200 for answer in answers)
     assert [r.line for r in upstream.requests] == [b"GET /%d HTTP/1.1" % n for n in range(count)]
+
+
+async def test_pipelined_requests_with_bodies_are_all_served_in_order_past_the_byte_cap(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    upstream, shield = await proxied(raw_upstream, make_shield)
+    count = 24  # 24 x 16 KiB bodies: the byte cap pauses reading again and again on the way
+
+    async with connect(shield) as (reader, writer):
+        for n in range(count):
+            body = bytes([65 + n]) * PIECE
+            writer.write(b"POST /%d HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (n, PIECE, body))
+        answers = [await read_response(reader) for _ in range(count)]
+
+    assert all(answer.status == 200 for answer in answers)
+    assert [(r.line, r.body) for r in upstream.requests] == [
+        (b"POST /%d HTTP/1.1" % n, bytes([65 + n]) * PIECE) for n in range(count)
+    ]
 
 
 # -- buffering and minimum rates --------------------------------------------------------------
@@ -301,6 +355,7 @@ async def test_an_upload_slower_than_min_data_rate_gets_408(
         _, answer = await write_until_answered(reader, writer, [b"x" * 10] * 100, wait=0.1)
 
     assert answer.startswith(b"HTTP/1.1 408 ")
+    assert (await scraped(shield, "shield_client_limits"))["body_rate"] == 1
 
 
 async def test_a_reader_slower_than_min_data_rate_is_cut_off(
@@ -338,3 +393,4 @@ async def test_a_reader_slower_than_min_data_rate_is_cut_off(
     assert reset and loop.time() - started < 5
     assert got < 64 * 1024 * 1024
     assert await served_within(shield, 2.0) == 200  # and its upstream connection is free again
+    assert (await scraped(shield, "shield_client_limits"))["read_rate"] == 1

@@ -14,7 +14,7 @@ from shield.limiter import Gcra, MemoryLimiter
 FLOOD = """
 import gc, json, os
 from shield.limiter import Gcra, MemoryLimiter
-from shield.state.backend import release_freed_memory
+from shield.heap import release_freed_memory
 
 def resident():
     with open("/proc/self/statm") as statm:

@@ -210,6 +210,20 @@ class Limits(Section):
         "is over: a slower upload gets 408, a slower reader of a streamed answer is cut off "
         "(Kestrel's minimum data rates). 0: no minimum.",
     )
+    max_connections_per_client: int = Field(
+        0,
+        ge=0,
+        description="Connections one address may hold open at once; past it a new one is closed "
+        "at once (nginx's limit_conn). Trusted proxies are not counted (they carry many "
+        "clients); an IPv6 client counts by clients.ipv6_prefix. 0: no cap.",
+    )
+    max_requests_per_client: int = Field(
+        0,
+        ge=0,
+        description="Requests one client (its throttle key: behind trusted proxies, the client "
+        "they name) may have forwarded at once; past it 429 with Retry-After. Shield's own "
+        "answers and WebSocket sessions are not counted. 0: no cap.",
+    )
 
 
 class Forwarding(Section):

@@ -118,6 +118,22 @@ class ClientResolver:
             return f"{network.network_address}/{self._prefix}"
         return str(address)
 
+    def connection_key(self, peer: str) -> str | None:
+        """What a connection from ``peer`` counts under for ``max_connections_per_client``:
+        the key the throttles use (an IPv6 client's prefix), or None for a trusted proxy, whose
+        connections carry many clients."""
+        client = self._peers.get(peer)
+        if client is not None:
+            return client.key
+        if peer in self._trusted_peers:
+            return None
+        address = parse_address(peer)
+        if address is None:
+            return peer
+        if self._trusted and self.is_trusted(address):
+            return None
+        return self.key(address)
+
     def resolve(self, peer: str, headers: MultiMapping[str]) -> Client:
         client = self._peers.get(peer)
         if client is not None:

@@ -8,38 +8,16 @@ serves every later feature that needs state shared between replicas.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import functools
 
 from shield.clock import Clock
 from shield.config.state import StateConfig
+from shield.heap import release_freed_memory
 from shield.introspect import IdentityCache
 from shield.limiter import MemoryLimiter
 from shield.metrics import ProxyStats
 from shield.state.connect import connect
 from shield.state.redis_throttle import RedisThrottle
 from shield.state.shared_cache import SharedIdentityCache
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap back to the system after an attack's buckets are gone.
-
-    glibc keeps freed memory for reuse until trimmed, so without this the process's resident
-    size stays at its peak although the buckets are gone (measured: 11 MB of 52 MB kept).
-    """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 class StateBackend:
