@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 
 
 @functools.cache
@@ -27,3 +28,17 @@ def release_freed_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def release_garbage() -> None:
+    """Collect cyclic garbage, then hand the freed heap back (``release_freed_memory``).
+
+    What a closed connection held is often reachable only from reference cycles (an exception,
+    its traceback, the frames that held the answer being written), which the cyclic collector
+    frees only once enough new objects were allocated: after an attack ends there are none, and
+    the answers its connections held stayed resident (a slow read of 2,000 x 300 KB kept 150 MB
+    until something else ran the collector). A full collection takes milliseconds per hundred
+    thousand objects: this runs after a crowd of connections is gone, not per request.
+    """
+    gc.collect()
+    release_freed_memory()

@@ -47,7 +47,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.exchange import Exchange
 from shield.flow import WriteFlow
-from shield.heap import release_freed_memory
+from shield.heap import release_garbage
 from shield.policy.client_caps import HeldPerClient
 from shield.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.response import DateHeader, status_line
@@ -530,8 +530,16 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         for request in (self._current, self._parsing, *self._queue):
             if request is not None:
                 request.content.lost()
+        # What refers back to this connection is let go, so that it and what it held go now,
+        # not when the cyclic collector next runs (after an attack, it may not for minutes: the
+        # answers of 2,000 slow readers stayed resident). The serving task, cancelled: its
+        # CancelledError's traceback holds the task's frame, which holds this connection. The
+        # parser (it calls back into this connection) and the requests (each knows it).
         self._queue.clear()
+        self._current = self._parsing = None
+        self._parser = None
         task = self._serving
+        self._serving = None
         if task is not None and not task.done():
             task.cancel()
         self.writing_failed(ConnectionResetError("the client went away"))
@@ -895,6 +903,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             self._finished(request, keep_alive)
             if self._current is request:
                 return
+            del request, reply  # an idle keep-alive connection holds neither, nor the answer's bytes
 
     def _finished(self, request: Request, keep_alive: bool) -> None:
         self._current = None
@@ -1249,7 +1258,7 @@ class Http1Server:
             self._peak_connections = open_now
         elif self._peak_connections >= TRIM_AFTER_CONNECTIONS and open_now <= self._peak_connections // 4:
             self._peak_connections = open_now
-            release_freed_memory()
+            release_garbage()
 
     async def shutdown(self, grace: float) -> None:
         """Close idle connections now, the rest once answered; give up after ``grace``."""
