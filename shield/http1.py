@@ -70,8 +70,10 @@ MAX_PIPELINED_BYTES: Final = 64 * 1024
 PARSE_SLICE: Final = 4096
 
 # Once this many connections were open at once and at most a quarter of them are left (an
-# attack's connections closed or cut off), freed memory is handed back to the system.
-TRIM_AFTER_CONNECTIONS: Final = 256
+# attack's connections closed or cut off), freed memory is handed back to the system; at most
+# once every TRIM_INTERVAL seconds (a collection of every object pauses the loop briefly).
+TRIM_AFTER_CONNECTIONS: Final = 128
+TRIM_INTERVAL: Final = 10.0
 
 # Bytes a client may send while Shield lingers after answering and closing (see ``_close``).
 LINGER_BYTES: Final = 8 * 1024 * 1024
@@ -1228,6 +1230,7 @@ class Http1Server:
         self._ticker: asyncio.TimerHandle | None = None
         # The most connections open at once since memory was last handed back.
         self._peak_connections = 0
+        self._trimmed_at = -TRIM_INTERVAL
         self._all_closed: asyncio.Event | None = None
 
     def __call__(self) -> Http1Connection:
@@ -1246,18 +1249,23 @@ class Http1Server:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check_deadline(now)
-        self._trim_after_a_drop()
+        self._trim_after_a_drop(now)
         if self.connections:
             self.watch()
 
-    def _trim_after_a_drop(self) -> None:
+    def _trim_after_a_drop(self, now: float) -> None:
         """Hand freed memory back once most of a crowd of connections is gone: what a slow
         attack's connections held would otherwise stay resident at its peak."""
         open_now = len(self.connections)
         if open_now > self._peak_connections:
             self._peak_connections = open_now
-        elif self._peak_connections >= TRIM_AFTER_CONNECTIONS and open_now <= self._peak_connections // 4:
+        elif (
+            self._peak_connections >= TRIM_AFTER_CONNECTIONS
+            and open_now <= self._peak_connections // 4
+            and now - self._trimmed_at >= TRIM_INTERVAL
+        ):
             self._peak_connections = open_now
+            self._trimmed_at = now
             release_garbage()
 
     async def shutdown(self, grace: float) -> None:

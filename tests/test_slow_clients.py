@@ -259,6 +259,34 @@ async def test_a_connection_gone_while_idle_leaves_nothing_for_the_cyclic_collec
     assert not left, sorted(left)
 
 
+async def test_memory_is_handed_back_once_a_crowd_of_connections_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(http1, "release_garbage", lambda: trims.append(1.0))
+
+    async def handler(request: http1.Request) -> http1.Written:
+        raise AssertionError("no request is sent")
+
+    server = http1.Http1Server(
+        handler, header_timeout=60, keepalive_timeout=60, max_line=8190, max_headers=100
+    )
+    crowd = []
+    for _ in range(200):
+        conn = server()
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        crowd.append(conn)
+    server._tick()
+    assert trims == []  # a crowd that is there is not trimmed for
+
+    for conn in crowd[:150]:
+        conn.connection_lost(None)  # three quarters of it gone
+    server._tick()
+    server._tick()
+    assert trims == [1.0]  # once, not at every tick
+    server.close_all()
+
+
 async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
     raw_upstream: StartUpstream, make_shield: MakeShield
 ) -> None:
