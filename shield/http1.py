@@ -939,6 +939,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
         if queue and self._current is None and not self._writing_paused:
             request = queue.popleft()
             self._waiting_bytes -= request.waiting_bytes
+            request.waiting_bytes = 0  # no longer waiting: the rest of its body is not counted
             self._start(request)
             if (
                 self._paused

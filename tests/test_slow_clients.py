@@ -287,6 +287,29 @@ async def test_memory_is_handed_back_once_a_crowd_of_connections_is_gone(
     server.close_all()
 
 
+async def test_a_pipelined_request_answered_before_its_body_came_leaves_reading_on(
+    raw_upstream: StartUpstream, make_shield: MakeShield
+) -> None:
+    # Found by the property tests (10,000 examples): the body of a request that waited behind
+    # another one was still counted as waiting once it was answered, and reading stayed paused.
+    rules = [{"name": "no-evil", "match": {"headers": {"X-Evil": "present"}}, "action": "block"}]
+    upstream, shield = await proxied(raw_upstream, make_shield, rules=rules)
+    blocked = b"GET /b HTTP/1.1\r\nHost: a\r\nX-Evil: 1\r\nContent-Length: 70000\r\n\r\n"
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET /a HTTP/1.1\r\nHost: a\r\nX-Evil: 1\r\n\r\n" + blocked + b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # both answered 403; the second body still to come
+        writer.write(b"x" * 69999 + b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+        statuses = [(await read_response(reader)).status for _ in range(3)]
+        writer.write(b"GET /d HTTP/1.1\r\nHost: a\r\n\r\n")  # once all of that is answered
+        later = await asyncio.wait_for(read_response(reader), 5)
+
+    assert statuses == [403, 403, 200]
+    assert later.status == 200
+    assert [r.line for r in upstream.requests] == [b"GET /c HTTP/1.1", b"GET /d HTTP/1.1"]
+
+
 async def test_requests_left_unparsed_are_served_once_the_client_reads_again(
     raw_upstream: StartUpstream, make_shield: MakeShield
 ) -> None:
