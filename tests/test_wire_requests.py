@@ -82,8 +82,10 @@ from tests.wire_strategies import (
 
 # The statuses of a clean refusal of a request Shield cannot forward as sent.
 REFUSALS: Final = frozenset({400, 411, 413, 417, 431, 501, 505})
-# Shield answers in milliseconds; a request neither answered nor refused fails after this.
-ANSWER_WAIT: Final = 0.5
+# Shield answers in milliseconds; a request neither answered nor refused fails after this. (At
+# 0.5 s, one example in 10,000 timed out on this VM, whose speed swings fourfold from second to
+# second, and hypothesis could not reproduce any of them.)
+ANSWER_WAIT: Final = 2.0
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 CLIENT_IP: Final = b"127.0.0.1"
 
@@ -772,7 +774,10 @@ def judge_answer(
     where = f"answer {number} (to {request!r})"
     if request.defect is not None:
         assert response.status in REFUSALS, f"{where}: {response.status}, not a refusal"
-        assert response.interim == [], f"{where}: an interim answer before a refusal"
+        # A defect in the body may be met after the head was taken and 100 Continue sent (when
+        # the body came in a later read): any final status may follow it (RFC 9110 §10.1.1).
+        continued = request.defect.in_body and response.interim == [CONTINUE]
+        assert response.interim == [] or continued, f"{where}: an interim answer before a refusal"
         return not (request.defect.fatal or closes(response))
     if request.refused_on_purpose:
         assert response.status in REFUSALS, f"{where}: {response.status}, not a refusal"
