@@ -302,7 +302,7 @@ class Gatekeeper:
         if self.overload is None and self.requests_per_client is None:
             response = await self.proxy.forward(request, target, extra, upstream)  # the common case
         else:
-            response = await self._capped(request, target, extra, rule, identity, upstream)
+            response = await self._forward_within_limits(request, target, extra, rule, identity, upstream)
         exchange = request.exchange
         if rule is None:
             exchange.labels = (
@@ -321,7 +321,7 @@ class Gatekeeper:
             trigger.answered(self.now(), response.status >= 500)
         return response
 
-    async def _capped(
+    async def _forward_within_limits(
         self,
         request: Request,
         target: bytes,
