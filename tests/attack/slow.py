@@ -50,6 +50,7 @@ from tests.bench.run_bench import (  # noqa: E402
     free_port,
     nginx_common,
     shield_bin,
+    static_files,
 )
 
 PROBE_FROM = "127.0.0.2"
@@ -121,12 +122,7 @@ def raise_descriptor_limit() -> None:
 
 
 def upstream_conf(root: Path, port: int) -> str:
-    www = root / "www"
-    www.mkdir()
-    (www / "page").write_bytes(b"p" * PAGE)
-    (www / "big").write_bytes(b"b" * BIG)
-    for path in (root, www, www / "page", www / "big"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    www = static_files(root, {"page": b"p" * PAGE, "big": b"b" * BIG})
     return (
         nginx_common(root, "upstream")
         + f"""

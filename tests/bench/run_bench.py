@@ -290,12 +290,20 @@ http {{
 """
 
 
-def upstream_nginx_conf(root: Path, port: int) -> str:
+def static_files(root: Path, files: dict[str, bytes]) -> Path:
+    """``root/www`` holding ``files`` (name -> content), readable by nginx workers running as
+    nobody; its path."""
     www = root / "www"
     www.mkdir()
-    (www / "16k").write_bytes(b"x" * PATHS["/16k"])
-    for path in (root, www, www / "16k"):  # the workers may run as nobody
+    for name, content in files.items():
+        (www / name).write_bytes(content)
+    for path in (root, www, *(www / name for name in files)):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    return www
+
+
+def upstream_nginx_conf(root: Path, port: int) -> str:
+    www = static_files(root, {"16k": b"x" * PATHS["/16k"]})
     return (
         nginx_common(root, "upstream")
         + f"""
