@@ -1,10 +1,11 @@
 """Shield: an asyncio reverse proxy that shields a web service from abuse.
 
-The package keeps decisions apart from I/O. ``shield.config`` and ``shield.headers`` are pure:
-they never await and never import aiohttp, redis or prometheus_client, so they can be tested
-with plain values and reused by ``shield check`` and ``shield explain``. Everything that touches
-sockets, files or metrics lives in ``upstream``, ``proxy``, ``server``, ``admin`` and ``cli``.
-``tests/test_layering.py`` keeps that true.
+The folders follow a request: ``http`` (the wire) -> ``ops.observer`` -> ``enforce.gatekeeper``,
+which asks ``decide`` (pure: it never awaits and imports nothing of Shield's beyond ``decide``
+and ``config``) and acts on the answer with ``enforce`` (Shield's own answers, bans, challenges)
+or ``upstream`` (the pool and forwarding). ``state`` keeps throttle and records in memory or
+Redis; ``ops`` is what operators see; ``app`` assembles and runs it all. The README's Layout
+section has the map; ``tests/test_layering.py`` keeps the pure part pure.
 """
 
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 def _load_or_report(path: str) -> ShieldConfig | None:
     """The config at ``path`` with its rules compiled once, or None after printing every error."""
-    from shield.reload import build_runtime
+    from shield.app.reload import build_runtime
 
     warnings: list[ConfigIssue] = []
     try:
@@ -57,7 +57,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shield.runner import run
+    from shield.app.processes import run
 
     config = _load_or_report(args.config)
     if config is None:
@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ctl_closures(config: ShieldConfig) -> dict[str, str] | None:
     """The running Shield's ctl closures (rule -> description), or None if it cannot be asked."""
-    from shield import ctl_client
+    from shield.ops import ctl_client
 
     assert config.admin.ctl is not None
     try:
@@ -86,7 +86,7 @@ def _admin_url(config: ShieldConfig) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from shield.explain import explain
+    from shield.ops.explain import explain
 
     config = _load_or_report(args.config)
     if config is None:
@@ -116,7 +116,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shield.demo_runner import run_demo
+    from shield.demo.runner import run_demo
 
     path = args.config or str(DEMO_CONFIG)
     config = _load_or_report(path)
@@ -152,7 +152,7 @@ def _ctl_target(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    from shield import ctl_client
+    from shield.ops import ctl_client
 
     target = _ctl_target(args)
     if target is None:

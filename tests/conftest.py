@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.config.model import ShieldConfig
-from shield.server import Shield
 
 MakeShield = Callable[..., Awaitable[Shield]]
 

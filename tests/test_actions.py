@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.policy.identity import ANONYMOUS, Identity
-from shield.server import Shield
+from shield.decide.identity import ANONYMOUS, Identity
 from tests.conftest import serve, shield_config, url_of
 
 CLOSED = "Registration may be busy. Please try again later."

@@ -22,9 +22,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config import parse_config
 from shield.config.auth import Auth
+from shield.decide.credentials import Authenticator, TtlCache, cookie_value
+from shield.decide.identity import Identity
 from shield.errors import ConfigError
-from shield.policy.auth import Authenticator, TtlCache, cookie_value
-from shield.policy.identity import Identity
 
 SECRET = "test-only-hmac-secret-" + "0123456789abcdef" * 3  # 70 bytes: enough for HS512
 

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
 from shield.config import load_config
 from shield.config.auto_close import AutoClose
-from shield.policy.trigger import Trigger
-from shield.server import Shield
+from shield.decide.trigger import Trigger
 from tests.conftest import shield_config, url_of
 
 

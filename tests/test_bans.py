@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.policy.bans import Offenses, Violations, ban_duration
-from shield.server import Shield
+from shield.decide.ban_escalation import Offenses, Violations, ban_duration
 from tests.conftest import serve, shield_config, url_of
 from tests.redis_servers import SHARED_REDIS_URL
 from tests.test_ctl import TOKEN, ctl, metric

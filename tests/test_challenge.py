@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield.challenge import safe_next
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.policy.challenge import Challenger, binding, leading_zero_bits, solve, solves
-from shield.server import Shield
+from shield.decide.challenge_tokens import Challenger, binding, leading_zero_bits, solve, solves
+from shield.enforce.challenge_gate import safe_next
 from tests.conftest import serve, shield_config, url_of
 from tests.test_ctl import metric
 

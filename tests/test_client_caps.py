@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield.policy.client_caps import HeldPerClient, cap_of
-from shield.policy.client_ip import ClientResolver
+from shield.decide.client_address import ClientResolver
+from shield.decide.client_caps import HeldPerClient, cap_of
 from tests.conftest import MakeShield, scraped, serve, url_of
 from tests.test_proxy_http import StartUpstream, proxied, raw_upstream
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shield.policy.client_ip import ClientResolver, parse_address
+from shield.decide.client_address import ClientResolver, parse_address
 from tests.conftest import MakeShield, serve, url_of
 
 

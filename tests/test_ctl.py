@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from shield import cli
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.server import Shield
 from tests.conftest import serve, shield_config, url_of
 from tests.redis_servers import SHARED_REDIS_URL
 

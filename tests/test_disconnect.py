@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield
 
 CLIENTS = 10_000

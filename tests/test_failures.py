@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield, scraped, url_of
 from tests.test_proxy_http import (
     OK,
@@ -29,7 +29,7 @@ from tests.test_proxy_http import (
 )
 
 TIMEOUT = 0.3
-# The pool checks deadlines every 0.1 s (upstream.py TICK); allow that and a loaded machine.
+# The pool checks deadlines every 0.1 s (shield/upstream/pool.py TICK); allow that and a loaded machine.
 LATE = 1.0
 
 

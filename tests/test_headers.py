@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from shield import headers as request_headers
-from shield import response
-from shield import target as request_targets
-from shield.headers import RequestHeadBuilder, filter_request_headers, filter_response_headers
-from shield.response import DateHeader, response_bytes, status_line
-from shield.target import host_name, request_target
+from shield.decide import host as hosts
+from shield.decide.host import host_name
+from shield.http import headers as request_headers
+from shield.http import response
+from shield.http.headers import RequestHeadBuilder, filter_request_headers, filter_response_headers
+from shield.http.response import DateHeader, response_bytes, status_line
+from shield.http.target import request_target
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -526,6 +527,6 @@ def test_host_name_is_the_lower_cased_host_without_port_or_trailing_dot(
 
 
 def test_remembered_host_names_are_bounded() -> None:
-    for i in range(2 * request_targets._HOSTS):
+    for i in range(2 * hosts._HOSTS):
         assert host_name(f"H{i}.example:80") == f"h{i}.example"
-    assert len(request_targets._hosts) <= request_targets._HOSTS
+    assert len(hosts._hosts) <= hosts._HOSTS

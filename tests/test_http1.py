@@ -16,7 +16,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from shield import http1
+from shield.http import connection as http_connection
 from tests.conftest import MakeShield
 from tests.test_proxy_http import (
     OK,
@@ -271,11 +271,11 @@ async def test_a_client_that_pipelines_without_reading_is_not_served_ahead_of_it
 
 
 def test_header_names_are_remembered_within_bounds() -> None:
-    for i in range(2 * http1._REMEMBERED_NAMES):
+    for i in range(2 * http_connection._REMEMBERED_NAMES):
         name = b"X-Name-%d" % i
-        assert http1._header_name(name) == (name.decode(), None)
-    assert len(http1._NAMES) <= http1._REMEMBERED_NAMES
-    assert http1._header_name(b"HOST") == ("HOST", b"host")
+        assert http_connection._header_name(name) == (name.decode(), None)
+    assert len(http_connection._NAMES) <= http_connection._REMEMBERED_NAMES
+    assert http_connection._header_name(b"HOST") == ("HOST", b"host")
     long_name = b"X-" + b"n" * 100
-    assert http1._header_name(long_name) == (long_name.decode(), None)
-    assert long_name not in http1._NAMES
+    assert http_connection._header_name(long_name) == (long_name.decode(), None)
+    assert long_name not in http_connection._NAMES

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shield import http1
+from shield.http import connection as http_connection
 from tests.conftest import MakeShield
 from tests.test_proxy_http import (
     OK,
@@ -496,17 +496,19 @@ async def test_draining_a_body_does_not_resume_reading_after_a_refusal() -> None
     bodies: list[bytes] = []
     body_read = asyncio.Event()
 
-    async def handler(request: http1.Request) -> http1.Written:
+    async def handler(request: http_connection.Request) -> http_connection.Written:
         bodies.append(await request.content.read())
         body_read.set()
         await asyncio.sleep(0.05)
-        return http1.Written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True, 200)
+        return http_connection.Written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True, 200)
 
-    server = http1.Http1Server(handler, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100)
+    server = http_connection.Http1Server(
+        handler, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100
+    )
     conn = server()
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
-    body = b"x" * (http1.BODY_HIGH_WATER + 1)
+    body = b"x" * (http_connection.BODY_HIGH_WATER + 1)
     # A body big enough to pause reading, then input that cannot be parsed, in one read.
     conn.data_received(
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s\x00bad" % (len(body), body)

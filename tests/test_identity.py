@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.introspect import BoundedMemoryCache
-from shield.policy.identity import Identity
-from shield.server import Shield
+from shield.decide.identity import Identity
+from shield.enforce.introspection import BoundedMemoryCache
 from tests.conftest import MakeShield, shield_config, url_of
 
 SECRET = "test-only-secret-" + "x" * 48

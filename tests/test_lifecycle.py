@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield, StartShield, children_of, free_port, url_of
 
 

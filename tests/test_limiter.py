@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shield import limiter as limiter_module
 from shield.clock import FakeClock
 from shield.config.rules import PolicyOptions, Rule, parse_limit
-from shield.limiter import Gcra, MemoryLimiter, RateLimitResult, ratelimit_lines
-from shield.policy.identity import ANONYMOUS, Identity
-from shield.policy.rules import CompiledRule, RequestView
+from shield.decide import gcra as gcra_module
+from shield.decide.gcra import Gcra, RateLimitResult, ratelimit_lines
+from shield.decide.identity import ANONYMOUS, Identity
+from shield.decide.policy import CompiledRule, RequestView
+from shield.state.memory_throttle import MemoryLimiter
 
 
 def rate(limit: str, burst: int | None = None) -> Gcra:
@@ -213,11 +214,11 @@ def test_admit_decides_and_charges_as_hit_does_and_says_the_same_headers() -> No
 
 def test_remembered_ratelimit_lines_stay_bounded_and_right() -> None:
     rate = Gcra(1_000_000, 1.0)
-    for remaining in range(2 * limiter_module._REMEMBERED_LINES):
+    for remaining in range(2 * gcra_module._REMEMBERED_LINES):
         assert rate.new_lines((remaining, 1)) == ratelimit_lines(
             RateLimitResult(True, rate.burst, remaining, 0.5, 0.0)
         )
-    assert len(rate.known_lines) <= limiter_module._REMEMBERED_LINES
+    assert len(rate.known_lines) <= gcra_module._REMEMBERED_LINES
 
 
 def test_peek_does_not_charge() -> None:

@@ -10,11 +10,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
 from shield.config.rules import PolicyOptions, Rule
-from shield.policy import rules as rules_module
-from shield.policy.identity import ANONYMOUS, Identity
-from shield.policy.memo import MAX_ENTRIES, MAX_LENGTH
-from shield.policy.paths import canonical_path
-from shield.policy.rules import CompiledRule, PathMatcher, Policy, RequestView
+from shield.decide import policy as policy_module
+from shield.decide.header_memo import MAX_ENTRIES, MAX_LENGTH
+from shield.decide.identity import ANONYMOUS, Identity
+from shield.decide.paths import canonical_path
+from shield.decide.policy import CompiledRule, PathMatcher, Policy, RequestView
 
 ALICE = Identity(True, "alice", "test resolver")
 
@@ -472,12 +472,12 @@ def test_rule_values_reach_the_compiled_matcher_as_data_never_as_code() -> None:
 
 def test_matchers_kept_by_method_and_path_stay_bounded() -> None:
     policy = make_policy({"name": "r", "match": {"paths": ["/api/**"]}, "action": "block"})
-    for i in range(3 * rules_module._KNOWN_ENTRIES):
+    for i in range(3 * policy_module._KNOWN_ENTRIES):
         assert decided(policy, view("GET", f"/api/{i}")) == "r"
         assert decided(policy, view(f"M{i % 200}", f"/x/{i}")) is None
-        assert len(policy.known) <= rules_module._KNOWN_ENTRIES
+        assert len(policy.known) <= policy_module._KNOWN_ENTRIES
     assert decided(policy, view("GET", "/api/" + "x" * 300)) == "r"  # too long to keep, still matched
-    assert all(len(path) <= rules_module._KNOWN_LENGTH for _, path in policy.known)
+    assert all(len(path) <= policy_module._KNOWN_LENGTH for _, path in policy.known)
 
 
 # What ignoring case matches besides the ASCII letter: the long s, the Kelvin sign.
@@ -494,11 +494,11 @@ LOOK_ALIKES = {"s": "\u017f", "k": "\u212a"}
     ],
 )
 def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patterns: list[str]) -> None:
-    regex = rules_module.joined_search(patterns)
+    regex = policy_module.joined_search(patterns)
     assert regex is not None
-    texts = rules_module.plain_texts(patterns)
+    texts = policy_module.plain_texts(patterns)
     assert texts is not None
-    search = rules_module.text_search(texts, regex.search)
+    search = policy_module.text_search(texts, regex.search)
     rng = random.Random(11)
     # ASCII of both cases, and look-alikes that ignoring case treats specially: the Kelvin sign
     # matches "k", the long s matches "s", dotted capital I lowers to two code points.
@@ -515,7 +515,7 @@ def test_plain_text_user_agent_patterns_are_searched_as_their_regexes_would(patt
 
 @pytest.mark.parametrize("patterns", [["(?i)sql.*map"], ["curl/[0-9]"], ["(?i)caf\u00e9"], ["(?x)bot"]])
 def test_user_agent_patterns_that_are_not_plain_text_keep_their_regex(patterns: list[str]) -> None:
-    assert rules_module.plain_texts(patterns) is None
+    assert policy_module.plain_texts(patterns) is None
 
 
 def test_user_agent_and_host_answers_are_remembered_within_bounds() -> None:

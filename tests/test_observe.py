@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from shield.access_log import format_line
-from shield.exchange import Exchange
-from shield.metrics import FOLD_INTERVAL, Histogram, ProxyStats, build_registry
-from shield.request_id import RequestIds
-from shield.server import Shield
+from shield.app.server import Shield
+from shield.http.exchange import Exchange
+from shield.http.request_id import RequestIds
+from shield.ops.access_log import format_line
+from shield.ops.metrics import FOLD_INTERVAL, Histogram, ProxyStats, build_registry
 from tests.conftest import MakeShield, url_of
 
 RULES: list[dict[str, Any]] = [

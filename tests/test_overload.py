@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.clock import FakeClock
-from shield.policy.admission import (
+from shield.decide.admission import (
     CRITICAL,
     LOW,
     NORMAL,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from shield.policy import paths
-from shield.policy.paths import UnsafePath, canonical_path
-from shield.target import request_target
+from shield.decide import paths
+from shield.decide.paths import UnsafePath, canonical_path
+from shield.http.target import request_target
 
 REGISTER = "/api/register"
 

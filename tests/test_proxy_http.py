@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield
 
 WAIT = 3.0  # generous bound on any single wire read; a passing test takes milliseconds
@@ -402,7 +402,7 @@ async def test_connect_is_refused_with_405(raw_upstream: StartUpstream, make_shi
         (b"/search?q=a+b&x=%2F%20&&y=%zz", b"/search?q=a+b&x=%2F%20&&y=%zz"),
         (b"/caf%C3%A9/menu/?lang=fr", b"/caf%C3%A9/menu/?lang=fr"),
         (b"/p?redirect=http://evil.example/%2e%2e", b"/p?redirect=http://evil.example/%2e%2e"),
-        # The rules engine matches a canonical path and forwards that same path (policy/paths.py);
+        # The rules engine matches a canonical path and forwards that same path (shield/decide/paths.py);
         # the query is never touched.
         (b"/a/%2e%2e/b?x=%20", b"/b?x=%20"),
     ],
@@ -723,7 +723,7 @@ async def test_early_hints_before_the_final_answer_leave_it_intact(
 
     response = await exchange(shield, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 
-    # Shield does not relay 1xx answers (upstream.py); the hint's headers stay on the hint.
+    # Shield does not relay 1xx answers (shield/upstream/pool.py); the hint's headers stay on the hint.
     assert response.interim == []
     assert (response.status, response.body) == (200, b"<html>")
     assert response.header(b"Link") == []

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse_proxy_header
-from shield.server import Shield
+from shield.app.server import Shield
+from shield.http.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse_proxy_header
 from tests.conftest import MakeShield
 
 V1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 8080\r\n"

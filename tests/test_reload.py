@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
 from shield.config import load_config
-from shield.server import Shield
 from tests.conftest import free_port, url_of
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield import http1
-from shield.server import Shield
+from shield.app.server import Shield
+from shield.http import connection as http_connection
 from tests.conftest import MakeShield, scraped, serve, url_of
 from tests.test_http_integrity import FakeTransport
 from tests.test_proxy_http import (
@@ -166,18 +166,18 @@ async def test_a_client_that_never_reads_frees_its_upstream_connection_within_cl
 
 @contextlib.asynccontextmanager
 async def stuck_on_its_first_answer() -> AsyncIterator[
-    tuple[http1.Http1Connection, FakeTransport, asyncio.Event]
+    tuple[http_connection.Http1Connection, FakeTransport, asyncio.Event]
 ]:
     """A connection whose first answer never ends (its client never gets or reads it), so what
     it reads next waits its turn; the event is set once that first request is being answered."""
     started = asyncio.Event()
 
-    async def never_done(request: http1.Request) -> http1.Written:
+    async def never_done(request: http_connection.Request) -> http_connection.Written:
         started.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    server = http1.Http1Server(
+    server = http_connection.Http1Server(
         never_done, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100
     )
     conn = server()
@@ -230,10 +230,12 @@ async def test_a_connection_gone_while_idle_leaves_nothing_for_the_cyclic_collec
     # once an attack is over, does not run: 2,000 slow readers' answers stayed resident).
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"p" * 100_000
 
-    async def handler(request: http1.Request) -> http1.Written:
-        return http1.Written(answer, True, 200)
+    async def handler(request: http_connection.Request) -> http_connection.Written:
+        return http_connection.Written(answer, True, 200)
 
-    server = http1.Http1Server(handler, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100)
+    server = http_connection.Http1Server(
+        handler, header_timeout=5, keepalive_timeout=5, max_line=8190, max_headers=100
+    )
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -263,12 +265,12 @@ async def test_memory_is_handed_back_once_a_crowd_of_connections_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     trims: list[float] = []
-    monkeypatch.setattr(http1, "release_garbage", lambda: trims.append(1.0))
+    monkeypatch.setattr(http_connection, "release_garbage", lambda: trims.append(1.0))
 
-    async def handler(request: http1.Request) -> http1.Written:
+    async def handler(request: http_connection.Request) -> http_connection.Written:
         raise AssertionError("no request is sent")
 
-    server = http1.Http1Server(
+    server = http_connection.Http1Server(
         handler, header_timeout=60, keepalive_timeout=60, max_line=8190, max_headers=100
     )
     crowd = []

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield, shield_config, url_of
 from tests.redis_servers import ClusterSetup, SentinelSetup, start_cluster, start_sentinel
 

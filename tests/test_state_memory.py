@@ -9,12 +9,14 @@ import sys
 
 import pytest
 
-from shield.limiter import Gcra, MemoryLimiter
+from shield.decide.gcra import Gcra
+from shield.state.memory_throttle import MemoryLimiter
 
 FLOOD = """
 import gc, json, os
-from shield.limiter import Gcra, MemoryLimiter
-from shield.heap import release_freed_memory
+from shield.decide.gcra import Gcra
+from shield.state.memory_throttle import MemoryLimiter
+from shield.app.heap import release_freed_memory
 
 def resident():
     with open("/proc/self/statm") as statm:

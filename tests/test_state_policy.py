@@ -6,8 +6,8 @@ import pytest
 
 from shield.config import parse_config
 from shield.config.state import parse_seed_url
+from shield.decide.gcra import Gcra
 from shield.errors import ConfigError
-from shield.limiter import Gcra
 from shield.state.breaker import CircuitBreaker
 from shield.state.overlimit import OverLimitCache
 

@@ -22,7 +22,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from shield.server import Shield
+from shield.app.server import Shield
 from shield.state.redis_throttle import SCRIPT_SHA, RedisThrottle
 from tests.conftest import MakeShield, StartShield, serve, url_of
 from tests.redis_servers import RedisServer

@@ -9,10 +9,10 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.clock import FakeClock
-from shield.policy.closures import Closure
-from shield.server import Shield
-from shield.status import StatusPage
+from shield.decide.closures import Closure
+from shield.ops.status_page import StatusPage
 from tests.conftest import MakeShield, serve, shield_config, url_of
 
 CLOSED = {

@@ -11,7 +11,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from shield.tunnel import splice
+from shield.upstream.tunnel import splice
 
 
 class _Accepted(asyncio.Protocol):

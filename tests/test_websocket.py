@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from shield.server import Shield
+from shield.app.server import Shield
 from tests.conftest import MakeShield
 from tests.test_proxy_http import RawUpstream, Respond
 

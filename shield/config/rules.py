@@ -1,7 +1,7 @@
 """The rule file's ``rules:`` list and ``policy:`` options: the typed model, validated at load.
 
 Strings an operator writes (limits like ``10/minute``, paths, CIDRs, regexes) are checked here,
-so ``shield check`` points at the line of a bad one; ``shield.policy`` compiles the valid model.
+so ``shield check`` points at the line of a bad one; ``shield.decide`` compiles the valid model.
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
+from shield.app.heap import release_freed_memory
 from shield.clock import Clock
 from shield.config.state import StateConfig
-from shield.heap import release_freed_memory
-from shield.introspect import IdentityCache
-from shield.limiter import MemoryLimiter
-from shield.metrics import ProxyStats
+from shield.enforce.introspection import IdentityCache
+from shield.ops.metrics import ProxyStats
 from shield.state.connect import connect
+from shield.state.memory_throttle import MemoryLimiter
 from shield.state.redis_throttle import RedisThrottle
 from shield.state.shared_cache import SharedIdentityCache
 

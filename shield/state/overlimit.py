@@ -9,7 +9,7 @@ between replicas and Redis does not leak in.
 
 from __future__ import annotations
 
-from shield.limiter import RateLimitResult
+from shield.decide.gcra import RateLimitResult
 
 
 class OverLimitCache:

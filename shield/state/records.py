@@ -24,7 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from shield.clock import Clock
-from shield.metrics import ProxyStats
+from shield.ops.metrics import ProxyStats
 from shield.state.connect import Connection, RedisClient
 
 log = logging.getLogger("shield.state")

@@ -26,10 +26,11 @@ from redis.exceptions import NoScriptError, RedisError
 
 from shield.clock import Clock
 from shield.config.state import StateConfig
-from shield.limiter import Gcra, MemoryLimiter, RateLimitResult
-from shield.metrics import ProxyStats
+from shield.decide.gcra import Gcra, RateLimitResult
+from shield.ops.metrics import ProxyStats
 from shield.state.breaker import CircuitBreaker
 from shield.state.connect import CLUSTER_CONNECTIONS, Connection, RedisClient
+from shield.state.memory_throttle import MemoryLimiter
 from shield.state.overlimit import OverLimitCache
 
 log = logging.getLogger("shield.state")

@@ -15,8 +15,8 @@ import logging
 from aiocache import RedisCache
 from aiocache.serializers import JsonSerializer
 
-from shield.introspect import IdentityCache
-from shield.policy.identity import Identity
+from shield.decide.identity import Identity
+from shield.enforce.introspection import IdentityCache
 from shield.state.redis_throttle import RedisThrottle
 
 log = logging.getLogger("shield.state")

@@ -21,11 +21,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.clock import MonotonicClock
 from shield.config import load_config
-from shield.limiter import MemoryLimiter
-from shield.policy.identity import NoIdentity
-from shield.policy.paths import canonical_path
-from shield.policy.rules import Policy, RequestView
-from shield.target import request_target
+from shield.decide.identity import NoIdentity
+from shield.decide.paths import canonical_path
+from shield.decide.policy import Policy, RequestView
+from shield.http.target import request_target
+from shield.state.memory_throttle import MemoryLimiter
 
 
 def twenty_rules() -> str:

@@ -33,10 +33,10 @@ from decision_cost import CASES, decider
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config import load_config
-from shield.policy.client_ip import ClientResolver
-from shield.proxy import head_builder
-from shield.request_id import RequestIds
-from shield.response import DateHeader, response_bytes
+from shield.decide.client_address import ClientResolver
+from shield.http.request_id import RequestIds
+from shield.http.response import DateHeader, response_bytes
+from shield.upstream.forward import head_builder
 
 WRK_HEADERS = ((b"Host", b"127.0.0.1:8080"), (b"User-Agent", b"curl/8.5.0"), (b"Accept", b"*/*"))
 NGINX_2B = [

@@ -32,9 +32,9 @@ from itsdangerous import Signer
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config.auth import Auth
-from shield.policy.auth import Authenticator
-from shield.policy.client_ip import ClientResolver
-from shield.policy.identity import IdentityResolver, NoIdentity
+from shield.decide.client_address import ClientResolver
+from shield.decide.credentials import Authenticator
+from shield.decide.identity import IdentityResolver, NoIdentity
 
 SECRET = "bench-secret-" + "x" * 64
 

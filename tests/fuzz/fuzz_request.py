@@ -2,7 +2,7 @@
 """Fuzz target: Shield's request path. What the rules judged is what the upstream gets.
 
 The input, cut into reads at the fuzzer's choice of boundaries, goes to a real ``Http1Connection``
-over a fake transport. Its handler does what the gatekeeper and ``shield/proxy.py`` do with a
+over a fake transport. Its handler does what the gatekeeper and ``shield/upstream/forward.py`` do with a
 request (the origin-form target, 100 Continue, the body read whole or streamed) and builds the
 upstream request with the real ``RequestHeadBuilder``, the body framed as Shield frames it.
 h11, a parser that is not llhttp, then reads each upstream request and what the client got
@@ -32,9 +32,10 @@ if FUZZING:  # run as a script: make ``tests.fuzz`` importable
 
 with atheris.instrument_imports(include=["shield"]) if FUZZING else contextlib.nullcontext():
     from shield.config.model import ShieldConfig
-    from shield.headers import CLIENT_ADDRESS_HEADERS, HOP_BY_HOP, IDENTITY_HEADERS, REWRITE_HEADERS
-    from shield.http1 import Http1Connection, Http1Server, Request, Written
-    from shield.proxy import (
+    from shield.http.connection import Http1Connection, Http1Server, Request, Written
+    from shield.http.headers import CLIENT_ADDRESS_HEADERS, HOP_BY_HOP, IDENTITY_HEADERS, REWRITE_HEADERS
+    from shield.http.target import request_target
+    from shield.upstream.forward import (
         BodyPieces,
         BodyTooLarge,
         ClientBodyError,
@@ -42,7 +43,6 @@ with atheris.instrument_imports(include=["shield"]) if FUZZING else contextlib.n
         _continue_if_expected,
         head_builder,
     )
-    from shield.target import request_target
     from tests.fuzz import harness
     from tests.fuzz.harness import Fields, describe, fail, normalized
 

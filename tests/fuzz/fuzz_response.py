@@ -34,9 +34,9 @@ if FUZZING:  # run as a script: make ``tests.fuzz`` importable
 
 with atheris.instrument_imports(include=["shield"]) if FUZZING else contextlib.nullcontext():
     from shield.errors import UpstreamError
-    from shield.headers import HOP_BY_HOP
-    from shield.response import DateHeader, response_bytes, streamed_head
-    from shield.upstream import UpstreamConnection
+    from shield.http.headers import HOP_BY_HOP
+    from shield.http.response import DateHeader, response_bytes, streamed_head
+    from shield.upstream.pool import UpstreamConnection
     from tests.fuzz import harness
     from tests.fuzz.harness import Fields, describe, fail, normalized
 

@@ -1,0 +1,1 @@
+"""Assembly and lifecycle: the server, worker processes, reloads."""

@@ -1,0 +1,121 @@
+"""The throttle maths (GCRA). Pure: the time and the stored TAT are given by the caller.
+
+GCRA keeps one number per key, the theoretical arrival time (TAT). With emission interval
+``T = period / count`` and tolerance ``tau = T * burst``: a request at ``now`` is allowed when
+``max(tat, now) + T - tau <= now``, and then the TAT moves to ``max(tat, now) + T``. So exactly
+``burst`` requests pass at once, then one every ``T``, with no window edges to game (a fixed
+window lets 2x the limit through across an edge). A denied request writes nothing.
+
+``Gcra.apply`` is the step; where TATs are kept is ``shield.state`` (``memory_throttle`` in
+one process, ``redis_throttle`` across replicas).
+"""
+
+from __future__ import annotations
+
+from math import ceil
+from typing import NamedTuple
+
+
+class RateLimitResult(NamedTuple):
+    """What one check said, in the units of the RateLimit headers (seconds, whole requests)."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+    def headers(self) -> list[tuple[str, str]]:
+        """RateLimit-* headers (IETF draft-ietf-httpapi-ratelimit-headers), plus Retry-After."""
+        values = [
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(ceil(self.reset_after))),
+        ]
+        if not self.allowed:
+            values.append(("Retry-After", str(max(1, ceil(self.retry_after)))))
+        return values
+
+
+def ratelimit_lines(result: RateLimitResult) -> bytes:
+    """``result.headers()`` without Retry-After, as header lines for the proxy to add."""
+    return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+        result.limit,
+        result.remaining,
+        ceil(result.reset_after),
+    )
+
+
+_REMEMBERED_LINES = 1024
+
+# NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
+_result = tuple.__new__
+
+
+class Gcra:
+    """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
+
+    __slots__ = (
+        "burst",
+        "count",
+        "full_lines",
+        "interval",
+        "known_lines",
+        "lines_start",
+        "period",
+        "tolerance",
+    )
+
+    def __init__(self, count: int, period: float, burst: int | None = None) -> None:
+        self.count = count
+        self.period = period
+        self.burst = burst if burst is not None else count
+        self.interval = period / count
+        self.tolerance = self.interval * self.burst
+        # What ``ratelimit_lines`` of any verdict of this rate starts with.
+        self.lines_start = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: " % self.burst
+        # (remaining, reset) -> ``ratelimit_lines`` of an allowed verdict: a bucket is mostly in
+        # one of a few states, and formatting the numbers cost more than the GCRA step itself.
+        self.known_lines: dict[tuple[int, int], bytes] = {}
+        # The lines of one request into a full bucket, the common case: always the same.
+        self.full_lines = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % (
+            self.burst - 1,
+            ceil(self.interval),
+        )
+
+    def new_lines(self, state: tuple[int, int]) -> bytes:
+        """The lines of a (remaining, reset) state not in ``known_lines`` yet, remembered there.
+        Bounded: past ``_REMEMBERED_LINES`` states the table starts again."""
+        if len(self.known_lines) >= _REMEMBERED_LINES:
+            self.known_lines.clear()
+        lines = self.known_lines[state] = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % state
+        return lines
+
+    def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
+        """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
+        if (tat is None or tat <= now) and cost <= self.burst:
+            # A full bucket. Worked out without the clock, whose large values would round
+            # "burst - cost remain" down by one for short intervals.
+            spent = self.interval * cost
+            return _result(RateLimitResult, (True, self.burst, self.burst - cost, spent, 0.0)), now + spent
+        base = now if tat is None or tat < now else tat
+        new_tat = base + self.interval * cost
+        allow_at = new_tat - self.tolerance
+        if now < allow_at:
+            return _result(RateLimitResult, (False, self.burst, 0, base - now, allow_at - now)), None
+        remaining = int((now + self.tolerance - new_tat) / self.interval + 1e-9)
+        return _result(RateLimitResult, (True, self.burst, remaining, new_tat - now, 0.0)), new_tat
+
+    def peek(self, tat: float | None, now: float) -> RateLimitResult:
+        """The verdict a request at ``now`` would get, without charging it."""
+        return self.apply(tat, now)[0]
+
+    def result(self, allowed: bool, reset_after: float, retry_after: float) -> RateLimitResult:
+        """A verdict reached elsewhere (the Redis script), in the same units as ``apply``'s."""
+        if not allowed:
+            return RateLimitResult(False, self.burst, 0, reset_after, retry_after)
+        remaining = int((self.tolerance - reset_after) / self.interval + 1e-9)
+        return RateLimitResult(True, self.burst, remaining, reset_after, 0.0)
+
+    def signature(self) -> tuple[int, float, int]:
+        return (self.count, self.period, self.burst)

@@ -1,0 +1,1 @@
+"""``shield demo``: a sample service with Shield in front of it."""

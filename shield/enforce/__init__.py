@@ -1,0 +1,1 @@
+"""The effects of decisions: the gatekeeper, Shield's own answers, bans, challenges, shedding, switches."""

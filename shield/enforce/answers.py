@@ -1,0 +1,156 @@
+"""Turning a decision into the answer a client sees: 403, 503 with a friendly page, 429.
+
+Every answer Shield writes itself is a ``ShieldAnswer``, so nothing downstream mistakes it for
+an upstream response (an outcome-counting throttle never charges Shield's own refusals).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from shield.config.rules import DEFAULT_CLOSE_MESSAGE
+from shield.decide.gcra import RateLimitResult
+
+__all__ = [
+    "DEFAULT_CLOSE_MESSAGE",
+    "Capped",
+    "Shed",
+    "ShieldAnswer",
+    "answer",
+    "banned",
+    "blocked",
+    "closed",
+    "shed",
+    "throttled",
+    "too_many_in_flight",
+    "unavailable",
+]
+
+
+class ShieldAnswer(web.Response):
+    """A response Shield wrote itself rather than relayed from the upstream."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.headers.setdefault("Server", "shield")
+
+
+_Answer = TypeVar("_Answer", bound=ShieldAnswer)
+
+
+def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:
+    response = ShieldAnswer(status=status, text=text + "\n")
+    if close:
+        response.force_close()
+    return response
+
+
+def wants_json(accept: str | None) -> bool:
+    """True when the client asked for JSON and not for HTML (API clients, fetch())."""
+    if not accept:
+        return False
+    accept = accept.lower()
+    return ("application/json" in accept or "+json" in accept) and "text/html" not in accept
+
+
+def human_duration(seconds: float) -> str:
+    seconds = max(1, math.ceil(seconds))
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def load_close_template(path: str | None) -> Template:
+    if path is None:
+        text = resources.files("shield.enforce").joinpath("templates/closed.html").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    return Template(text)
+
+
+def closed(
+    *, message: str, retry_after: float, accept: str | None, template: Template, extra: dict[str, str]
+) -> ShieldAnswer:
+    seconds = max(1, math.ceil(retry_after))
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store", **extra}
+    if wants_json(accept):
+        body = json.dumps({"error": message, "retry_after": seconds})
+        return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
+    page = template.safe_substitute(message=escape(message), retry_after=human_duration(seconds))
+    return ShieldAnswer(status=503, text=page, content_type="text/html", headers=headers)
+
+
+def throttled(result: RateLimitResult, *, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    headers = dict(result.headers())
+    headers.update(extra)
+    headers["Cache-Control"] = "no-store"
+    retry = headers["Retry-After"]
+    if wants_json(accept):
+        body = json.dumps({"error": "Too many requests.", "retry_after": int(retry)})
+        return ShieldAnswer(status=429, text=body, content_type="application/json", headers=headers)
+    return ShieldAnswer(status=429, text=f"Too many requests. Please retry in {retry} s.\n", headers=headers)
+
+
+def blocked(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    if wants_json(accept):
+        body = json.dumps({"error": "Forbidden."})
+        return ShieldAnswer(status=403, text=body, content_type="application/json", headers=extra)
+    return ShieldAnswer(status=403, text="Forbidden.\n", headers=extra)
+
+
+def banned(*, status: int, retry_after: float, accept: str | None) -> ShieldAnswer:
+    """A banned client: 403, or 429 with the ban's remaining time as Retry-After."""
+    headers = {"Cache-Control": "no-store"}
+    if status == 429:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    text = "Too many violations; this client is banned for a while."
+    if wants_json(accept):
+        body = json.dumps({"error": text})
+        return ShieldAnswer(status=status, text=body, content_type="application/json", headers=headers)
+    return ShieldAnswer(status=status, text=text + "\n", headers=headers)
+
+
+def unavailable(*, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
+    """A throttle that cannot reach its shared state and was told to fail closed (on_error: deny)."""
+    message = "The service is busy. Please try again shortly."
+    return _retry_later(ShieldAnswer, 503, message, 1, accept, extra)
+
+
+class Capped(ShieldAnswer):
+    """A 429 for a client with ``limits.max_requests_per_client`` requests forwarded already."""
+
+
+def too_many_in_flight(*, accept: str | None) -> Capped:
+    message = "Too many requests at once. Please wait for the others to finish."
+    return _retry_later(Capped, 429, message, 1, accept, {})
+
+
+class Shed(ShieldAnswer):
+    """A 503 from load shedding: the upstream is saturated and better-placed requests went first."""
+
+
+def shed(retry_after: float, *, accept: str | None) -> Shed:
+    message = "The service is under heavy load. Please try again shortly."
+    return _retry_later(Shed, 503, message, max(1, math.ceil(retry_after)), accept, {})
+
+
+def _retry_later(
+    kind: type[_Answer], status: int, message: str, seconds: int, accept: str | None, extra: dict[str, str]
+) -> _Answer:
+    """A short refusal that says when to come back (Retry-After), never cached, in JSON for an
+    API client."""
+    headers = {"Retry-After": str(seconds), "Cache-Control": "no-store", **extra}
+    if wants_json(accept):
+        body = json.dumps({"error": message, "retry_after": seconds})
+        return kind(status=status, text=body, content_type="application/json", headers=headers)
+    return kind(status=status, text=message + "\n", headers=headers)

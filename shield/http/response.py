@@ -1,0 +1,231 @@
+"""Serializing a complete upstream answer for the client in one write. Pure apart from the clock.
+
+The fast path of the proxy: when the upstream's whole response arrived with its headers (small
+bodies, the common case), Shield writes status line, filtered headers and body to the client in
+one ``transport.write``, instead of building an aiohttp response object tree per request. The
+framing is Shield's own: always a Content-Length for the bytes actually sent (RFC 9112 §6.2),
+no body for HEAD, 204 and 304 (RFC 9110 §6.4.1).
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+from shield.errors import UpstreamProtocolError
+from shield.http.headers import DROP_RESPONSE, connection_tokens, filter_response_headers
+
+# Connection values that name no other header: the common case, decided without tokenizing.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
+}
+
+
+# What ``response_bytes`` does with an upstream header, by its name as sent.
+_COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _CODING, _DROP = range(7)
+# Names longer than this are classified on every response rather than remembered.
+_REMEMBERED_NAME = 64
+_REMEMBERED_NAMES = 1024
+
+
+# Header name as the upstream spelled it -> its kind: one ``lower()`` per spelling, not per
+# response. A plain dict: ``[]`` on a dict subclass takes a generic slot, six times the cost.
+_kinds: dict[bytes, int] = {}
+
+
+def _new_kind(name: bytes) -> int:
+    """The kind of a spelling not in ``_kinds`` yet, remembered there. Bounded: past
+    ``_REMEMBERED_NAMES`` spellings the table starts again."""
+    lower = name.lower()
+    if lower in DROP_RESPONSE:
+        kind = (
+            _LENGTH
+            if lower == b"content-length"
+            else _CONNECTION
+            if lower == b"connection"
+            else _CODING
+            if lower == b"transfer-encoding"
+            else _DROP
+        )
+    else:
+        kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
+    if len(name) <= _REMEMBERED_NAME:
+        if len(_kinds) >= _REMEMBERED_NAMES:
+            _kinds.clear()
+        _kinds[name] = kind
+    return kind
+
+
+# Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
+# and formatting the number cost as much as the rest of the head. Bounded like the tables of
+# names and paths.
+_LENGTH_LINES: dict[int, bytes] = {}
+_REMEMBERED_LENGTHS = 4096
+
+
+def content_length_line(length: int) -> bytes:
+    line = _LENGTH_LINES.get(length)
+    if line is None:
+        if len(_LENGTH_LINES) >= _REMEMBERED_LENGTHS:
+            _LENGTH_LINES.clear()
+        line = _LENGTH_LINES[length] = b"Content-Length: %d\r\n" % length
+    return line
+
+
+def _unlisted_status_line(status: int) -> bytes:
+    """The status line of an upstream's answer with a code Python does not list; llhttp
+    accepts any three digits, but only 100 to 599 are status codes (RFC 9110 §15)."""
+    if not 100 <= status <= 599:
+        raise UpstreamProtocolError(f"upstream answered with status {status}")
+    return status_line(status)
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+class DateHeader:
+    """The Date header line, formatted once per second."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._line
+
+
+def _head(
+    status: int, upstream_headers: list[tuple[bytes, bytes]], date: DateHeader
+) -> tuple[list[bytes], bytes | None]:
+    """The status line and the upstream's end-to-end headers (Date and Server added when it sent
+    none), as parts to join; and the Content-Length it declared, if any. Raises
+    ``UpstreamProtocolError`` for a transfer coding Shield does not decode.
+
+    Framing and hop-by-hop headers of the upstream are dropped (``headers.DROP_RESPONSE`` and
+    whatever its Connection field names).
+    """
+    parts = [_STATUS_LINES.get(status) or _unlisted_status_line(status)]
+    declared: bytes | None = None
+    named: bytes | None = None
+    has_date = has_server = coded = False
+    kinds = _kinds
+    for name, value in upstream_headers:
+        try:
+            kind = kinds[name]
+        except KeyError:
+            kind = _new_kind(name)
+        if kind:
+            if kind == _DATE:
+                has_date = True
+            elif kind == _SERVER:
+                has_server = True
+            else:
+                if kind == _LENGTH:
+                    declared = value
+                elif kind == _CONNECTION:
+                    named = value if named is None else named + b"," + value
+                elif kind == _CODING:
+                    # llhttp removed one chunked coding; any other (gzip, or chunked again in a
+                    # second field) would reach the client undecoded, as if it were the content
+                    # (RFC 9112 §6.1).
+                    if coded or value.strip().lower() != b"chunked":
+                        raise UpstreamProtocolError("upstream used a transfer coding besides chunked")
+                    coded = True
+                continue
+        parts += (name, b": ", value, b"\r\n")
+    if (
+        named is not None
+        and named.lower() not in _PLAIN_CONNECTION
+        and (connection_tokens(((b"connection", named),)) - DROP_RESPONSE)
+    ):
+        kept = filter_response_headers(upstream_headers)
+        parts = [parts[0], *(p for n, v in kept for p in (n, b": ", v, b"\r\n"))]
+    if not has_date:
+        parts.append(date.line())
+    if not has_server:
+        parts.append(b"Server: shield\r\n")
+    return parts, declared
+
+
+def response_bytes(
+    status: int,
+    upstream_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    head_request: bool,
+    keep_alive: bool,
+    date: DateHeader,
+    extra: bytes = b"",
+) -> bytes:
+    """Status line, filtered headers and body of a complete response, framed by Content-Length.
+
+    HEAD answers and 204/304 carry no body; for HEAD the upstream's Content-Length is kept,
+    since it describes the body a GET would get. ``extra`` is Shield's own header lines
+    (``Name: value\\r\\n`` each), added as they are.
+    """
+    parts, declared = _head(status, upstream_headers, date)
+    if head_request or status == 204 or status == 304:
+        if head_request and declared is not None:
+            parts.append(content_length_line(int(declared)))  # as digits, never 0005
+        body = b""
+    else:
+        length = len(body)
+        parts.append(_LENGTH_LINES.get(length) or content_length_line(length))
+    if extra:
+        parts.append(extra)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+def streamed_head(
+    status: int,
+    upstream_headers: list[tuple[bytes, bytes]],
+    *,
+    http10: bool,
+    keep_alive: bool,
+    date: DateHeader,
+    extra: bytes = b"",
+) -> tuple[bytes, bool, bool]:
+    """The head of a response whose body follows as it arrives, whether that body goes chunked,
+    and whether the connection stays open after it.
+
+    Framed by the upstream's Content-Length when it gave one, else chunked, or for an HTTP/1.0
+    client ended by closing the connection.
+    """
+    parts, declared = _head(status, upstream_headers, date)
+    chunked = declared is None and not http10
+    keep_alive = keep_alive and (declared is not None or chunked)
+    if declared is not None:
+        parts.append(content_length_line(int(declared)))
+    elif chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if extra:
+        parts.append(extra)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked, keep_alive
+
+
+def switching_head(
+    upstream_headers: list[tuple[bytes, bytes]], date: DateHeader, extra: bytes = b""
+) -> bytes:
+    """The head of the upstream's 101 for the client: its end-to-end headers, and the
+    ``Upgrade`` it agreed to with ``Connection: Upgrade`` (hop-by-hop, so said again here)."""
+    parts, _ = _head(101, upstream_headers, date)
+    upgrade = next((value for name, value in upstream_headers if name.lower() == b"upgrade"), b"websocket")
+    parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n", extra, b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,178 @@
+"""The ctl API on the admin listener: close and open rules for a while, list and lift bans, status.
+
+Mounted at ``/ctl/`` only when ``admin.ctl`` names a token; every call must carry it as
+``Authorization: Bearer TOKEN`` (compared in constant time). Answers are JSON. The rule file
+stays the source of truth: only rules it names can be closed, a closure always ends, and
+``open`` removes ctl closures only (a rule the file closes stays closed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from shield.app.reload import PolicyHolder
+from shield.config.units import parse_duration
+from shield.enforce.ban_list import BanList
+from shield.enforce.switches import Closure, Switches
+from shield.state.records import SharedStateError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class CtlApi:
+    token: bytes
+    holder: PolicyHolder
+    switches: Switches
+    bans: BanList | None
+    state: str  # the backend's name: memory (per process) or redis (every replica)
+
+
+CTL = web.AppKey("ctl", CtlApi)
+
+
+def _json(status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, indent=1) + "\n",
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def require_token(*, token: bytes) -> Middleware:
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken does not reveal how much of a guessed token was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            return _json(401, {"error": "missing or wrong ctl token"}, {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check_token
+
+
+def closure_record(closure: Closure, now: float) -> dict[str, Any]:
+    return {
+        "rule": closure.rule,
+        "message": closure.message,
+        "source": closure.source,
+        "until": closure.until,
+        "remaining": round(max(0.0, closure.until - now), 1),
+    }
+
+
+def _rule_names(api: CtlApi) -> list[str]:
+    return [rule.name for rule in api.holder.current.policy.rules]
+
+
+def _unknown_rule(api: CtlApi, name: str) -> web.Response:
+    known = ", ".join(_rule_names(api)) or "none"
+    return _json(404, {"error": f"no rule named {name!r} in the rule file (rules: {known})"})
+
+
+async def status(request: web.Request) -> web.Response:
+    api = request.app[CTL]
+    now = api.switches.wall.now()
+    runtime = api.holder.current
+    return _json(
+        200,
+        {
+            "state": api.state,
+            "scope": "every replica" if api.state == "redis" else "this process only",
+            "config_version": runtime.version,
+            "closures": [closure_record(c, now) for c in api.switches.closures()],
+            "closed_by_file": [r.name for r in runtime.policy.rules if r.action == "close" and not r.dry_run],
+            "bans": {"enabled": api.bans is not None, "active": len(api.bans.bans()) if api.bans else 0},
+        },
+    )
+
+
+async def close_rule(request: web.Request) -> web.Response:
+    api = request.app[CTL]
+    name = request.match_info["rule"]
+    if name not in _rule_names(api):
+        return _unknown_rule(api, name)
+    try:
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        duration = body.get("for")
+        seconds = None if duration is None else parse_duration(duration)
+        message = body.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ValueError("message must be a string")
+        closure = await api.switches.close(name, seconds, message)
+    except json.JSONDecodeError:
+        return _json(400, {"error": "the body must be JSON"})
+    except ValueError as error:
+        return _json(400, {"error": str(error)})
+    except SharedStateError as error:
+        return _json(503, {"error": f"closed on this replica only: {error}"})
+    return _json(200, {"closed": closure_record(closure, api.switches.wall.now())})
+
+
+async def open_rule(request: web.Request) -> web.Response:
+    api = request.app[CTL]
+    name = request.match_info["rule"]
+    known = name in _rule_names(api)
+    if not known and api.switches.closure(name) is None:
+        return _unknown_rule(api, name)
+    try:
+        removed = await api.switches.open(name)
+    except SharedStateError as error:
+        return _json(503, {"error": f"opened on this replica only: {error}"})
+    if not removed and any(r.name == name and r.action == "close" for r in api.holder.current.policy.rules):
+        return _json(
+            409, {"error": f"rule {name!r} is closed by the rule file; ctl only lifts its own closures"}
+        )
+    return _json(200, {"opened": name, "was_closed": removed})
+
+
+async def list_bans(request: web.Request) -> web.Response:
+    api = request.app[CTL]
+    if api.bans is None:
+        return _json(200, {"enabled": False, "bans": []})
+    now = api.bans.wall.now()
+    bans = [
+        {
+            "client": r.name,
+            "until": r.until,
+            "remaining": round(max(0.0, r.until - now), 1),
+            "level": r.data.get("level", 1),
+        }
+        for r in api.bans.bans()
+    ]
+    return _json(200, {"enabled": True, "bans": bans})
+
+
+async def lift_ban(request: web.Request) -> web.Response:
+    api = request.app[CTL]
+    client = request.match_info["client"]
+    if api.bans is None:
+        return _json(404, {"error": "bans are not enabled (no bans: section)"})
+    try:
+        lifted = await api.bans.lift(client)
+    except SharedStateError as error:
+        return _json(503, {"error": f"lifted on this replica only: {error}"})
+    if not lifted:
+        return _json(404, {"error": f"{client} is not banned"})
+    return _json(200, {"unbanned": client})
+
+
+def build_ctl_app(api: CtlApi) -> web.Application:
+    app = web.Application(middlewares=[require_token(token=api.token)])
+    app[CTL] = api
+    app.router.add_get("/status", status)
+    app.router.add_post("/rules/{rule}/close", close_rule)
+    app.router.add_post("/rules/{rule}/open", open_rule)
+    app.router.add_get("/bans", list_bans)
+    app.router.add_delete("/bans/{client:.+}", lift_ban)
+    return app

@@ -1,0 +1,199 @@
+"""``shield explain``: what Shield would do with one request, and why. Pure: returns text.
+
+Runs the same code as the proxy (path canonicalization, the compiled policy, the throttle
+maths on a fresh bucket), so what it prints is what the running Shield decides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from shield.config.model import ShieldConfig
+from shield.config.rules import DEFAULT_CLOSE_MESSAGE
+from shield.decide.client_address import Client, ClientResolver
+from shield.decide.credentials import Authenticator, cookie_value
+from shield.decide.identity import Identity, IdentityResolver, NoIdentity
+from shield.decide.paths import UnsafePath, canonical_path
+from shield.decide.policy import CompiledRule, Policy, RequestView
+from shield.http.target import request_target
+
+
+def parse_header_args(values: list[str]) -> CIMultiDict[str]:
+    headers = CIMultiDict[str]()
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"invalid header {value!r}: write 'Name: value'")
+        headers.add(name.strip(), rest.strip())
+    return headers
+
+
+def parse_cookie_args(values: list[str]) -> str | None:
+    """``["a=1", "b=2"]`` -> the Cookie header ``a=1; b=2``."""
+    for value in values:
+        if "=" not in value or not value.partition("=")[0].strip():
+            raise ValueError(f"invalid cookie {value!r}: write 'name=value'")
+    return "; ".join(v.strip() for v in values) or None
+
+
+def _client_text(config: ShieldConfig, peer: str, client: Client) -> str:
+    trusted = config.clients.trusted_proxies
+    if not client.via_proxy:
+        why = "no trusted proxies" if not trusted else "not a trusted proxy"
+        return f"client:   {client.ip}  (the TCP peer, {why}: forwarding headers ignored; key {client.key})"
+    return (
+        f"client:   {client.ip}  (peer {peer} is a trusted proxy; {config.clients.header} walked "
+        f"from the right past trusted hops; key {client.key}; "
+        f"upstream gets X-Forwarded-For: {client.forwarded_for})"
+    )
+
+
+def _identify(config: ShieldConfig, headers: CIMultiDictProxy[str], client_ip: str) -> Identity:
+    auth = config.auth
+    resolver: IdentityResolver = NoIdentity()
+    if auth.jwt is not None or auth.signed_cookie is not None:
+        resolver = Authenticator(auth, time.time)
+    identity = resolver.identify(headers, client_ip)
+    spec = auth.introspection
+    if identity.authenticated or spec is None:
+        return identity
+    cookie = cookie_value(headers.get("Cookie", ""), spec.cookie) if spec.cookie else None
+    header = headers.get(spec.header) if spec.header else None
+    if not cookie and not header:
+        return identity
+    sent = f"cookie {spec.cookie}" if cookie else f"header {spec.header}"
+    return Identity(
+        False,
+        None,
+        f"{identity.how}; Shield would ask the upstream at {spec.path} with the {sent} "
+        "(explain makes no call: anonymous here, whatever the answer)",
+    )
+
+
+def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
+    config = rule.config
+    if rule.action == "close":
+        # The Retry-After the client gets (see actions.closed), not the raw config value.
+        seconds = max(1, math.ceil(config.retry_after or default_retry_after))
+        return f"close (503, Retry-After {seconds}s): {config.message or DEFAULT_CLOSE_MESSAGE!r}"
+    if rule.action == "throttle":
+        assert rule.rate is not None
+        counting = f", counting only answers {sorted(rule.count_statuses)}" if rule.count_statuses else ""
+        return f"throttle {config.limit_text}, burst {rule.rate.burst}, key {config.key}{counting}"
+    if rule.action == "challenge":
+        return "challenge (proof-of-work page until a pass cookie is earned; JSON clients get 429)"
+    return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
+
+
+def explain(
+    config: ShieldConfig,
+    method: str,
+    url: str,
+    header_args: list[str],
+    client_ip: str,
+    identities: IdentityResolver | None = None,
+    cookie_args: list[str] | None = None,
+    closures: dict[str, str] | None = None,
+    ctl: bool = False,
+) -> list[str]:
+    """The lines ``shield explain`` prints; ``client_ip`` is the TCP peer.
+
+    With ``ctl`` (the config enables the ctl API) the runtime closures are shown: ``closures``
+    maps each closed rule to a description, None when the running Shield could not be asked."""
+    headers = parse_header_args(header_args)
+    cookies = parse_cookie_args(cookie_args or [])
+    if cookies is not None:
+        headers.add("Cookie", cookies)
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc and "Host" not in headers:
+        headers["Host"] = parts.netloc
+    headers.setdefault("Host", "localhost")
+    raw = url if not parts.scheme else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    method = method.upper()
+    lines = [f"request:  {method} {raw}  (Host: {headers['Host']}, client {client_ip})"]
+    target = request_target(raw, headers["Host"], method)
+    if target is None:
+        return [*lines, "decision: 400 Bad Request (the request-target is not a path, or names another host)"]
+    raw_path, _, query = target.decode("utf-8", "surrogateescape").partition("?")
+    policy = Policy(config.rules, config.policy)
+    try:
+        canonical = canonical_path(raw_path, case_insensitive=policy.case_insensitive)
+    except UnsafePath as error:
+        return [*lines, f"decision: 400 Bad Request ({error}); no rule is consulted"]
+    lines.append(f"path:     {canonical.match}  (forwarded upstream as {canonical.forward})")
+    clients = config.clients
+    peer = client_ip
+    client = ClientResolver(clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header)
+    resolved = client.resolve(peer, CIMultiDictProxy(headers))
+    client_ip = resolved.ip
+    view_headers = CIMultiDictProxy(headers)
+    if identities is not None:
+        identity = identities.identify(view_headers, client_ip)
+    else:
+        identity = _identify(config, view_headers, client_ip)
+    who = f"{identity.label}" + (f" as {identity.user}" if identity.user else "")
+    lines.append(f"identity: {who} ({identity.how})")
+    lines.append(_client_text(config, peer, resolved))
+    view = RequestView(
+        method,
+        canonical.match,
+        headers.get("Host"),
+        headers,
+        query,
+        client_ip,
+        identity,
+        resolved.key,
+    )
+    lines.append("rules:")
+    candidates = set(map(id, policy.candidates(method, canonical.match)))
+    decided: CompiledRule | None = None
+    matched: list[CompiledRule] = []
+    retry = config.policy.default_retry_after
+    for number, rule in enumerate(policy.rules, start=1):
+        label = f"  {number:>2}. {rule.name:<24}"
+        if decided is not None:
+            lines.append(f"{label} not reached (first match wins)")
+            continue
+        reason = rule.mismatch(view)
+        if reason is not None:
+            lines.append(f"{label} no: {reason}")
+            continue
+        if id(rule) not in candidates:  # the index must agree with the full check
+            lines.append(f"{label} INDEX DISAGREES: matched but was not a candidate (a bug; please report)")
+        matched.append(rule)
+        if rule.dry_run:
+            lines.append(f"{label} MATCH in dry-run: would {_action_text(rule, retry)}; matching goes on")
+            continue
+        lines.append(f"{label} MATCH: {_action_text(rule, retry)}")
+        decided = rule
+    if ctl:
+        if closures is None:
+            lines.append(
+                "overrides: ctl closures are runtime-only and the admin listener did not answer; "
+                "`shield ctl status` lists them"
+            )
+        else:
+            closed = next((rule for rule in matched if rule.name in closures), None)
+            if closed is not None:
+                lines.append(f"override: rule {closed.name!r} is closed by ctl: {closures[closed.name]}")
+                return [*lines, f"decision: closed (503) by ctl on rule {closed.name!r}"]
+            lines.append(
+                f"overrides: no ctl closure applies (closed by ctl: {', '.join(closures) or 'none'})"
+            )
+    if decided is None:
+        lines.append("decision: forward to the upstream (no rule matched)")
+    elif decided.action == "throttle":
+        rate = decided.rates[identity.authenticated]
+        limit = decided.config.authenticated_rate if identity.authenticated else decided.config.rate
+        assert rate is not None
+        lines.append(
+            f"decision: throttle by {decided.name!r}: forwarded while bucket {decided.state_key(view)!r} "
+            f"has room ({rate.burst} at once, then {limit.text if limit else ''}); 429 beyond"
+        )
+    else:
+        lines.append(f"decision: {decided.outcome} by rule {decided.name!r}")
+    return lines

@@ -1,0 +1,153 @@
+"""Recording each request: its id, what was decided, how long it took, one access log line.
+
+``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (its
+``exchange`` attribute, so the gatekeeper and the proxy fill it without new parameters on their
+methods): the gatekeeper writes what it decided, the proxy how long the upstream took. Once the
+answer is ready the observer records the decision and the duration (``ProxyStats.durations``),
+puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
+
+Requests refused before a rule could be asked (a malformed target or path, CONNECT) are not
+counted in ``shield_requests_total``; they are logged with rule and decision null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+
+from aiohttp import web
+from multidict import istr
+
+from shield.http.connection import Reply, Request, Written
+from shield.http.exchange import Exchange
+from shield.http.request_id import RequestIds
+from shield.ops.access_log import AccessLog, format_line
+from shield.ops.metrics import ProxyStats
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+# A case-insensitive multidict looks an istr up without folding it first.
+_REQUEST_ID = istr("X-Request-ID")
+
+# What nginx logs for a client that went away before its answer was ready.
+CLIENT_CLOSED = 499
+
+
+def body_size(response: Reply, exchange: Exchange) -> int:
+    """Body bytes of the answer (what the client receives after the head)."""
+    if exchange.sent >= 0:
+        return exchange.sent
+    size = getattr(response, "body_size", None)  # the proxy's pre-written answers
+    if size is not None:
+        return int(size)
+    if isinstance(response, web.Response):
+        body = response.body
+        return len(body) if isinstance(body, bytes | bytearray) else 0
+    return 0
+
+
+class Observer:
+    """The public listener's handler: ``handler`` with accounting around it."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        stats: ProxyStats,
+        access_log: AccessLog | None,
+        request_ids: RequestIds | None = None,
+        metrics: bool = True,
+    ) -> None:
+        self._handler = handler
+        self._stats = stats
+        self._durations = stats.durations
+        self._log = access_log
+        self._ids = request_ids or RequestIds()
+        self._metrics = metrics
+        # What the listener calls: ``handle`` does it all; the others are what it comes to
+        # without a log (the default), and without metrics either.
+        self.entry: Handler = (
+            self.handle
+            if access_log is not None
+            else self.handle_counted
+            if metrics
+            else self.handle_unmeasured
+        )
+
+    async def handle_unmeasured(self, request: Request) -> Reply:
+        """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
+        response = await self._handler(request)
+        if not isinstance(response, Written) and not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        return response
+
+    async def handle_counted(self, request: Request) -> Reply:
+        """``handle`` without the access log."""
+        started = perf_counter()
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
+        response = await self._handler(request)
+        labels = exchange.labels
+        if isinstance(response, Written):
+            if labels is not None:
+                if response.status == 101:
+                    self._stats.count(labels)  # a WebSocket session: its length is no duration
+                    return response
+                durations = self._durations.get(labels)
+                if durations is None:
+                    durations = self._stats.durations_of(labels)
+                durations.append(perf_counter() - started)
+            return response
+        if labels is not None:
+            self._record(labels, response, perf_counter() - started)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        return response
+
+    def _record(self, labels: tuple[str, str, str, str], response: Reply, elapsed: float) -> None:
+        """Count the request; a WebSocket session's length is not a request duration."""
+        if response.status != 101:
+            self._stats.durations_of(labels).append(elapsed)
+        else:
+            self._stats.count(labels)
+
+    async def handle(self, request: Request) -> Reply:
+        started = perf_counter()
+        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
+        try:
+            response = await self._handler(request)
+        except asyncio.CancelledError:
+            if self._log is not None and self._log.sampled():
+                self._write_log(request, exchange, CLIENT_CLOSED, 0, perf_counter() - started)
+            raise
+        elapsed = perf_counter() - started
+        labels = exchange.labels
+        if labels is not None and self._metrics:
+            self._record(labels, response, elapsed)
+        if not isinstance(response, Written) and not response.prepared:
+            response.headers["X-Request-ID"] = exchange.request_id
+        if self._log is not None and self._log.sampled():
+            self._write_log(request, exchange, response.status, body_size(response, exchange), elapsed)
+        return response
+
+    def _write_log(
+        self, request: Request, exchange: Exchange, status: int, size: int, elapsed: float
+    ) -> None:
+        assert self._log is not None
+        self._log.write(
+            format_line(
+                stamp=self._log.stamp(),
+                request_id=exchange.request_id,
+                client_ip=exchange.client_ip or request.remote or "unknown",
+                identity=exchange.identity,
+                method=request.method,
+                path=exchange.path,
+                rule=exchange.rule,
+                decision=exchange.decision,
+                status=status,
+                size=size,
+                duration=elapsed,
+                upstream=exchange.upstream_seconds,
+            )
+        )

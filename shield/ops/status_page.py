@@ -1,0 +1,70 @@
+"""The public status page: closed features and when they are expected back.
+
+It reads ``Closure`` records from providers (``shield.decide.closures``) and knows nothing about
+where they come from; a new source of closures (``shield ctl`` switches) adds a provider. Only
+public names, messages and reopening times are shown: no paths, matchers, limits or addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from html import escape
+from importlib import resources
+from string import Template
+
+from shield.decide.closures import Closure, ClosureSource
+from shield.enforce.answers import ShieldAnswer, answer, human_duration, wants_json
+
+_ROW = Template('<li><h2>$title</h2><p>$message</p><p class="until">$until</p></li>')
+
+
+def _stamp(until: float | None) -> str | None:
+    if until is None:
+        return None
+    return datetime.fromtimestamp(round(until), UTC).isoformat().replace("+00:00", "Z")
+
+
+class StatusPage:
+    def __init__(self, sources: Iterable[ClosureSource], wall: Callable[[], float] = time.time) -> None:
+        self.sources = list(sources)
+        self.wall = wall
+        text = resources.files("shield.ops").joinpath("templates/status.html").read_text(encoding="utf-8")
+        self.template = Template(text)
+
+    def closures(self) -> list[Closure]:
+        found = [closure for source in self.sources for closure in source()]
+        return sorted(found, key=lambda c: (c.until is None, c.until or 0.0, c.title))
+
+    def answer(self, method: str, accept: str | None) -> ShieldAnswer:
+        if method not in ("GET", "HEAD"):
+            response = answer(405, "Method not allowed.")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        closures = self.closures()
+        headers = {"Cache-Control": "no-store"}
+        if wants_json(accept):
+            body = {
+                "status": "degraded" if closures else "operational",
+                "closed": [
+                    {"name": c.title, "message": c.message, "source": c.source, "until": _stamp(c.until)}
+                    for c in closures
+                ],
+            }
+            return ShieldAnswer(text=json.dumps(body), content_type="application/json", headers=headers)
+        now = self.wall()
+        rows = "\n".join(
+            _ROW.substitute(
+                title=escape(c.title),
+                message=escape(c.message),
+                until="Until further notice"
+                if c.until is None
+                else f"Expected back in about {human_duration(c.until - now)} ({_stamp(c.until)})",
+            )
+            for c in closures
+        )
+        summary = "Some features are temporarily unavailable." if closures else "All systems operational."
+        page = self.template.safe_substitute(summary=summary, closures=rows)
+        return ShieldAnswer(text=page, content_type="text/html", headers=headers)

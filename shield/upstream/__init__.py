@@ -1,0 +1,1 @@
+"""The one upstream Shield protects: the connection pool, forwarding, the WebSocket relay."""
