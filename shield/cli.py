@@ -86,14 +86,14 @@ def _admin_url(config: ShieldConfig) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from shield.ops.explain import explain
+    from shield.ops.explain import explained
 
     config = _load_or_report(args.config)
     if config is None:
         return 1
     closures = _ctl_closures(config) if config.admin.ctl is not None else None
     try:
-        lines = explain(
+        lines, _ = explained(
             config,
             args.method,
             args.url,

@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -22,8 +22,19 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.app.server import Shield
 from shield.config.model import ShieldConfig
+from tests.explain_agreement import Agreement, compare_every_decision
 
 MakeShield = Callable[..., Awaitable[Shield]]
+
+
+@pytest.fixture(autouse=True)
+def explain_agrees(monkeypatch: pytest.MonkeyPatch) -> Iterator[Agreement]:
+    """Every request an in-process Shield decides in any test is explained too; the test fails
+    if ``shield explain`` would have said otherwise (``explain_agreement.py``)."""
+    agreement = Agreement()
+    compare_every_decision(monkeypatch, agreement)
+    yield agreement
+    assert not agreement.disagreements, "\n".join(agreement.disagreements)
 
 
 def shield_config(upstream_url: str, **sections: Any) -> ShieldConfig:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 
 from shield.cli import main
+from shield.decide.decision import FORWARD_UNRULED, Decision
+from tests import explain_agreement
+from tests.conftest import MakeShield, url_of
+from tests.explain_agreement import Agreement
 
 RULES = """\
 upstream: http://127.0.0.1:8000
@@ -227,3 +232,61 @@ def test_client_behind_a_trusted_proxy(identity_config: str, capsys: pytest.Capt
         "client:   2001:db8::7  (the TCP peer, not a trusted proxy: forwarding headers ignored; "
         "key 2001:db8::/64)"
     )
+
+
+def test_explain_says_shield_answers_its_status_page_itself(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # It used to say "forward to the upstream": explain did not share the proxy's decision.
+    path = tmp_path / "status.yaml"
+    path.write_text(RULES + "status_page: { enabled: true, path: /status }\n")
+    lines = explain(capsys, "-c", str(path), "GET", "/status")
+    assert lines[-1] == "decision: Shield answers its status page (/status); no rule is consulted"
+    path.write_text(RULES + "status_page: { enabled: false, path: /status }\n")
+    assert explain(capsys, "-c", str(path), "GET", "/status")[-1] == (
+        "decision: forward to the upstream (no rule matched)"
+    )
+
+
+def test_explain_says_shield_takes_challenge_solutions_itself(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "challenge.yaml"
+    path.write_text(RULES + '  - name: prove\n    match: { paths: ["/signup"] }\n    action: challenge\n')
+    lines = explain(capsys, "-c", str(path), "POST", "/.shield/challenge")
+    assert lines[-1].startswith("decision: Shield checks a challenge solution posted to /.shield/challenge")
+    assert explain(capsys, "-c", str(path), "GET", "/signup")[-1] == "decision: challenged by rule 'prove'"
+
+
+async def test_every_request_the_proxy_decides_is_compared_with_explain(
+    upstream_url: str, make_shield: MakeShield, client: aiohttp.ClientSession, explain_agrees: Agreement
+) -> None:
+    """The suite-wide check (``tests/explain_agreement.py``) runs on every decision, and a
+    disagreement fails the test it happens in."""
+    rules = [
+        {"name": "closed", "match": {"methods": ["POST"], "paths": ["/api/register"]}, "action": "close"},
+        {"name": "login", "match": {"paths": ["/api/login"]}, "action": "throttle", "limit": "1/minute"},
+    ]
+    shield = await make_shield(upstream_url, rules=rules, status_page={"enabled": True})
+    for method, path in [
+        ("POST", "/api/register"),
+        ("GET", "/api/login"),
+        ("GET", "/api/login"),
+        ("GET", "/status"),
+        ("GET", "/x"),
+    ]:
+        async with client.request(method, url_of(shield, path)) as response:
+            await response.read()
+    assert explain_agrees.compared == 5
+    assert explain_agrees.disagreements == []
+
+    def explains_otherwise(*args: object, **kwargs: object) -> tuple[list[str], Decision]:
+        return ["(a different answer)"], FORWARD_UNRULED
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explain_agreement, "explained", explains_otherwise)
+        async with client.post(url_of(shield, "/api/register")) as response:
+            assert response.status == 503
+    assert len(explain_agrees.disagreements) == 1
+    assert "the proxy decided ('closed', 'closed', 'close', 'closed'" in explain_agrees.disagreements[0]
+    explain_agrees.disagreements.clear()  # seen: the fixture would fail this test on it

@@ -231,6 +231,7 @@ class Shield:
             bans=self.bans,
             challenge=ChallengeGate(config.challenge, wall=self.wall),
             requests_per_client=cap_of(config.limits.max_requests_per_client),
+            wall=self.wall,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight

@@ -12,7 +12,6 @@ one process, ``redis_throttle`` across replicas).
 
 from __future__ import annotations
 
-from math import ceil
 from typing import NamedTuple
 
 
@@ -25,28 +24,6 @@ class RateLimitResult(NamedTuple):
     reset_after: float
     retry_after: float
 
-    def headers(self) -> list[tuple[str, str]]:
-        """RateLimit-* headers (IETF draft-ietf-httpapi-ratelimit-headers), plus Retry-After."""
-        values = [
-            ("RateLimit-Limit", str(self.limit)),
-            ("RateLimit-Remaining", str(self.remaining)),
-            ("RateLimit-Reset", str(ceil(self.reset_after))),
-        ]
-        if not self.allowed:
-            values.append(("Retry-After", str(max(1, ceil(self.retry_after)))))
-        return values
-
-
-def ratelimit_lines(result: RateLimitResult) -> bytes:
-    """``result.headers()`` without Retry-After, as header lines for the proxy to add."""
-    return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
-        result.limit,
-        result.remaining,
-        ceil(result.reset_after),
-    )
-
-
-_REMEMBERED_LINES = 1024
 
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
 _result = tuple.__new__
@@ -55,16 +32,7 @@ _result = tuple.__new__
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
-    __slots__ = (
-        "burst",
-        "count",
-        "full_lines",
-        "interval",
-        "known_lines",
-        "lines_start",
-        "period",
-        "tolerance",
-    )
+    __slots__ = ("burst", "count", "interval", "period", "tolerance")
 
     def __init__(self, count: int, period: float, burst: int | None = None) -> None:
         self.count = count
@@ -72,24 +40,6 @@ class Gcra:
         self.burst = burst if burst is not None else count
         self.interval = period / count
         self.tolerance = self.interval * self.burst
-        # What ``ratelimit_lines`` of any verdict of this rate starts with.
-        self.lines_start = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: " % self.burst
-        # (remaining, reset) -> ``ratelimit_lines`` of an allowed verdict: a bucket is mostly in
-        # one of a few states, and formatting the numbers cost more than the GCRA step itself.
-        self.known_lines: dict[tuple[int, int], bytes] = {}
-        # The lines of one request into a full bucket, the common case: always the same.
-        self.full_lines = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % (
-            self.burst - 1,
-            ceil(self.interval),
-        )
-
-    def new_lines(self, state: tuple[int, int]) -> bytes:
-        """The lines of a (remaining, reset) state not in ``known_lines`` yet, remembered there.
-        Bounded: past ``_REMEMBERED_LINES`` states the table starts again."""
-        if len(self.known_lines) >= _REMEMBERED_LINES:
-            self.known_lines.clear()
-        lines = self.known_lines[state] = self.lines_start + b"%d\r\nRateLimit-Reset: %d\r\n" % state
-        return lines
 
     def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
         """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""

@@ -7,8 +7,8 @@ rule, and those calls were most of a request's matching cost. Here each cell's r
 body of one generated function: the common conditions are inlined as expressions (paths,
 identity class, header presence or value; host and User-Agent as a lookup in the condition's
 ``Memo``), and the rest (CIDRs, cookies, query parameters, header regexes) call the condition's
-own test, as before. The function takes the request's parts as arguments; a ``RequestView`` is
-made only for a condition that needs one.
+own test, as before. The function takes the request's ``RequestView`` and reads each part it
+tests into a local once.
 
 The source is built only from this module's templates and names it makes up (``c0``, ``c1``...);
 every value from the rule file reaches the function as a constant bound to such a name, never as
@@ -27,24 +27,18 @@ if TYPE_CHECKING:
     from shield.decide.policy import Check, CompiledRule, RequestView
 
 MatchResult = tuple["CompiledRule | None", "list[CompiledRule] | None"]
-# match(method, path, host_header, headers, query_string, client_ip, identity, client_key, view)
-# where view is the request's RequestView if the caller has one (else one is made if needed).
-CellMatch = Callable[..., MatchResult]
+CellMatch = Callable[["RequestView"], MatchResult]
 
 _USER_AGENT = istr("User-Agent")
-_ARGUMENTS = "method, path, host_header, headers, query_string, client_ip, identity, client_key"
 
 
 class _Source:
     """The generated function's lines and the constants its names stand for."""
 
-    def __init__(self, view_type: type[RequestView]) -> None:
+    def __init__(self) -> None:
         self.lines: list[str] = []
-        self.constants: dict[str, Any] = {
-            "RequestView": view_type,
-            "_USER_AGENT": _USER_AGENT,
-        }
-        self.computed: set[str] = set()  # locals already assigned (agent, view)
+        self.constants: dict[str, Any] = {"_USER_AGENT": _USER_AGENT}
+        self.computed: set[str] = set()  # locals already assigned (path, headers, agent...)
 
     def constant(self, value: object) -> str:
         name = f"c{len(self.constants)}"
@@ -59,9 +53,10 @@ class _Source:
 
 
 def _condition(check: Check, source: _Source) -> str:
-    """``check`` as a Python expression over the generated function's arguments."""
+    """``check`` as a Python expression over the request's parts, read into locals."""
     kind, data = check.kind, check.data
     if kind == "paths":
+        source.local("path", "path = view.path")
         exact, prefixes, pattern = data.exact, data.prefixes, data.pattern
         parts = []
         if exact:
@@ -74,30 +69,34 @@ def _condition(check: Check, source: _Source) -> str:
             parts.append(f"{source.constant(pattern.fullmatch)}(path) is not None")
         return "(" + " or ".join(parts) + ")" if parts else "False"
     if kind == "for":
+        source.local("identity", "identity = view.identity")
         return f"identity.authenticated is {bool(data)}"
     if kind == "hosts":
+        source.local("host_header", "host_header = view.host_header")
         return f"{source.constant(data)}[host_header]"
     if kind == "agent":
+        source.local("headers", "headers = view.headers")
         source.local("agent", "agent = headers.get(_USER_AGENT, '')")
         return f"{source.constant(data)}[agent]"
+    if kind in ("header-present", "header-equals"):
+        source.local("headers", "headers = view.headers")
     if kind == "header-present":
         name, wanted = data
         return f"{source.constant(name)} {'in' if wanted else 'not in'} headers"
     if kind == "header-equals":
         name, expected = data
         return f"{source.constant(expected)} in headers.getall({source.constant(name)}, ())"
-    source.local("view", f"if view is None: view = RequestView({_ARGUMENTS})")
     return f"{source.constant(check.test)}(view)"
 
 
-def compile_cell(rules: tuple[CompiledRule, ...], view_type: type[RequestView]) -> CellMatch:
+def compile_cell(rules: tuple[CompiledRule, ...]) -> CellMatch:
     """``Policy.match`` for requests whose method and first segment put them in this cell:
     the first enforcing rule of ``rules`` whose conditions (other than the method, which the
     index settled) hold, and the dry-run rules met before it."""
-    source = _Source(view_type)
+    source = _Source()
     body = source.lines
     dry_runs = any(rule.dry_run for rule in rules)
-    body.append(f"def match({_ARGUMENTS}, view=None):")
+    body.append("def match(view):")
     if dry_runs:
         body.append("    dry_runs = None")
     for rule in rules:

@@ -70,14 +70,19 @@ _known_raw: tuple[dict[bytes, tuple[str, bytes | None]], dict[bytes, tuple[str, 
 
 def canonical_raw_path(raw: bytes, *, case_insensitive: bool = False) -> tuple[str, bytes | None]:
     """``canonical_path`` of a raw path as bytes: its ``match``, and its ``forward`` encoded when
-    it differs from ``raw`` (None when ``raw`` is forwarded as it is). Raises ``UnsafePath``."""
+    it differs from ``raw`` (None when ``raw`` is forwarded as it is). Raises ``UnsafePath``.
+
+    The asterisk-form target (``OPTIONS *``, the only method that may send it) matches as ``*``."""
     known = _known_raw[case_insensitive]
     found = known.get(raw)
     if found is not None:
         return found
-    text = raw.decode("utf-8", "surrogateescape")
-    path = canonical_path(text, case_insensitive=case_insensitive)
-    found = (path.match, None if path.forward == text else path.forward.encode())
+    if raw == b"*":
+        found = ("*", None)
+    else:
+        text = raw.decode("utf-8", "surrogateescape")
+        path = canonical_path(text, case_insensitive=case_insensitive)
+        found = (path.match, None if path.forward == text else path.forward.encode())
     if len(raw) <= _KNOWN_LENGTH:
         if len(known) >= _KNOWN_ENTRIES:
             known.clear()

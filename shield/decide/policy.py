@@ -20,6 +20,7 @@ from multidict import MultiMapping, istr
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.decide.admission import priority_class
+from shield.decide.decision import Forward, Throttle
 from shield.decide.gcra import Gcra
 from shield.decide.header_memo import Memo
 from shield.decide.host import host_name
@@ -247,9 +248,9 @@ class CompiledRule:
         "count_statuses",
         "dry_run",
         "first_segments",
+        "forward",
         "forwarded_labels",
         "hosts",
-        "ip_lanes",
         "key_parts",
         "methods",
         "name",
@@ -261,6 +262,7 @@ class CompiledRule:
         "rates",
         "state_prefix",
         "state_prefixes",
+        "throttles",
         "trigger",
         "user_agents",
     )
@@ -319,18 +321,13 @@ class CompiledRule:
         # overload: the admission class, indexed by ``identity.authenticated``.
         self.ranks = (priority_class(rule.priority, False), priority_class(rule.priority, True))
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
-        # A throttle by client IP with nothing else to it (no counting on outcomes, no
-        # auto-close): the gatekeeper's fast path, as (state prefix, rate) by
-        # ``identity.authenticated``. A reload keeps a trigger only where there was one.
-        self.ip_lanes = (
-            ((self.state_prefixes[0], self.rate), (self.state_prefixes[1], other))
-            if rule.action == "throttle"
-            and self.by_ip
-            and self.count_statuses is None
-            and self.trigger is None
-            and self.rate is not None
-            and other is not None
-            else None
+        # Decisions that are the same for every request, made once: what this rule decides
+        # when it lets a request through, and a throttle's, by ``identity.authenticated``.
+        self.forward = Forward(self)
+        self.throttles: tuple[Throttle, ...] = (
+            (Throttle(self, self.rate), Throttle(self, other))
+            if rule.action == "throttle" and self.rate is not None and other is not None
+            else ()
         )
 
     def _compile_checks(self) -> tuple[Check, ...]:
@@ -623,11 +620,11 @@ class Policy:
                 )
                 ids = tuple(map(id, cell_rules))
                 if ids not in compiled:
-                    compiled[ids] = compile_cell(cell_rules, RequestView)
+                    compiled[ids] = compile_cell(cell_rules)
                 by_segment[segment] = Cell(cell_rules, compiled[ids])
         # (method, canonical path) -> ``matcher(method, path)``; filled only by ``matcher``. A
-        # plain dict: the gatekeeper subscripts it, and ``[]`` on a dict subclass goes through
-        # a generic slot that costs several times a dict's own lookup.
+        # plain dict: ``match`` subscripts it, and ``[]`` on a dict subclass goes through a
+        # generic slot that costs several times a dict's own lookup.
         self.known: dict[tuple[str, str], CellMatch] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
@@ -659,17 +656,11 @@ class Policy:
 
     def match(self, view: RequestView) -> MatchResult:
         """The first enforcing rule that applies, and the dry-run rules met before it."""
-        return self.matcher(view.method, view.path)(
-            view.method,
-            view.path,
-            view.host_header,
-            view.headers,
-            view.query_string,
-            view.client_ip,
-            view.identity,
-            view.client_key,
-            view,
-        )
+        try:
+            match = self.known[view.method, view.path]
+        except KeyError:
+            match = self.matcher(view.method, view.path)
+        return match(view)
 
     def matcher(self, method: str, path: str) -> CellMatch:
         """The function that matches requests with this method and path, kept in ``known`` as

@@ -28,6 +28,8 @@ __all__ = [
     "banned",
     "blocked",
     "closed",
+    "ratelimit_headers",
+    "ratelimit_lines",
     "shed",
     "throttled",
     "too_many_in_flight",
@@ -90,8 +92,40 @@ def closed(
     return ShieldAnswer(status=503, text=page, content_type="text/html", headers=headers)
 
 
+def ratelimit_headers(result: RateLimitResult) -> list[tuple[str, str]]:
+    """RateLimit-* headers (IETF draft-ietf-httpapi-ratelimit-headers), plus Retry-After when
+    the request was refused."""
+    values = [
+        ("RateLimit-Limit", str(result.limit)),
+        ("RateLimit-Remaining", str(result.remaining)),
+        ("RateLimit-Reset", str(math.ceil(result.reset_after))),
+    ]
+    if not result.allowed:
+        values.append(("Retry-After", str(max(1, math.ceil(result.retry_after)))))
+    return values
+
+
+# (limit, remaining, reset) -> ``ratelimit_lines``: a bucket is mostly in one of a few states,
+# and formatting the numbers costs more than the GCRA step itself. Bounded: emptied when full.
+_REMEMBERED_LINES = 4096
+_known_lines: dict[tuple[int, int, int], bytes] = {}
+
+
+def ratelimit_lines(result: RateLimitResult) -> bytes:
+    """The RateLimit header lines of a forwarded request, for the proxy to add to the answer."""
+    state = (result.limit, result.remaining, math.ceil(result.reset_after))
+    lines = _known_lines.get(state)
+    if lines is None:
+        if len(_known_lines) >= _REMEMBERED_LINES:
+            _known_lines.clear()
+        lines = _known_lines[state] = (
+            b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % state
+        )
+    return lines
+
+
 def throttled(result: RateLimitResult, *, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
-    headers = dict(result.headers())
+    headers = dict(ratelimit_headers(result))
     headers.update(extra)
     headers["Cache-Control"] = "no-store"
     retry = headers["Retry-After"]

@@ -1,28 +1,47 @@
-"""The per-request path: view the request, identify the client, match a rule, decide, act.
+"""The per-request path: read the request, decide, act.
 
-``Gatekeeper.handle`` is the handler of the public listener. It reads the policy in force once,
-canonicalizes the path (refusing what cannot be made unambiguous), asks the policy for the
-rule, consults throttle state, and either answers itself (403, 429, 503) or forwards the
-request with the canonical target the rules matched.
+``Gatekeeper.handle`` is the handler of the public listener. It reads the request as rules see
+it (the canonical path, refusing what cannot be made unambiguous; the client; who it proves to
+be), asks ``shield.decide.decision.decide`` what to do, and hands the decision to ``act``: the
+one ``match`` that answers (403, 429, 503, Shield's pages) or forwards the request with the
+canonical target the rules matched, consulting the throttle state where a throttle decided.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import assert_never
 
 from aiohttp import hdrs
 
-from shield.app.reload import PolicyHolder
-from shield.clock import Clock
+from shield.app.reload import PolicyHolder, Runtime
+from shield.clock import Clock, WallClock
 from shield.decide.admission import priority_class
 from shield.decide.client_address import ClientResolver
 from shield.decide.client_caps import HeldPerClient
-from shield.decide.gcra import RateLimitResult, ratelimit_lines
+from shield.decide.decision import (
+    Banned,
+    Blocked,
+    Challenged,
+    CheckSolution,
+    Closed,
+    Decision,
+    DryRuns,
+    Forward,
+    Rulebook,
+    ServeStatusPage,
+    Throttle,
+    Throttled,
+    Unavailable,
+    after_throttle,
+    decide,
+)
 from shield.decide.identity import ANONYMOUS, Identity, IdentityResolver, NoIdentity
 from shield.decide.paths import UnsafePath, canonical_raw_path
 from shield.decide.policy import CompiledRule, RequestView
 from shield.enforce import answers
-from shield.enforce.answers import Capped, Shed, ShieldAnswer, answer
+from shield.enforce.answers import Capped, Shed, ShieldAnswer, answer, ratelimit_lines
 from shield.enforce.ban_list import BanList
 from shield.enforce.challenge_gate import ChallengeGate
 from shield.enforce.introspection import Introspector
@@ -68,6 +87,7 @@ class Gatekeeper:
         bans: BanList | None = None,
         challenge: ChallengeGate | None = None,
         requests_per_client: HeldPerClient | None = None,
+        wall: Clock | None = None,
     ) -> None:
         """``requests_per_client``: how many requests each client may have forwarded at once
         (``limits.max_requests_per_client``; None: no cap)."""
@@ -78,6 +98,7 @@ class Gatekeeper:
         self.on_state_error = state.config.on_error
         self.identities = identities
         self.now = clock.now
+        self.wall = (wall or WallClock()).now
         self.stats = stats
         self.clients = clients or ClientResolver()
         self.introspector = introspector
@@ -85,14 +106,35 @@ class Gatekeeper:
         self.overload = overload
         self.status = status
         self.switches = switches
-        # The ctl closures in force here: empty (falsy) almost always, all the hot path checks.
-        self.ctl_closures = switches.local if switches is not None else {}
         self.bans = bans
         self.challenge = challenge
-        self.challenge_path = challenge.path if challenge is not None else None
         self.requests_per_client = requests_per_client
+        self._rulebook = (holder.current, self.rulebook(holder.current))
+
+    def rulebook(self, runtime: Runtime) -> Rulebook:
+        """What ``decide`` needs besides the request, for the config in force: made once per
+        reload (``handle`` keeps the last one)."""
+        challenge = self.challenge
+        switches = self.switches
+        rulebook = Rulebook(
+            runtime.policy,
+            runtime.config.policy.default_retry_after,
+            now=self.now,
+            wall=self.wall,
+            status_path=runtime.status_path if self.status is not None else None,
+            challenge_path=challenge.path if challenge is not None else None,
+            challenge_cookie=challenge.cookie if challenge is not None else "",
+            passes=challenge.passes if challenge is not None else None,
+            ctl_closed=switches.local if switches is not None else {},
+            ctl_closure=switches.closure if switches is not None else Rulebook._field_defaults["ctl_closure"],
+        )
+        self._rulebook = (runtime, rulebook)
+        # policy.debug_header: say in a header which rule decided (read by ``act``).
+        self.debug_header = runtime.debug_header
+        return rulebook
 
     async def handle(self, request: Request) -> Reply:
+        """Read the request as rules see it, decide (``shield.decide.decision``), act."""
         method = request.method
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
@@ -108,183 +150,221 @@ class Gatekeeper:
                 return answer(400, "Bad request target.")
             target = checked
         runtime = self.holder.current
-        policy = runtime.policy
+        known, rulebook = self._rulebook
+        if known is not runtime:
+            rulebook = self.rulebook(runtime)
         raw_path, sep, query = target.partition(b"?")
-        if raw_path == b"*":
-            match_path = "*"
-        else:
-            try:
-                match_path, forward = canonical_raw_path(raw_path, case_insensitive=policy.case_insensitive)
-            except UnsafePath as error:
-                return answer(400, f"Bad request path: {error}.")
-            if forward is not None:
-                target = forward + sep + query
+        try:
+            match_path, forward = canonical_raw_path(
+                raw_path, case_insensitive=rulebook.policy.case_insensitive
+            )
+        except UnsafePath as error:
+            return answer(400, f"Bad request path: {error}.")
+        if forward is not None:
+            target = forward + sep + query
         client = self.clients.resolve(request.remote or "unknown", headers)
         client_ip = client.ip
-        if self.bans is not None and (ban := self.bans.banned(client.key)) is not None:
-            return self._banned(request, client_ip, ban.until)
-        resolver = self.identities or runtime.identities
-        identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
-        if self.introspector is not None and not identity.authenticated:
-            identity = await self.introspector.identify(headers, identity)
+        ban = self.bans.banned(client.key) if self.bans is not None else None
+        if ban is not None:
+            identity = ANONYMOUS  # a ban is answered whoever the client says it is
+        else:
+            resolver = self.identities or runtime.identities
+            identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
+            if self.introspector is not None and not identity.authenticated:
+                identity = await self.introspector.identify(headers, identity)
+        # From here on the request's record is what rules see of it (``Exchange`` is a view).
+        view = request.exchange
+        view.method = method
+        view.path = match_path
+        view.host_header = host
+        view.headers = headers
+        view.query_string = query.decode("latin-1") if query else ""
+        view.client_ip = client_ip
+        view.identity = identity
+        view.client_key = client.key
+        decision = decide(view, rulebook, ban.until if ban is not None else None)
         # What the upstream is told: the client chain, and who Shield saw when asked to say.
         upstream = (
             (client.forwarded_for, identity_lines(client_ip, identity.user))
             if self.identity_headers
             else client.upstream
         )
-        exchange = request.exchange
-        exchange.client_ip = client_ip
-        exchange.client_key = client.key
-        exchange.path = match_path
-        if match_path == runtime.status_path and self.status is not None:
-            return self.status.answer(method, headers.get("Accept"))
-        if match_path == self.challenge_path and policy.has_challenge:
-            return await self._challenge_submit(request, client.key, identity.label)
+        acted = self.act(request, decision, target, view, upstream)
+        return acted if isinstance(acted, ShieldAnswer) else await acted
 
-        if not policy.rules:
-            return await self._forward(request, target, b"", None, identity, upstream)
-
-        query_string = query.decode("latin-1") if query else ""
-        client_key = client.key
-        try:
-            match = policy.known[method, match_path]
-        except KeyError:
-            match = policy.matcher(method, match_path)
-        rule, dry_runs = match(
-            method, match_path, host, headers, query_string, client_ip, identity, client_key
-        )
-        view = None  # made only for a decision that needs more than the rule and the client
-        if dry_runs is not None:
-            view = RequestView(
-                method, match_path, host, headers, query_string, client_ip, identity, client_key
-            )
-            if self.shared is None:
-                self._record_dry_runs(dry_runs, view)
-            else:
-                await self._record_shared_dry_runs(dry_runs, view)
-        if self.ctl_closures:
-            closed_by_ctl = self._ctl_closure(request, rule, dry_runs, identity.label)
-            if closed_by_ctl is not None:
-                return closed_by_ctl
-        if rule is None:
-            return await self._forward(request, target, b"", None, identity, upstream)
-        lanes = rule.ip_lanes
-        if lanes is not None and self.shared is None:
-            # The common case, allowed: header lines straight from the limiter, no verdict built.
-            prefix, rate = lanes[identity.authenticated]
-            lines = self.limiter.admit(prefix + client_key, rate, self.now())  # what state_key says
-            if lines is not None:
-                if runtime.debug_header:
-                    lines += _forwarded(True, rule)
-                return await self._forward(request, target, lines, rule, identity, upstream)
-        if view is None:
-            view = RequestView(
-                method, match_path, host, headers, query_string, client_ip, identity, client_key
-            )
-
-        debug = runtime.debug_header
-        action = rule.action
-        trigger = rule.trigger
-        if trigger is not None and trigger.hit(self.now()):
-            exchange.decided(rule.name, action, "closed", identity.label)
-            closed = answers.closed(
-                message=trigger.config.message or answers.DEFAULT_CLOSE_MESSAGE,
-                retry_after=trigger.retry_after(self.now()),
-                accept=headers.get("Accept"),
-                template=runtime.close_template,
-                extra=_debug(debug, rule, "auto-closed"),
-            )
-            return self._refusal(request, closed)
-        if action == "throttle":
-            return await self._throttle(request, target, view, rule, upstream, debug)
-        if action == "challenge":
-            gate = self.challenge
-            assert gate is not None
-            if not gate.passes(view.cookies.get(gate.cookie), view.client_key):
-                exchange.decided(rule.name, action, "challenged", identity.label)
-                page = gate.page(
-                    view.client_key,
-                    target.decode("latin-1"),
-                    headers.get("Accept"),
-                    _debug(debug, rule, "challenged"),
-                )
-                return self._refusal(request, page)
-        if action == "allow" or action == "challenge":
-            return await self._forward(request, target, _forwarded(debug, rule), rule, identity, upstream)
-        if action == "block":
-            exchange.decided(rule.name, action, "blocked", identity.label)
-            if self.bans is not None:
-                self.bans.violation(view.client_key)
-            return self._refusal(
-                request, answers.blocked(accept=headers.get("Accept"), extra=_debug(debug, rule, "blocked"))
-            )
-        # close
-        exchange.decided(rule.name, action, "closed", identity.label)
-        config = rule.config
-        closed = answers.closed(
-            message=config.message or answers.DEFAULT_CLOSE_MESSAGE,
-            retry_after=config.retry_after or runtime.config.policy.default_retry_after,
-            accept=headers.get("Accept"),
-            template=runtime.close_template,
-            extra=_debug(debug, rule, "closed"),
-        )
-        return self._refusal(request, closed)
-
-    async def _throttle(
+    def act(
         self,
         request: Request,
+        decision: Decision,
         target: bytes,
         view: RequestView,
-        rule: CompiledRule,
         upstream: tuple[str, bytes],
-        debug: bool,
+    ) -> ShieldAnswer | Awaitable[Reply]:
+        """Do what was decided: the one place a decision becomes an answer or a forward.
+
+        Two decisions lead to another: dry runs are counted, then what they wrap is done; a
+        throttle asks the state, and its verdict (``after_throttle``) is done. Not a coroutine
+        itself: it returns Shield's answer, or the forward (or state call) for ``handle`` to
+        await, so a forwarded request costs no extra coroutine frame."""
+        while True:
+            match decision:
+                case Throttle():
+                    rule, rate = decision
+                    if self.shared is not None:
+                        return self._throttle_shared(request, decision, target, view, upstream)
+                    key = rule.state_key(view)
+                    counting = rule.count_statuses
+                    if counting is None:
+                        limit = self.limiter.hit(key, rate, self.now())
+                    else:
+                        limit = self.limiter.peek(key, rate, self.now())
+                    decision = after_throttle(rule, limit, self.on_state_error == "deny")
+                    if decision is rule.forward:
+                        extra = ratelimit_lines(limit)
+                        if self.debug_header:
+                            extra += _forwarded_line(rule)
+                        if counting is not None:
+                            return self._forward_counted(request, rule, extra, target, view, upstream)
+                        return self._forward(request, target, extra, rule, view.identity, upstream)
+                case Forward():
+                    by = decision.rule
+                    extra = _forwarded_line(by) if self.debug_header and by is not None else b""
+                    return self._forward(request, target, extra, by, view.identity, upstream)
+                case DryRuns(rules, then):
+                    if self.shared is not None:
+                        return self._dry_runs_shared(request, decision, target, view, upstream)
+                    self._record_dry_runs(rules, view)
+                    decision = then
+                case Throttled(rule, limit):
+                    self._violation(request, rule, "throttled", view)
+                    debug = self._debug(rule, "throttled")
+                    return self._refusal(
+                        request, answers.throttled(limit, accept=_accept(request), extra=debug)
+                    )
+                case Unavailable(rule):
+                    request.exchange.decided(rule.name, rule.action, "error", view.identity.label)
+                    debug = self._debug(rule, "state unavailable")
+                    return self._refusal(request, answers.unavailable(accept=_accept(request), extra=debug))
+                case Blocked(rule):
+                    self._violation(request, rule, "blocked", view)
+                    debug = self._debug(rule, "blocked")
+                    return self._refusal(request, answers.blocked(accept=_accept(request), extra=debug))
+                case Challenged(rule):
+                    assert self.challenge is not None
+                    request.exchange.decided(rule.name, rule.action, "challenged", view.identity.label)
+                    page = self.challenge.page(
+                        view.client_key,
+                        target.decode("latin-1"),
+                        _accept(request),
+                        self._debug(rule, "challenged"),
+                    )
+                    return self._refusal(request, page)
+                case Closed(rule, action, why, message, retry_after):
+                    request.exchange.decided(rule.name, action, "closed", view.identity.label)
+                    closed = answers.closed(
+                        message=message,
+                        retry_after=retry_after,
+                        accept=_accept(request),
+                        template=self.holder.current.close_template,
+                        extra=self._debug(rule, why),
+                    )
+                    return self._refusal(request, closed)
+                case Banned(retry_after):
+                    assert self.bans is not None
+                    request.exchange.decided("ban", "ban", "banned", "anonymous")
+                    status = self.bans.config.answer
+                    refusal = answers.banned(status=status, retry_after=retry_after, accept=_accept(request))
+                    return self._refusal(request, refusal)
+                case ServeStatusPage():
+                    assert self.status is not None
+                    return self.status.answer(request.method, _accept(request))
+                case CheckSolution():
+                    return self._check_solution(request, view)
+                case _:
+                    assert_never(decision)
+
+    async def _throttle_shared(
+        self,
+        request: Request,
+        decision: Throttle,
+        target: bytes,
+        view: RequestView,
+        upstream: tuple[str, bytes],
     ) -> Reply:
-        """A throttle rule's decision where ``handle``'s fast path does not apply (Redis state,
-        counting on outcomes, an auto-close trigger) or did not allow the request."""
-        identity = view.identity
-        rate = rule.rates[identity.authenticated]
-        assert rate is not None
-        key = rule.state_key(view)
+        """``act`` for a throttle whose state is shared (Redis): ask it, then act on the verdict."""
+        assert self.shared is not None
+        rule, rate = decision
         counting = rule.count_statuses
-        shared = self.shared
-        result: RateLimitResult | None
-        if shared is not None:
-            result = await shared.decide(key, rate, 1 if counting is None else 0)
-        elif counting is None:
-            result = self.limiter.hit(key, rate, self.now())
-        else:
-            result = self.limiter.peek(key, rate, self.now())
-        exchange = request.exchange
-        accept = request.headers.get("Accept")
-        if result is None:
-            # The shared state did not answer in time; on_error says what that means.
-            if self.on_state_error == "deny":
-                exchange.decided(rule.name, rule.action, "error", identity.label)
-                refusal = answers.unavailable(accept=accept, extra=_debug(debug, rule, "state unavailable"))
-                return self._refusal(request, refusal)
-            extra = _forwarded(debug, rule)
-        elif not result.allowed:
-            exchange.decided(rule.name, rule.action, "throttled", identity.label)
-            if self.bans is not None:
-                self.bans.violation(view.client_key)
-            refusal = answers.throttled(result, accept=accept, extra=_debug(debug, rule, "throttled"))
-            return self._refusal(request, refusal)
-        else:
-            extra = ratelimit_lines(result)
-            if debug:
-                extra += _forwarded(debug, rule)
-        forwarded = await self._forward(request, target, extra, rule, identity, upstream)
-        if (
-            counting is not None
-            and forwarded.status in counting
-            and (isinstance(forwarded, Written) or not isinstance(forwarded, ShieldAnswer))
+        limit = await self.shared.decide(rule.state_key(view), rate, 1 if counting is None else 0)
+        verdict = after_throttle(rule, limit, self.on_state_error == "deny")
+        if verdict is not rule.forward:
+            return await self._done(self.act(request, verdict, target, view, upstream))
+        extra = (b"" if limit is None else ratelimit_lines(limit)) + (
+            _forwarded_line(rule) if self.debug_header else b""
+        )
+        if counting is not None:
+            return await self._forward_counted(request, rule, extra, target, view, upstream)
+        return await self._forward(request, target, extra, rule, view.identity, upstream)
+
+    async def _dry_runs_shared(
+        self,
+        request: Request,
+        decision: DryRuns,
+        target: bytes,
+        view: RequestView,
+        upstream: tuple[str, bytes],
+    ) -> Reply:
+        """``act`` for dry runs with shared state: count their verdicts, then act on the rest."""
+        await self._record_shared_dry_runs(decision.rules, view)
+        return await self._done(self.act(request, decision.then, target, view, upstream))
+
+    @staticmethod
+    async def _done(acted: ShieldAnswer | Awaitable[Reply]) -> Reply:
+        """What ``act`` returned, awaited where it is still to be done."""
+        return acted if isinstance(acted, ShieldAnswer) else await acted
+
+    async def _check_solution(self, request: Request, view: RequestView) -> Reply:
+        assert self.challenge is not None
+        response, passed = await self.challenge.submit(request, view.client_key)
+        request.exchange.decided(
+            "challenge", "challenge", "passed" if passed else "refused", view.identity.label
+        )
+        return response
+
+    def _debug(self, rule: CompiledRule, outcome: str) -> dict[str, str]:
+        """The debug header of Shield's own answer (none unless ``policy.debug_header``)."""
+        return {"X-Shield-Rule": f"{rule.name}; {outcome}"} if self.debug_header else {}
+
+    async def _forward_counted(
+        self,
+        request: Request,
+        rule: CompiledRule,
+        extra: bytes,
+        target: bytes,
+        view: RequestView,
+        upstream: tuple[str, bytes],
+    ) -> Reply:
+        """Forward for a throttle that counts only some answers (``count.status``): the bucket is
+        charged once the upstream's status is known, never for Shield's own answers."""
+        assert rule.count_statuses is not None
+        forwarded = await self._forward(request, target, extra, rule, view.identity, upstream)
+        if forwarded.status in rule.count_statuses and (
+            isinstance(forwarded, Written) or not isinstance(forwarded, ShieldAnswer)
         ):
-            if shared is not None:
-                shared.charge(key, rate)
+            rate = rule.rates[view.identity.authenticated]
+            assert rate is not None
+            key = rule.state_key(view)
+            if self.shared is not None:
+                self.shared.charge(key, rate)
             else:
                 self.limiter.hit(key, rate, self.now())
         return forwarded
+
+    def _violation(self, request: Request, rule: CompiledRule, outcome: str, view: RequestView) -> None:
+        """A refusal that counts towards a ban (``bans.after`` of them)."""
+        request.exchange.decided(rule.name, rule.action, outcome, view.identity.label)
+        if self.bans is not None:
+            self.bans.violation(view.client_key)
 
     async def _forward(
         self,
@@ -364,50 +444,6 @@ class Gatekeeper:
             request.exchange.decided(rule.name, rule.action, _outcome(response), identity.label)
         return response
 
-    async def _challenge_submit(self, request: Request, client_key: str, identity: str) -> Reply:
-        assert self.challenge is not None
-        response, passed = await self.challenge.submit(request, client_key)
-        request.exchange.decided("challenge", "challenge", "passed" if passed else "refused", identity)
-        return response
-
-    def _banned(self, request: Request, client_ip: str, until: float) -> ShieldAnswer:
-        assert self.bans is not None
-        exchange = request.exchange
-        exchange.client_ip = client_ip
-        exchange.decided("ban", "ban", "banned", "anonymous")
-        refusal = answers.banned(
-            status=self.bans.config.answer,
-            retry_after=until - self.bans.wall.now(),
-            accept=request.headers.get("Accept"),
-        )
-        return self._refusal(request, refusal)
-
-    def _ctl_closure(
-        self,
-        request: Request,
-        rule: CompiledRule | None,
-        dry_runs: list[CompiledRule] | None,
-        identity: str,
-    ) -> ShieldAnswer | None:
-        """The close answer when ``shield ctl close`` closed the deciding rule or a dry-run rule
-        met before it (a ctl closure is enforced even on a rule the file runs in dry-run)."""
-        assert self.switches is not None
-        for candidate in (*(dry_runs or ()), *((rule,) if rule is not None else ())):
-            closure = self.switches.closure(candidate.name)
-            if closure is None:
-                continue
-            runtime = self.holder.current
-            request.exchange.decided(candidate.name, "ctl-close", "closed", identity)
-            closed = answers.closed(
-                message=closure.message,
-                retry_after=closure.until - self.switches.wall.now(),
-                accept=request.headers.get("Accept"),
-                template=runtime.close_template,
-                extra=_debug(runtime.debug_header, candidate, "closed by ctl"),
-            )
-            return self._refusal(request, closed)
-        return None
-
     @staticmethod
     def _refusal(request: Request, response: ShieldAnswer) -> ShieldAnswer:
         # A client waiting for 100 Continue never sends its body: close rather than wait for it.
@@ -463,10 +499,11 @@ def _outcome(response: Reply) -> str:
     return "forwarded"
 
 
-def _forwarded(enabled: bool, rule: CompiledRule) -> bytes:
-    """The debug header line of a forwarded request (empty when off)."""
-    return b"X-Shield-Rule: " + rule.name.encode() + b"; forwarded\r\n" if enabled else b""
+def _accept(request: Request) -> str | None:
+    """What the client accepts: Shield's own answers come as JSON to API clients."""
+    return request.headers.get("Accept")
 
 
-def _debug(enabled: bool, rule: CompiledRule, outcome: str) -> dict[str, str]:
-    return {"X-Shield-Rule": f"{rule.name}; {outcome}"} if enabled else {}
+def _forwarded_line(rule: CompiledRule) -> bytes:
+    """The debug header line of a request ``rule`` forwarded (``policy.debug_header``)."""
+    return b"X-Shield-Rule: " + rule.name.encode() + b"; forwarded\r\n"

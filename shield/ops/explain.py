@@ -1,23 +1,28 @@
 """``shield explain``: what Shield would do with one request, and why. Pure: returns text.
 
-Runs the same code as the proxy (path canonicalization, the compiled policy, the throttle
-maths on a fresh bucket), so what it prints is what the running Shield decides.
+Runs the same code as the proxy: path canonicalization, the client address, the identity
+check, and the decision itself (``shield.decide.decision.decide``, with the status page, the
+challenge and ctl closures as the running Shield has them), so the decision it prints is the
+proxy's. The per-rule lines say why each rule before the deciding one did not apply.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple, assert_never
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.config.model import ShieldConfig
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
+from shield.decide import decision as decided
+from shield.decide.challenge_tokens import Challenger, binding
 from shield.decide.client_address import Client, ClientResolver
 from shield.decide.credentials import Authenticator, cookie_value
 from shield.decide.identity import Identity, IdentityResolver, NoIdentity
-from shield.decide.paths import UnsafePath, canonical_path
+from shield.decide.paths import UnsafePath, canonical_raw_path
 from shield.decide.policy import CompiledRule, Policy, RequestView
 from shield.http.target import request_target
 
@@ -89,7 +94,7 @@ def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
     return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
 
 
-def explain(
+def explained(
     config: ShieldConfig,
     method: str,
     url: str,
@@ -99,11 +104,14 @@ def explain(
     cookie_args: list[str] | None = None,
     closures: dict[str, str] | None = None,
     ctl: bool = False,
-) -> list[str]:
-    """The lines ``shield explain`` prints; ``client_ip`` is the TCP peer.
+    policy: Policy | None = None,
+) -> tuple[list[str], decided.Decision | None]:
+    """The lines ``shield explain`` prints, and the decision they end with (None: refused before
+    any rule, 400); ``client_ip`` is the TCP peer.
 
     With ``ctl`` (the config enables the ctl API) the runtime closures are shown: ``closures``
-    maps each closed rule to a description, None when the running Shield could not be asked."""
+    maps each closed rule to a description, None when the running Shield could not be asked.
+    ``policy``: the config's rules, compiled already (compiled here when None)."""
     headers = parse_header_args(header_args)
     cookies = parse_cookie_args(cookie_args or [])
     if cookies is not None:
@@ -117,14 +125,19 @@ def explain(
     lines = [f"request:  {method} {raw}  (Host: {headers['Host']}, client {client_ip})"]
     target = request_target(raw, headers["Host"], method)
     if target is None:
-        return [*lines, "decision: 400 Bad Request (the request-target is not a path, or names another host)"]
-    raw_path, _, query = target.decode("utf-8", "surrogateescape").partition("?")
-    policy = Policy(config.rules, config.policy)
+        return [
+            *lines,
+            "decision: 400 Bad Request (the request-target is not a path, or names another host)",
+        ], None
+    raw_path, _, query = target.partition(b"?")
+    if policy is None:
+        policy = Policy(config.rules, config.policy)
     try:
-        canonical = canonical_path(raw_path, case_insensitive=policy.case_insensitive)
+        match_path, forward = canonical_raw_path(raw_path, case_insensitive=policy.case_insensitive)
     except UnsafePath as error:
-        return [*lines, f"decision: 400 Bad Request ({error}); no rule is consulted"]
-    lines.append(f"path:     {canonical.match}  (forwarded upstream as {canonical.forward})")
+        return [*lines, f"decision: 400 Bad Request ({error}); no rule is consulted"], None
+    forwarded = (forward or raw_path).decode("utf-8", "surrogateescape")
+    lines.append(f"path:     {match_path}  (forwarded upstream as {forwarded})")
     clients = config.clients
     peer = client_ip
     client = ClientResolver(clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header)
@@ -140,22 +153,22 @@ def explain(
     lines.append(_client_text(config, peer, resolved))
     view = RequestView(
         method,
-        canonical.match,
+        match_path,
         headers.get("Host"),
         headers,
-        query,
+        query.decode("latin-1"),
         client_ip,
         identity,
         resolved.key,
     )
     lines.append("rules:")
-    candidates = set(map(id, policy.candidates(method, canonical.match)))
-    decided: CompiledRule | None = None
+    candidates = set(map(id, policy.candidates(method, match_path)))
+    deciding: CompiledRule | None = None
     matched: list[CompiledRule] = []
     retry = config.policy.default_retry_after
     for number, rule in enumerate(policy.rules, start=1):
         label = f"  {number:>2}. {rule.name:<24}"
-        if decided is not None:
+        if deciding is not None:
             lines.append(f"{label} not reached (first match wins)")
             continue
         reason = rule.mismatch(view)
@@ -169,7 +182,7 @@ def explain(
             lines.append(f"{label} MATCH in dry-run: would {_action_text(rule, retry)}; matching goes on")
             continue
         lines.append(f"{label} MATCH: {_action_text(rule, retry)}")
-        decided = rule
+        deciding = rule
     if ctl:
         if closures is None:
             lines.append(
@@ -180,20 +193,87 @@ def explain(
             closed = next((rule for rule in matched if rule.name in closures), None)
             if closed is not None:
                 lines.append(f"override: rule {closed.name!r} is closed by ctl: {closures[closed.name]}")
-                return [*lines, f"decision: closed (503) by ctl on rule {closed.name!r}"]
-            lines.append(
-                f"overrides: no ctl closure applies (closed by ctl: {', '.join(closures) or 'none'})"
-            )
-    if decided is None:
-        lines.append("decision: forward to the upstream (no rule matched)")
-    elif decided.action == "throttle":
-        rate = decided.rates[identity.authenticated]
-        limit = decided.config.authenticated_rate if identity.authenticated else decided.config.rate
-        assert rate is not None
-        lines.append(
-            f"decision: throttle by {decided.name!r}: forwarded while bucket {decided.state_key(view)!r} "
-            f"has room ({rate.burst} at once, then {limit.text if limit else ''}); 429 beyond"
+            else:
+                lines.append(
+                    f"overrides: no ctl closure applies (closed by ctl: {', '.join(closures) or 'none'})"
+                )
+    decision = decided.decide(view, _rulebook(config, policy, closures or {}))
+    return [*lines, _decision_text(decision, view, config)], decision
+
+
+class _CtlSaid(NamedTuple):
+    """A ctl closure as the running Shield described it."""
+
+    message: str
+    until: float
+
+
+def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) -> decided.Rulebook:
+    """The running Shield's rulebook, as far as its config and ctl status tell."""
+    challenge = config.challenge
+    # With no configured key a pass cannot be checked here (each process makes its own key).
+    challenger = (
+        Challenger(
+            challenge.secret,
+            difficulty=challenge.difficulty,
+            solve_within=challenge.solve_within,
+            pass_for=challenge.pass_for,
         )
-    else:
-        lines.append(f"decision: {decided.outcome} by rule {decided.name!r}")
-    return lines
+        if challenge.secret
+        else None
+    )
+
+    def passes(cookie: str | None, client_key: str) -> bool:
+        bound = binding(client_key, challenge.ipv4_prefix)
+        return challenger is not None and challenger.passes(cookie, bound, time.time())
+
+    return decided.Rulebook(
+        policy,
+        config.policy.default_retry_after,
+        status_path=config.status_page.path if config.status_page.enabled else None,
+        challenge_path=challenge.path,
+        challenge_cookie=challenge.cookie,
+        passes=passes,
+        ctl_closed=closures,
+        ctl_closure=lambda name: _CtlSaid(closures[name], time.time()) if name in closures else None,
+    )
+
+
+def _decision_text(decision: decided.Decision, view: RequestView, config: ShieldConfig) -> str:
+    """The last line of ``explain``: what Shield does, as ``decide`` said."""
+    match decision:
+        case decided.DryRuns(_, then):
+            return _decision_text(then, view, config)
+        case decided.Forward(rule, _):
+            if rule is None:
+                return "decision: forward to the upstream (no rule matched)"
+            passed = " (its challenge pass is valid)" if rule.action == "challenge" else ""
+            return f"decision: forwarded by rule {rule.name!r}{passed}"
+        case decided.Throttle(rule, rate):
+            identity = view.identity
+            limit = rule.config.authenticated_rate if identity.authenticated else rule.config.rate
+            return (
+                f"decision: throttle by {rule.name!r}: forwarded while bucket {rule.state_key(view)!r} "
+                f"has room ({rate.burst} at once, then {limit.text if limit else ''}); 429 beyond"
+            )
+        case decided.Closed(rule, "ctl-close", _, _, _):
+            return f"decision: closed (503) by ctl on rule {rule.name!r}"
+        case decided.Closed(rule, _, "auto-closed", _, _):
+            return f"decision: closed (503) by rule {rule.name!r}'s auto-close trigger"
+        case decided.Closed(rule) | decided.Blocked(rule) | decided.Challenged(rule):
+            return f"decision: {rule.outcome} by rule {rule.name!r}"
+        case decided.ServeStatusPage():
+            return (
+                f"decision: Shield answers its status page ({config.status_page.path}); no rule is consulted"
+            )
+        case decided.CheckSolution():
+            return (
+                f"decision: Shield checks a challenge solution posted to {config.challenge.path}; "
+                "no rule is consulted"
+            )
+        case decided.Throttled(rule, _) | decided.Unavailable(rule):
+            return f"decision: {rule.outcome} by rule {rule.name!r}"  # (a throttle's verdict, not made here)
+        case decided.Banned():
+            return "decision: banned"  # (explain knows no bans: the running Shield's are runtime state)
+        case _:
+            assert_never(decision)

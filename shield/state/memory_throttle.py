@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import islice
-from math import ceil
 
 from shield.decide.gcra import Gcra, RateLimitResult
 
@@ -42,36 +41,6 @@ class MemoryLimiter:
 
     def peek(self, key: str, rate: Gcra, now: float) -> RateLimitResult:
         return rate.peek(self._tats.get(key), now)
-
-    def admit(self, key: str, rate: Gcra, now: float) -> bytes | None:
-        """``hit`` for one request, answering only what an allowed request needs: its
-        ``ratelimit_lines``, or None when it is denied (nothing charged; ``peek`` says more).
-
-        The same arithmetic as ``Gcra.apply``, without building a verdict: this runs for every
-        request a throttle rule lets through.
-        """
-        tats = self._tats
-        tat = tats.get(key)
-        # A full bucket: what ``apply`` says of it, without the arithmetic.
-        if tat is None:
-            tats[key] = now + rate.interval
-            if len(tats) > self.max_keys:
-                self._evict(now)
-            return rate.full_lines
-        if tat <= now:
-            tats[key] = now + rate.interval
-            tats.move_to_end(key)
-            return rate.full_lines
-        interval = rate.interval
-        tolerance = rate.tolerance
-        new_tat = tat + interval
-        if now < new_tat - tolerance:
-            return None
-        tats[key] = new_tat
-        tats.move_to_end(key)
-        state = (int((now + tolerance - new_tat) / interval + 1e-9), ceil(new_tat - now))
-        lines = rate.known_lines.get(state)
-        return lines if lines is not None else rate.new_lines(state)
 
     def _evict(self, now: float) -> None:
         """Make room for 0.1% more keys: expired ones near the front first, then the oldest.

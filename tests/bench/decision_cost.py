@@ -1,4 +1,4 @@
-"""Per-request cost of Shield's decision: canonical path, rule matching, throttle, RateLimit headers.
+"""Per-request cost of Shield's decision: canonical path, ``decide``, throttle, RateLimit headers.
 
 Runs the same functions the gatekeeper runs per request, in-process and without sockets, for a
 20-rule policy (or the one given with --config), and prints nanoseconds per decision for a few
@@ -21,9 +21,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.clock import MonotonicClock
 from shield.config import load_config
+from shield.decide.decision import Rulebook, Throttle, after_throttle, decide
 from shield.decide.identity import NoIdentity
-from shield.decide.paths import canonical_path
+from shield.decide.paths import canonical_raw_path
 from shield.decide.policy import Policy, RequestView
+from shield.enforce.answers import ratelimit_lines
 from shield.http.target import request_target
 from shield.state.memory_throttle import MemoryLimiter
 
@@ -83,31 +85,27 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
     identities = NoIdentity()
     headers = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "User-Agent": BROWSER, "Accept": "*/*"}))
 
-    def decide(method: str, raw_path: str, client_ip: str) -> object:
+    rulebook = Rulebook(policy, config.policy.default_retry_after, now=clock.now)
+
+    def decide_one(method: str, raw_path: str, client_ip: str) -> object:
         target = request_target(raw_path, headers.get("Host"), "GET")
         assert target is not None
         path, _, query = target.partition(b"?")
-        canonical = canonical_path(path.decode("utf-8", "surrogateescape"), case_insensitive=False)
-        canonical.forward.encode()
+        match_path, _ = canonical_raw_path(path, case_insensitive=False)
         identity = identities.identify(headers, client_ip)
-        query_string = query.decode("latin-1")
-        host = headers.get("Host")
-        try:
-            match = policy.known[method, canonical.match]
-        except KeyError:
-            match = policy.matcher(method, canonical.match)
-        rule, _ = match(method, canonical.match, host, headers, query_string, client_ip, identity, client_ip)
-        if rule is not None and rule.ip_lanes is not None:
-            # The gatekeeper's common case: charged and allowed, RateLimit lines straight back.
-            prefix, rate = rule.ip_lanes[identity.authenticated]
-            lines = limiter.admit(prefix + client_ip, rate, clock.now())
-            return lines if lines is not None else limiter.peek(prefix + client_ip, rate, clock.now())
-        if rule is not None and rule.rate is not None:
-            view = RequestView(method, canonical.match, host, headers, query_string, client_ip, identity)
-            return limiter.hit(rule.state_key(view), rule.rate, clock.now())
-        return rule
+        view = RequestView(
+            method, match_path, headers.get("Host"), headers, query.decode("latin-1"), client_ip, identity
+        )
+        decision = decide(view, rulebook)
+        if isinstance(decision, Throttle):
+            # What the gatekeeper's act does with it: the state, the verdict, the RateLimit lines.
+            rule, rate = decision
+            limit = limiter.hit(rule.state_key(view), rate, clock.now())
+            verdict = after_throttle(rule, limit, deny_on_error=False)
+            return ratelimit_lines(limit) if verdict is rule.forward else verdict
+        return decision
 
-    return decide, len(config.rules), path
+    return decide_one, len(config.rules), path
 
 
 def main() -> int:

@@ -1,0 +1,221 @@
+"""What Shield does with one request: ``decide`` returns it, the gatekeeper acts on it. Pure.
+
+``decide`` takes the request as rules see it (a ``RequestView``: canonical path, client,
+identity), what Shield knows of the client beyond the request (a ban in force) and the
+``Rulebook`` in force, and returns one ``Decision``. It awaits nothing and writes nothing but
+the auto-close triggers' counts; ``shield explain`` calls it too, so what explain prints is
+what the proxy does. The gatekeeper turns a decision into an answer or a forward in one
+``match`` (``Gatekeeper.act``).
+
+A throttle is decided in two steps, as envoy's ratelimit does (limits, then the cache, then the
+answer): ``decide`` names the bucket and the rate (``Throttle``), the throttle state says what
+is left of it, and ``after_throttle`` makes that a forward carrying the RateLimit fields or a
+429. Dry-run rules met on the way come wrapped around the decision (``DryRuns``): their
+verdicts are counted, never enforced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from shield.config.rules import DEFAULT_CLOSE_MESSAGE
+from shield.decide.gcra import Gcra, RateLimitResult
+
+if TYPE_CHECKING:
+    from shield.decide.policy import CompiledRule, Policy, RequestView
+
+
+class Forward(NamedTuple):
+    """Send the request upstream. ``rule``: the rule that let it through (None: no rule
+    applied); ``limit``: the throttle's verdict when a throttle did, for its RateLimit fields."""
+
+    rule: CompiledRule | None
+    limit: RateLimitResult | None = None
+
+
+class Throttle(NamedTuple):
+    """Ask the throttle state about the request's bucket (``rule.state_key``) at ``rate``;
+    ``after_throttle`` decides on the answer. One per rule and identity class, made at load."""
+
+    rule: CompiledRule
+    rate: Gcra
+
+
+class Throttled(NamedTuple):
+    """429: the bucket is empty."""
+
+    rule: CompiledRule
+    limit: RateLimitResult
+
+
+class Unavailable(NamedTuple):
+    """503: the shared throttle state did not answer and ``state.on_error`` is ``deny``."""
+
+    rule: CompiledRule
+
+
+class Blocked(NamedTuple):
+    """403 by a ``block`` rule."""
+
+    rule: CompiledRule
+
+
+class Challenged(NamedTuple):
+    """The proof-of-work page: a ``challenge`` rule and no valid pass."""
+
+    rule: CompiledRule
+
+
+class Closed(NamedTuple):
+    """503 with the close page: by the rule file, an auto-close trigger or ``shield ctl close``.
+
+    ``action`` is what the metrics call it (the rule's action, or ``ctl-close``), ``why`` what
+    the debug header says; ``retry_after`` is in seconds from now."""
+
+    rule: CompiledRule
+    action: str
+    why: str
+    message: str
+    retry_after: float
+
+
+class Banned(NamedTuple):
+    """The ban answer: the client is banned for ``retry_after`` more seconds."""
+
+    retry_after: float
+
+
+class ServeStatusPage(NamedTuple):
+    """Shield's public status page, answered before any rule."""
+
+
+class CheckSolution(NamedTuple):
+    """A posted challenge solution, for the challenge gate to check."""
+
+
+class DryRuns(NamedTuple):
+    """``then``, after counting what ``rules`` (in dry-run) would have done."""
+
+    rules: list[CompiledRule]
+    then: Decision
+
+
+Decision = (
+    Forward
+    | Throttle
+    | Throttled
+    | Unavailable
+    | Blocked
+    | Challenged
+    | Closed
+    | Banned
+    | ServeStatusPage
+    | CheckSolution
+    | DryRuns
+)
+
+FORWARD_UNRULED = Forward(None)
+STATUS_PAGE = ServeStatusPage()
+CHALLENGE_SOLUTION = CheckSolution()
+
+
+class CtlClosure(Protocol):
+    """A rule ``shield ctl close`` closed: its message and when it opens (Unix seconds)."""
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def until(self) -> float: ...
+
+
+def _no_closure(name: str) -> CtlClosure | None:
+    return None
+
+
+class Rulebook(NamedTuple):
+    """What decisions need besides the request, one per config in force.
+
+    ``now`` is the monotonic clock triggers run on, ``wall`` Unix time (bans and ctl closures
+    end at a wall time); ``ctl_closed`` is the live table of ctl closures (read for emptiness,
+    the common case) and ``ctl_closure`` looks one up; ``passes`` checks the challenge pass (the
+    value of cookie ``challenge_cookie``) for a client key."""
+
+    policy: Policy
+    default_retry_after: float
+    now: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    status_path: str | None = None
+    challenge_path: str | None = None
+    challenge_cookie: str = ""
+    passes: Callable[[str | None, str], bool] | None = None
+    ctl_closed: Mapping[str, object] = {}
+    ctl_closure: Callable[[str], CtlClosure | None] = _no_closure
+
+
+def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None) -> Decision:
+    """What to do with ``view``; ``banned_until``: the end of a ban on the client (Unix time)."""
+    if banned_until is not None:
+        return Banned(banned_until - rules.wall())
+    path = view.path
+    if path == rules.status_path:
+        return STATUS_PAGE
+    policy = rules.policy
+    if path == rules.challenge_path and policy.has_challenge:
+        return CHALLENGE_SOLUTION
+    if not policy.rules:
+        return FORWARD_UNRULED
+    try:  # what ``policy.match(view)`` does, without the call
+        match = policy.known[view.method, path]
+    except KeyError:
+        match = policy.matcher(view.method, path)
+    rule, dry_runs = match(view)
+    if rules.ctl_closed and (closed := _closed_by_ctl(rules, rule, dry_runs)) is not None:
+        decision: Decision = closed
+    elif rule is None:
+        decision = FORWARD_UNRULED
+    elif (trigger := rule.trigger) is not None and trigger.hit(now := rules.now()):
+        message = trigger.config.message or DEFAULT_CLOSE_MESSAGE
+        decision = Closed(rule, rule.action, "auto-closed", message, trigger.retry_after(now))
+    elif (action := rule.action) == "throttle":
+        decision = rule.throttles[view.identity.authenticated]
+    elif action == "allow":
+        decision = rule.forward
+    elif action == "challenge":
+        passes = rules.passes
+        assert passes is not None
+        passed = passes(view.cookies.get(rules.challenge_cookie), view.client_key)
+        decision = rule.forward if passed else Challenged(rule)
+    elif action == "block":
+        decision = Blocked(rule)
+    else:
+        message = rule.config.message or DEFAULT_CLOSE_MESSAGE
+        retry_after = rule.config.retry_after or rules.default_retry_after
+        decision = Closed(rule, action, "closed", message, retry_after)
+    return decision if dry_runs is None else DryRuns(dry_runs, decision)
+
+
+def _closed_by_ctl(
+    rules: Rulebook, rule: CompiledRule | None, dry_runs: list[CompiledRule] | None
+) -> Closed | None:
+    """The close decision when ``shield ctl close`` closed the deciding rule or a dry-run rule
+    met before it (a ctl closure is enforced even on a rule the file runs in dry-run)."""
+    for candidate in (*(dry_runs or ()), *((rule,) if rule is not None else ())):
+        closure = rules.ctl_closure(candidate.name)
+        if closure is not None:
+            return Closed(
+                candidate, "ctl-close", "closed by ctl", closure.message, closure.until - rules.wall()
+            )
+    return None
+
+
+def after_throttle(rule: CompiledRule, limit: RateLimitResult | None, deny_on_error: bool) -> Decision:
+    """What the throttle state's answer means: None is a state that did not answer. Allowed,
+    it is ``rule.forward`` (the RateLimit fields are ``limit``'s)."""
+    if limit is None:
+        return Unavailable(rule) if deny_on_error else rule.forward
+    if limit.allowed:
+        return rule.forward
+    return Throttled(rule, limit)

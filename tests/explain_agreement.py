@@ -1,0 +1,126 @@
+"""Every request a Shield in this suite decides is also put to ``shield explain``: they must agree.
+
+``explain`` reads the config on its own (it compiles the rules, resolves the client and the
+identity itself) and ends in the same ``decide``; ``agreeing`` wraps ``Gatekeeper.act`` so that
+each decision the proxy acts on is compared with explain's for the same request. What explain
+cannot know by design is left out, each for its reason: bans and auto-close states (runtime
+state of the running Shield), identities from introspection (explain makes no call), and
+challenge passes when no key is configured (each process makes its own).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from shield.decide.decision import (
+    Banned,
+    Blocked,
+    Challenged,
+    CheckSolution,
+    Closed,
+    Decision,
+    DryRuns,
+    Forward,
+    ServeStatusPage,
+    Throttle,
+    Throttled,
+    Unavailable,
+)
+from shield.decide.policy import Policy, RequestView
+from shield.enforce.gatekeeper import Gatekeeper
+from shield.ops.explain import explained
+
+
+def summary(decision: Decision, view: RequestView) -> tuple[Any, ...]:
+    """What two decisions must share to be the same decision (not the seconds left)."""
+    match decision:
+        case DryRuns(rules, then):
+            return ("dry runs", tuple(rule.name for rule in rules), summary(then, view))
+        case Forward(rule, _):
+            return ("forward", rule.name if rule is not None else None)
+        case Throttle(rule, rate):
+            return ("throttle", rule.name, rate.signature(), rule.state_key(view))
+        case Closed(rule, action, why, message, _):
+            return ("closed", rule.name, action, why, message)
+        case Blocked(rule) | Challenged(rule) | Throttled(rule, _) | Unavailable(rule):
+            return (type(decision).__name__, rule.name)
+        case Banned() | ServeStatusPage() | CheckSolution():
+            return (type(decision).__name__,)
+
+
+def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
+    """Decisions that rest on what explain cannot know (the module docstring says why)."""
+    while isinstance(decision, DryRuns):
+        decision = decision.then
+    if isinstance(decision, Banned) or gatekeeper.introspector is not None:
+        return True
+    if isinstance(decision, Closed) and decision.why == "auto-closed":
+        return True
+    rule = getattr(decision, "rule", None)
+    config = gatekeeper.holder.current.config
+    return rule is not None and rule.action == "challenge" and not config.challenge.secret
+
+
+class Agreement:
+    """The disagreements seen, and the compiled policy of each config explain was given."""
+
+    def __init__(self) -> None:
+        self.disagreements: list[str] = []
+        self.compared = 0
+        self._policies: dict[int, tuple[object, Policy]] = {}
+
+    def policy_of(self, config: Any) -> Policy | None:
+        """The compiled rules of ``config``, kept between requests; None (explain compiles them
+        afresh, as the command does) where auto-close triggers would count explain's requests."""
+        if any(rule.auto_close is not None for rule in config.rules):
+            return None
+        known = self._policies.get(id(config))
+        if known is None or known[0] is not config:
+            known = self._policies[id(config)] = (config, Policy(config.rules, config.policy))
+        return known[1]
+
+    def check(self, gatekeeper: Gatekeeper, request: Any, decision: Decision, view: RequestView) -> None:
+        if _beyond_explain(gatekeeper, decision):
+            return
+        runtime = gatekeeper.holder.current
+        switches = gatekeeper.switches
+        closures = {c.rule: c.message for c in switches.closures()} if switches is not None else {}
+        headers = [f"{name}: {value}" for name, value in request.headers.items()]
+        if "Host" not in request.headers:
+            headers.append("Host:")  # explain would otherwise assume one
+        lines, theirs = explained(
+            runtime.config,
+            request.method,
+            request.raw_path,
+            headers,
+            request.remote or "unknown",
+            identities=gatekeeper.identities or runtime.identities,
+            closures=closures,
+            ctl=switches is not None,
+            policy=self.policy_of(runtime.config),
+        )
+        self.compared += 1
+        ours = summary(decision, view)
+        said = summary(theirs, view) if theirs is not None else None
+        if said != ours:
+            self.disagreements.append(
+                f"{request.method} {request.raw_path}: the proxy decided {ours}, explain {said}\n  "
+                + "\n  ".join(lines)
+            )
+
+
+def compare_every_decision(monkeypatch: Any, agreement: Agreement) -> None:
+    """Compare explain with the proxy on every request while the test runs."""
+    act = Gatekeeper.act
+
+    def compared_act(
+        self: Gatekeeper, request: Any, decision: Decision, target: bytes, view: RequestView, upstream: Any
+    ) -> Any:
+        # Only the decision ``handle`` made: what ``act`` does with a throttle's verdict or the
+        # rest of a dry run is its own next step, not a second decision.
+        if sys._getframe(1).f_code.co_name == "handle":
+            agreement.check(self, request, decision, view)
+        return act(self, request, decision, target, view, upstream)
+
+    monkeypatch.setattr(Gatekeeper, "act", compared_act)
