@@ -15,6 +15,8 @@ from typing import Literal
 
 from multidict import MultiMapping
 
+from shield.decide.remembered import remember
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 ForwardedHeader = Literal["X-Forwarded-For", "Forwarded"]
@@ -100,7 +102,7 @@ class ClientResolver:
         # Peer text -> the Client it is, for peers that are not trusted proxies (the common
         # case, and the whole answer for them); trusted peers go to the other set.
         self._peers: dict[str, Client] = {}
-        self._trusted_peers: set[str] = set()
+        self._trusted_peers: dict[str, bool] = {}  # peers known to be trusted proxies
         # Hop text -> (address text, throttle key, is trusted), or None when it is no address:
         # parsing an address costs microseconds, and the same proxies and clients appear in
         # chain after chain.
@@ -142,23 +144,14 @@ class ClientResolver:
             return self._walk(peer, headers)
         address = parse_address(peer)
         if address is not None and self._trusted and self.is_trusted(address):
-            self._remember(self._trusted_peers, peer)
+            remember(self._trusted_peers, peer, True, PEER_CACHE_SIZE)
             return self._walk(peer, headers)
         if address is None:
             client = Client(peer, peer, peer)
         else:
             text = str(address)
             client = Client(text, self.key(address), text)
-        if len(self._peers) >= PEER_CACHE_SIZE:
-            self._peers.clear()
-        self._peers[peer] = client
-        return client
-
-    @staticmethod
-    def _remember(peers: set[str], peer: str) -> None:
-        if len(peers) >= PEER_CACHE_SIZE:
-            peers.clear()
-        peers.add(peer)
+        return remember(self._peers, peer, client, PEER_CACHE_SIZE)
 
     def _hop(self, text: str) -> tuple[str, str, bool] | None:
         hops = self._hops
@@ -168,10 +161,7 @@ class ClientResolver:
             pass
         address = parse_address(text)
         hop = None if address is None else (str(address), self.key(address), self.is_trusted(address))
-        if len(hops) >= PEER_CACHE_SIZE:
-            hops.clear()
-        hops[text] = hop
-        return hop
+        return remember(hops, text, hop, PEER_CACHE_SIZE)
 
     def _chain(self, lines: list[str]) -> list[str]:
         if self._header == "Forwarded":
@@ -185,10 +175,7 @@ class ClientResolver:
         memo = (peer, *lines)
         client = self._chains.get(memo)
         if client is None:
-            client = self._walk_chain(peer, lines)
-            if len(self._chains) >= PEER_CACHE_SIZE:
-                self._chains.clear()
-            self._chains[memo] = client
+            client = remember(self._chains, memo, self._walk_chain(peer, lines), PEER_CACHE_SIZE)
         return client
 
     def _walk_chain(self, peer: str, lines: list[str]) -> Client:

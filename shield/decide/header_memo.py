@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shield.decide.remembered import remember
+
 MAX_ENTRIES = 512
 MAX_LENGTH = 512  # a browser's User-Agent is 100 to 250 characters
 
@@ -30,8 +32,4 @@ class Memo(dict[str | None, bool]):
 
     def __missing__(self, value: str | None) -> bool:
         answer = self.test(value)
-        if value is None or len(value) <= MAX_LENGTH:
-            if len(self) >= MAX_ENTRIES:
-                self.clear()
-            self[value] = answer
-        return answer
+        return remember(self, value, answer, MAX_ENTRIES, fits=value is None or len(value) <= MAX_LENGTH)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from shield.decide.remembered import remember
+
 # Host header value -> host_name of it. Bounded: a client sending endless Host values costs a
 # table rebuild now and then, never memory.
 _HOSTS = 1024
@@ -18,8 +20,4 @@ def host_name(host_header: str | None) -> str:
         return name
     host = host_header.lower()
     name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0].rstrip(".")
-    if len(host_header) <= _HOST_LENGTH:
-        if len(_hosts) >= _HOSTS:
-            _hosts.clear()
-        _hosts[host_header] = name
-    return name
+    return remember(_hosts, host_header, name, _HOSTS, fits=len(host_header) <= _HOST_LENGTH)

@@ -14,6 +14,8 @@ import re
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
+from shield.decide.remembered import remember
+
 # A path that is already canonical: segments of plain characters, none "." or "..".
 _CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
 _FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -55,11 +57,7 @@ def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath
     else:
         forward, match = _normalize(raw)
     path = _new_path(CanonicalPath, (fold_case(match) if case_insensitive else match, forward))
-    if len(raw) <= _KNOWN_LENGTH:
-        if len(known) >= _KNOWN_ENTRIES:
-            known.clear()
-        known[raw] = path
-    return path
+    return remember(known, raw, path, _KNOWN_ENTRIES, fits=len(raw) <= _KNOWN_LENGTH)
 
 
 # Raw path as received -> (the path rules match, the path to forward when it is not the raw one),
@@ -83,11 +81,7 @@ def canonical_raw_path(raw: bytes, *, case_insensitive: bool = False) -> tuple[s
         text = raw.decode("utf-8", "surrogateescape")
         path = canonical_path(text, case_insensitive=case_insensitive)
         found = (path.match, None if path.forward == text else path.forward.encode())
-    if len(raw) <= _KNOWN_LENGTH:
-        if len(known) >= _KNOWN_ENTRIES:
-            known.clear()
-        known[raw] = found
-    return found
+    return remember(known, raw, found, _KNOWN_ENTRIES, fits=len(raw) <= _KNOWN_LENGTH)
 
 
 def fold_case(text: str) -> str:

@@ -27,6 +27,7 @@ from shield.decide.host import host_name
 from shield.decide.identity import Identity
 from shield.decide.matcher import CellMatch, MatchResult, compile_cell
 from shield.decide.paths import fold_case
+from shield.decide.remembered import remember
 from shield.decide.trigger import Trigger
 
 _BY_IP = ("ip",)
@@ -667,8 +668,4 @@ class Policy:
         most requests ask for a path seen moments ago. Bounded like the canonical-path table: a
         flood of distinct paths costs a rebuild now and then, never memory."""
         match = self._cell(method, path).match
-        if len(path) <= _KNOWN_LENGTH:
-            if len(self.known) >= _KNOWN_ENTRIES:
-                self.known.clear()
-            self.known[method, path] = match
-        return match
+        return remember(self.known, (method, path), match, _KNOWN_ENTRIES, fits=len(path) <= _KNOWN_LENGTH)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import RateLimitResult
+from shield.decide.remembered import remember
 
 __all__ = [
     "DEFAULT_CLOSE_MESSAGE",
@@ -116,11 +117,8 @@ def ratelimit_lines(result: RateLimitResult) -> bytes:
     state = (result.limit, result.remaining, math.ceil(result.reset_after))
     lines = _known_lines.get(state)
     if lines is None:
-        if len(_known_lines) >= _REMEMBERED_LINES:
-            _known_lines.clear()
-        lines = _known_lines[state] = (
-            b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % state
-        )
+        text = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % state
+        lines = remember(_known_lines, state, text, _REMEMBERED_LINES)
     return lines
 
 

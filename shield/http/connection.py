@@ -47,6 +47,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.app.heap import release_garbage
 from shield.decide.client_caps import HeldPerClient
+from shield.decide.remembered import remember
 from shield.http.exchange import Exchange
 from shield.http.flow import WriteFlow
 from shield.http.proxy_protocol import ProxyHeaderError, parse_proxy_header
@@ -167,11 +168,8 @@ def _header_name(name: bytes) -> tuple[str, bytes | None]:
     starts again, so a client inventing names costs a rebuild, not memory."""
     lower = name.lower()
     known = name.decode("latin-1"), lower if lower in SINGLETON_HEADERS else None
-    if len(name) <= _REMEMBERED_NAME and _UNDERSCORE not in name:
-        if len(_NAMES) >= _REMEMBERED_NAMES:
-            _NAMES.clear()
-        _NAMES[name] = known
-    return known
+    fits = len(name) <= _REMEMBERED_NAME and _UNDERSCORE not in name
+    return remember(_NAMES, name, known, _REMEMBERED_NAMES, fits=fits)
 
 
 # Shield frames every answer itself; these from a response object are never copied.

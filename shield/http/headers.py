@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
+from shield.decide.remembered import remember
+
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset(
@@ -229,10 +231,13 @@ class RequestHeadBuilder:
         for_lines = self._for_lines.get(client_ip)
         if for_lines is None:
             for_lines = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n" + self._proto_line
-            if len(client_ip) <= _REMEMBERED_CLIENT:
-                if len(self._for_lines) >= _REMEMBERED_CLIENTS:
-                    self._for_lines.clear()
-                self._for_lines[client_ip] = for_lines
+            remember(
+                self._for_lines,
+                client_ip,
+                for_lines,
+                _REMEMBERED_CLIENTS,
+                fits=len(client_ip) <= _REMEMBERED_CLIENT,
+            )
         parts.append(for_lines)
         if host is not None:
             parts += (b"X-Forwarded-Host: ", host, b"\r\n")
@@ -266,11 +271,7 @@ class RequestHeadBuilder:
             )
         else:
             kind = _COPY
-        if len(name) <= _REMEMBERED_NAME:
-            if len(self._kinds) >= _REMEMBERED_NAMES:
-                self._kinds.clear()
-            self._kinds[name] = kind
-        return kind
+        return remember(self._kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
     def forwarding_headers(
         self,

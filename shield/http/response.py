@@ -13,6 +13,7 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from shield.decide.remembered import remember
 from shield.errors import UpstreamProtocolError
 from shield.http.headers import DROP_RESPONSE, connection_tokens, filter_response_headers
 
@@ -52,11 +53,7 @@ def _new_kind(name: bytes) -> int:
         )
     else:
         kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
-    if len(name) <= _REMEMBERED_NAME:
-        if len(_kinds) >= _REMEMBERED_NAMES:
-            _kinds.clear()
-        _kinds[name] = kind
-    return kind
+    return remember(_kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
 
 # Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
@@ -69,9 +66,7 @@ _REMEMBERED_LENGTHS = 4096
 def content_length_line(length: int) -> bytes:
     line = _LENGTH_LINES.get(length)
     if line is None:
-        if len(_LENGTH_LINES) >= _REMEMBERED_LENGTHS:
-            _LENGTH_LINES.clear()
-        line = _LENGTH_LINES[length] = b"Content-Length: %d\r\n" % length
+        line = remember(_LENGTH_LINES, length, b"Content-Length: %d\r\n" % length, _REMEMBERED_LENGTHS)
     return line
 
 
