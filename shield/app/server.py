@@ -243,7 +243,7 @@ class Shield:
             metrics=config.admin.request_metrics,
         )
         self._server = Http1Server(
-            observer.entry,
+            observer.handle,
             header_timeout=config.timeouts.client_header,
             keepalive_timeout=config.timeouts.keepalive,
             send_timeout=config.timeouts.client_send,

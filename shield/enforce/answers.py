@@ -1,7 +1,7 @@
 """Turning a decision into the answer a client sees: 403, 503 with a friendly page, 429.
 
-Every answer Shield writes itself is a ``ShieldAnswer``, so nothing downstream mistakes it for
-an upstream response (an outcome-counting throttle never charges Shield's own refusals).
+Each is a ``ShieldAnswer`` (``shield.http.answer``), so nothing downstream mistakes it for an
+upstream response (an outcome-counting throttle never charges Shield's own refusals).
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, TypeVar
-
-from aiohttp import web
+from typing import TypeVar
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import RateLimitResult
 from shield.decide.remembered import remember
+from shield.http.answer import ShieldAnswer, answer
 
 __all__ = [
     "DEFAULT_CLOSE_MESSAGE",
@@ -38,22 +37,7 @@ __all__ = [
 ]
 
 
-class ShieldAnswer(web.Response):
-    """A response Shield wrote itself rather than relayed from the upstream."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.headers.setdefault("Server", "shield")
-
-
 _Answer = TypeVar("_Answer", bound=ShieldAnswer)
-
-
-def answer(status: int, text: str, *, close: bool = False) -> ShieldAnswer:
-    response = ShieldAnswer(status=status, text=text + "\n")
-    if close:
-        response.force_close()
-    return response
 
 
 def wants_json(accept: str | None) -> bool:

@@ -348,9 +348,7 @@ class Gatekeeper:
         charged once the upstream's status is known, never for Shield's own answers."""
         assert rule.count_statuses is not None
         forwarded = await self._forward(request, target, extra, rule, view.identity, upstream)
-        if forwarded.status in rule.count_statuses and (
-            isinstance(forwarded, Written) or not isinstance(forwarded, ShieldAnswer)
-        ):
+        if forwarded.status in rule.count_statuses and not isinstance(forwarded, ShieldAnswer):
             rate = rule.rates[view.identity.authenticated]
             assert rate is not None
             key = rule.state_key(view)
@@ -397,7 +395,7 @@ class Gatekeeper:
             else (rule.name, rule.action, _outcome(response), identity.label)
         )
         trigger = rule.trigger
-        if trigger is not None and (isinstance(response, Written) or not isinstance(response, Shed | Capped)):
+        if trigger is not None and not isinstance(response, Shed | Capped):
             trigger.answered(self.now(), response.status >= 500)
         return response
 
@@ -492,11 +490,9 @@ def _outcome(response: Reply) -> str:
     'capped' for a client over limits.max_requests_per_client, else 'forwarded'."""
     if isinstance(response, Written):
         return "forwarded"
-    if isinstance(response, ShieldAnswer):
-        if isinstance(response, Shed):
-            return "shed"
-        return "capped" if isinstance(response, Capped) else "error"
-    return "forwarded"
+    if isinstance(response, Shed):
+        return "shed"
+    return "capped" if isinstance(response, Capped) else "error"
 
 
 def _accept(request: Request) -> str | None:

@@ -41,13 +41,13 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import httptools
-from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.app.heap import release_garbage
 from shield.decide.client_caps import HeldPerClient
 from shield.decide.remembered import remember
+from shield.http.answer import ShieldAnswer
 from shield.http.exchange import Exchange
 from shield.http.flow import WriteFlow
 from shield.http.proxy_protocol import ProxyHeaderError, parse_proxy_header
@@ -192,7 +192,7 @@ class Written:
         self.body_size = body_size
 
 
-Reply = web.StreamResponse | Written
+Reply = ShieldAnswer | Written
 Handler = Callable[["Request"], Awaitable[Reply]]
 
 
@@ -898,8 +898,7 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
                 keep_alive = reply.keep_alive
             else:
                 keep_alive = request.keep_alive and reply.keep_alive is not False
-                if not reply.prepared:
-                    transport.write(serialize(reply, request, keep_alive, self._server.date))
+                transport.write(serialize(reply, request, keep_alive, self._server.date))
             self._finished(request, keep_alive)
             if self._current is request:
                 return
@@ -1148,13 +1147,9 @@ class _HeadRefused(Exception):
         self.status = status
 
 
-def serialize(response: web.StreamResponse, request: Request, keep_alive: bool, date: DateHeader) -> bytes:
-    """A complete answer Shield built as an aiohttp ``Response`` (refusals, pages), as bytes."""
-    body = getattr(response, "body", None)
-    if body is None:
-        body = b""
-    elif not isinstance(body, bytes | bytearray):
-        raise TypeError(f"Shield's own answers carry bytes, not {type(body).__name__}")
+def serialize(response: ShieldAnswer, request: Request, keep_alive: bool, date: DateHeader) -> bytes:
+    """One of Shield's own answers (refusals, pages), framed for ``request``, as bytes."""
+    body = response.body
     status = response.status
     parts = [status_line(status)]
     has_date = False
@@ -1167,8 +1162,8 @@ def serialize(response: web.StreamResponse, request: Request, keep_alive: bool, 
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if not has_date:
         parts.append(date.line())
-    for cookie in response.cookies.values():
-        parts.append(b"Set-Cookie: " + cookie.OutputString().encode("latin-1") + b"\r\n")
+    for cookie in response.cookies:
+        parts.append(b"Set-Cookie: " + cookie.encode("latin-1") + b"\r\n")
     if status != 204 and status != 304:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     if not keep_alive:

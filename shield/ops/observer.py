@@ -16,9 +16,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
-from aiohttp import web
 from multidict import istr
 
+from shield.http.answer import ShieldAnswer
 from shield.http.connection import Reply, Request, Written
 from shield.http.exchange import Exchange
 from shield.http.request_id import RequestIds
@@ -41,10 +41,7 @@ def body_size(response: Reply, exchange: Exchange) -> int:
     size = getattr(response, "body_size", None)  # the proxy's pre-written answers
     if size is not None:
         return int(size)
-    if isinstance(response, web.Response):
-        body = response.body
-        return len(body) if isinstance(body, bytes | bytearray) else 0
-    return 0
+    return len(response.body) if isinstance(response, ShieldAnswer) else 0
 
 
 class Observer:
@@ -65,54 +62,10 @@ class Observer:
         self._log = access_log
         self._ids = request_ids or RequestIds()
         self._metrics = metrics
-        # What the listener calls: ``handle`` does it all; the others are what it comes to
-        # without a log (the default), and without metrics either.
-        self.entry: Handler = (
-            self.handle
-            if access_log is not None
-            else self.handle_counted
-            if metrics
-            else self.handle_unmeasured
-        )
-
-    async def handle_unmeasured(self, request: Request) -> Reply:
-        """``handle`` without counting, timing or logging (``admin.request_metrics: false``)."""
-        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
-        response = await self._handler(request)
-        if not isinstance(response, Written) and not response.prepared:
-            response.headers["X-Request-ID"] = exchange.request_id
-        return response
-
-    async def handle_counted(self, request: Request) -> Reply:
-        """``handle`` without the access log."""
-        started = perf_counter()
-        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
-        response = await self._handler(request)
-        labels = exchange.labels
-        if isinstance(response, Written):
-            if labels is not None:
-                if response.status == 101:
-                    self._stats.count(labels)  # a WebSocket session: its length is no duration
-                    return response
-                durations = self._durations.get(labels)
-                if durations is None:
-                    durations = self._stats.durations_of(labels)
-                durations.append(perf_counter() - started)
-            return response
-        if labels is not None:
-            self._record(labels, response, perf_counter() - started)
-        if not response.prepared:
-            response.headers["X-Request-ID"] = exchange.request_id
-        return response
-
-    def _record(self, labels: tuple[str, str, str, str], response: Reply, elapsed: float) -> None:
-        """Count the request; a WebSocket session's length is not a request duration."""
-        if response.status != 101:
-            self._stats.durations_of(labels).append(elapsed)
-        else:
-            self._stats.count(labels)
 
     async def handle(self, request: Request) -> Reply:
+        """The listener's handler: give the request its exchange, run the gatekeeper, then count,
+        time and log the answer, as far as ``metrics`` and the access log are on."""
         started = perf_counter()
         exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
         try:
@@ -121,14 +74,20 @@ class Observer:
             if self._log is not None and self._log.sampled():
                 self._write_log(request, exchange, CLIENT_CLOSED, 0, perf_counter() - started)
             raise
-        elapsed = perf_counter() - started
         labels = exchange.labels
         if labels is not None and self._metrics:
-            self._record(labels, response, elapsed)
-        if not isinstance(response, Written) and not response.prepared:
+            if response.status == 101:
+                self._stats.count(labels)  # a WebSocket session: its length is no duration
+            else:
+                durations = self._durations.get(labels)
+                if durations is None:
+                    durations = self._stats.durations_of(labels)
+                durations.append(perf_counter() - started)
+        if not isinstance(response, Written):
             response.headers["X-Request-ID"] = exchange.request_id
         if self._log is not None and self._log.sampled():
-            self._write_log(request, exchange, response.status, body_size(response, exchange), elapsed)
+            size = body_size(response, exchange)
+            self._write_log(request, exchange, response.status, size, perf_counter() - started)
         return response
 
     def _write_log(

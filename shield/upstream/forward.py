@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Final
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from shield.config.model import ShieldConfig
-from shield.enforce.answers import answer
 from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from shield.http.answer import ShieldAnswer, answer
 from shield.http.connection import Reply, Request, Written
 from shield.http.headers import RequestHeadBuilder
 from shield.http.response import DateHeader, response_bytes, streamed_head, switching_head
@@ -143,10 +142,6 @@ class BodyPieces:
                 return b"".join(pieces), True
             pieces.append(piece)
         return b"".join(pieces), False
-
-
-def plain_response(status: int, text: str, *, close: bool = False) -> web.Response:
-    return answer(status, text, close=close)
 
 
 class Proxy:
@@ -415,11 +410,11 @@ class Proxy:
             request.send(b"0\r\n\r\n")
         return Written(b"", keep_alive, conn.status, sent)
 
-    def _upstream_failed(self, error: UpstreamError) -> web.Response:
+    def _upstream_failed(self, error: UpstreamError) -> ShieldAnswer:
         self.stats.upstream_errors[error.kind] += 1
         if isinstance(error, UpstreamTimeout):
-            return plain_response(504, "The upstream did not answer in time.")
-        return plain_response(502, "The upstream is unavailable.")
+            return answer(504, "The upstream did not answer in time.")
+        return answer(502, "The upstream is unavailable.")
 
 
 def _continue_if_expected(request: Request) -> None:
@@ -436,7 +431,7 @@ def _continue_if_expected(request: Request) -> None:
         request.transport.write(_CONTINUE)
 
 
-def _client_body_refusal(upload: asyncio.Task[None], limits: Counter[str]) -> web.Response | None:
+def _client_body_refusal(upload: asyncio.Task[None], limits: Counter[str]) -> ShieldAnswer | None:
     """The answer for a client whose own body failed the upload, if that is what happened."""
     if not upload.done():
         upload.cancel()
@@ -447,12 +442,12 @@ def _client_body_refusal(upload: asyncio.Task[None], limits: Counter[str]) -> we
     return None
 
 
-def _body_refusal(error: BodyTooLarge | ClientBodyError, limits: Counter[str]) -> web.Response:
+def _body_refusal(error: BodyTooLarge | ClientBodyError, limits: Counter[str]) -> ShieldAnswer:
     """The answer to a body that failed; one sent below the minimum rate is counted in
     ``limits`` (``shield_client_limits{limit="body_rate"}``)."""
     if isinstance(error, BodyTooLarge):
-        return plain_response(413, "Request body too large.", close=True)
+        return answer(413, "Request body too large.", close=True)
     if isinstance(error, BodyTooSlow):
         limits["body_rate"] += 1
-        return plain_response(408, "Request body too slow.", close=True)
-    return plain_response(400, "Incomplete request body.", close=True)
+        return answer(408, "Request body too slow.", close=True)
+    return answer(400, "Incomplete request body.", close=True)
