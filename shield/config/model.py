@@ -61,7 +61,8 @@ class Listener(Section):
         if isinstance(value, int) and not isinstance(value, bool):
             return {"port": value}
         if isinstance(value, str):
-            host, port = _split_host_port(value, "0.0.0.0")
+            # A bare port binds where this kind of listener binds by default.
+            host, port = _split_host_port(value, cls.model_fields["host"].default)
             return {"host": host, "port": port}
         return value
 
@@ -69,16 +70,6 @@ class Listener(Section):
 class AdminListener(Listener):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return {"port": value}
-        if isinstance(value, str):
-            host, port = _split_host_port(value, "127.0.0.1")
-            return {"host": host, "port": port}
-        return value
 
     @field_validator("proxy_protocol")
     @classmethod

@@ -273,22 +273,15 @@ class Rule(Section):
             raise ValueError("a rule name is 1-64 letters, digits, '_', '.', ':' or '-'")
         return value
 
-    @field_validator("limit", "burst", "count")
+    @field_validator("limit", "burst", "count", "message", "retry_after")
     @classmethod
-    def _throttle_only(cls, value: object, info: ValidationInfo) -> object:
+    def _for_its_action(cls, value: object, info: ValidationInfo) -> object:
         # Field validators run in declaration order, so ``action`` is known here and the error
         # points at the offending key rather than at the whole rule.
         action = info.data.get("action")
-        if value is not None and action is not None and action != "throttle":
-            raise ValueError(f"'{info.field_name}' only applies to action: throttle, not {action}")
-        return value
-
-    @field_validator("message", "retry_after")
-    @classmethod
-    def _close_only(cls, value: object, info: ValidationInfo) -> object:
-        action = info.data.get("action")
-        if value is not None and action is not None and action != "close":
-            raise ValueError(f"'{info.field_name}' only applies to action: close, not {action}")
+        only = "close" if info.field_name in ("message", "retry_after") else "throttle"
+        if value is not None and action is not None and action != only:
+            raise ValueError(f"'{info.field_name}' only applies to action: {only}, not {action}")
         return value
 
     @field_validator("auto_close")

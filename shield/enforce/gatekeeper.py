@@ -37,7 +37,7 @@ from shield.decide.decision import (
     after_throttle,
     decide,
 )
-from shield.decide.identity import ANONYMOUS, Identity, IdentityResolver, NoIdentity
+from shield.decide.identity import ANONYMOUS, IdentityResolver, NoIdentity
 from shield.decide.paths import UnsafePath, canonical_raw_path
 from shield.decide.policy import CompiledRule, RequestView
 from shield.enforce import answers
@@ -57,6 +57,9 @@ from shield.state import StateBackend
 from shield.upstream.forward import Proxy
 
 log = logging.getLogger("shield.rules")
+
+# What the upstream is told of the client: its X-Forwarded-For chain and the identity lines.
+Upstream = tuple[str, bytes]
 
 _DEFAULT = "default"
 # The labels of a request no rule matched and the upstream answered, by ``identity.authenticated``.
@@ -198,7 +201,7 @@ class Gatekeeper:
         decision: Decision,
         target: bytes,
         view: RequestView,
-        upstream: tuple[str, bytes],
+        upstream: Upstream,
     ) -> ShieldAnswer | Awaitable[Reply]:
         """Do what was decided: the one place a decision becomes an answer or a forward.
 
@@ -225,11 +228,11 @@ class Gatekeeper:
                             extra += _forwarded_line(rule)
                         if counting is not None:
                             return self._forward_counted(request, rule, extra, target, view, upstream)
-                        return self._forward(request, target, extra, rule, view.identity, upstream)
+                        return self._forward(request, target, extra, rule, upstream)
                 case Forward():
                     by = decision.rule
                     extra = _forwarded_line(by) if self.debug_header and by is not None else b""
-                    return self._forward(request, target, extra, by, view.identity, upstream)
+                    return self._forward(request, target, extra, by, upstream)
                 case DryRuns(rules, then):
                     if self.shared is not None:
                         return self._dry_runs_shared(request, decision, target, view, upstream)
@@ -289,7 +292,7 @@ class Gatekeeper:
         decision: Throttle,
         target: bytes,
         view: RequestView,
-        upstream: tuple[str, bytes],
+        upstream: Upstream,
     ) -> Reply:
         """``act`` for a throttle whose state is shared (Redis): ask it, then act on the verdict."""
         assert self.shared is not None
@@ -304,7 +307,7 @@ class Gatekeeper:
         )
         if counting is not None:
             return await self._forward_counted(request, rule, extra, target, view, upstream)
-        return await self._forward(request, target, extra, rule, view.identity, upstream)
+        return await self._forward(request, target, extra, rule, upstream)
 
     async def _dry_runs_shared(
         self,
@@ -312,7 +315,7 @@ class Gatekeeper:
         decision: DryRuns,
         target: bytes,
         view: RequestView,
-        upstream: tuple[str, bytes],
+        upstream: Upstream,
     ) -> Reply:
         """``act`` for dry runs with shared state: count their verdicts, then act on the rest."""
         await self._record_shared_dry_runs(decision.rules, view)
@@ -342,12 +345,12 @@ class Gatekeeper:
         extra: bytes,
         target: bytes,
         view: RequestView,
-        upstream: tuple[str, bytes],
+        upstream: Upstream,
     ) -> Reply:
         """Forward for a throttle that counts only some answers (``count.status``): the bucket is
         charged once the upstream's status is known, never for Shield's own answers."""
         assert rule.count_statuses is not None
-        forwarded = await self._forward(request, target, extra, rule, view.identity, upstream)
+        forwarded = await self._forward(request, target, extra, rule, upstream)
         if forwarded.status in rule.count_statuses and not isinstance(forwarded, ShieldAnswer):
             rate = rule.rates[view.identity.authenticated]
             assert rate is not None
@@ -365,23 +368,19 @@ class Gatekeeper:
             self.bans.violation(view.client_key)
 
     async def _forward(
-        self,
-        request: Request,
-        target: bytes,
-        extra: bytes,
-        rule: CompiledRule | None,
-        identity: Identity,
-        upstream: tuple[str, bytes],
+        self, request: Request, target: bytes, extra: bytes, rule: CompiledRule | None, upstream: Upstream
     ) -> Reply:
-        """Forward upstream as ``rule`` decided (None: no rule applied), and record the outcome."""
+        """Forward upstream as ``rule`` decided (None: no rule applied), with Shield's ``extra``
+        header lines and what the upstream is told of the client; record the outcome."""
         if request.upgrade and not request.body_exists and is_websocket_upgrade(request.headers):
             # (An upgrade request with a body goes on as a plain request: Upgrade is hop-by-hop.)
-            return await self._websocket(request, target, extra, rule, identity, upstream)
+            return await self._websocket(request, target, extra, rule, upstream)
         if self.overload is None and self.requests_per_client is None:
             response = await self.proxy.forward(request, target, extra, upstream)  # the common case
         else:
-            response = await self._forward_within_limits(request, target, extra, rule, identity, upstream)
+            response = await self._forward_within_limits(request, target, extra, rule, upstream)
         exchange = request.exchange
+        identity = exchange.identity
         if rule is None:
             exchange.labels = (
                 _DEFAULT_FORWARDED[identity.authenticated]
@@ -400,13 +399,7 @@ class Gatekeeper:
         return response
 
     async def _forward_within_limits(
-        self,
-        request: Request,
-        target: bytes,
-        extra: bytes,
-        rule: CompiledRule | None,
-        identity: Identity,
-        upstream: tuple[str, bytes],
+        self, request: Request, target: bytes, extra: bytes, rule: CompiledRule | None, upstream: Upstream
     ) -> Reply:
         """Forward within the client's cap on requests in flight and through the overload gate,
         as far as either is configured."""
@@ -419,27 +412,19 @@ class Gatekeeper:
             if self.overload is None:
                 return await self.proxy.forward(request, target, extra, upstream)
             ranks = _DEFAULT_RANKS if rule is None else rule.ranks
-            return await self.overload.forward(
-                request, target, extra, upstream, ranks[identity.authenticated]
-            )
+            rank = ranks[request.exchange.identity.authenticated]
+            return await self.overload.forward(request, target, extra, upstream, rank)
         finally:
             if held is not None:
                 held.give_back(key)
 
     async def _websocket(
-        self,
-        request: Request,
-        target: bytes,
-        extra: bytes,
-        rule: CompiledRule | None,
-        identity: Identity,
-        upstream: tuple[str, bytes],
+        self, request: Request, target: bytes, extra: bytes, rule: CompiledRule | None, upstream: Upstream
     ) -> Reply:
         response = await self.proxy.upgrade(request, target, extra, upstream)
-        if rule is None:
-            request.exchange.decided(_DEFAULT, "allow", _outcome(response), identity.label)
-        else:
-            request.exchange.decided(rule.name, rule.action, _outcome(response), identity.label)
+        exchange = request.exchange
+        name, action = (_DEFAULT, "allow") if rule is None else (rule.name, rule.action)
+        exchange.decided(name, action, _outcome(response), exchange.identity.label)
         return response
 
     @staticmethod

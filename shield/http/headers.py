@@ -132,6 +132,8 @@ def _quoted_pair(text: str) -> str:
 
 # What ``RequestHeadBuilder.build`` does with a client header, by its name as sent.
 _COPY, _HOST, _VIA, _CONNECTION, _DROP = range(5)
+# Dropped headers Shield still reads, by their lower-cased name (the rest are just dropped).
+_DROPPED_KINDS = {b"host": _HOST, b"via": _VIA, b"connection": _CONNECTION}
 # Client header names are remembered only while short and few: a client sending endless new
 # names costs a table rebuild now and then, never memory.
 _REMEMBERED_NAME = 64
@@ -259,18 +261,7 @@ class RequestHeadBuilder:
         """The kind of a spelling not in ``_kinds`` yet, remembered there. Bounded: past
         ``_REMEMBERED_NAMES`` spellings the table starts again."""
         lower = name.lower()
-        if lower in self._drop:
-            kind = (
-                _HOST
-                if lower == b"host"
-                else _VIA
-                if lower == b"via"
-                else _CONNECTION
-                if lower == b"connection"
-                else _DROP
-            )
-        else:
-            kind = _COPY
+        kind = _DROPPED_KINDS.get(lower, _DROP) if lower in self._drop else _COPY
         return remember(self._kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
     def forwarding_headers(

@@ -27,6 +27,9 @@ _STATUS_LINES = {
 
 # What ``response_bytes`` does with an upstream header, by its name as sent.
 _COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _CODING, _DROP = range(7)
+# The upstream's headers Shield reads, by their lower-cased name: dropped ones, and kept ones.
+_DROPPED_KINDS = {b"content-length": _LENGTH, b"connection": _CONNECTION, b"transfer-encoding": _CODING}
+_KEPT_KINDS = {b"date": _DATE, b"server": _SERVER}
 # Names longer than this are classified on every response rather than remembered.
 _REMEMBERED_NAME = 64
 _REMEMBERED_NAMES = 1024
@@ -41,18 +44,7 @@ def _new_kind(name: bytes) -> int:
     """The kind of a spelling not in ``_kinds`` yet, remembered there. Bounded: past
     ``_REMEMBERED_NAMES`` spellings the table starts again."""
     lower = name.lower()
-    if lower in DROP_RESPONSE:
-        kind = (
-            _LENGTH
-            if lower == b"content-length"
-            else _CONNECTION
-            if lower == b"connection"
-            else _CODING
-            if lower == b"transfer-encoding"
-            else _DROP
-        )
-    else:
-        kind = _DATE if lower == b"date" else _SERVER if lower == b"server" else _COPY
+    kind = _DROPPED_KINDS.get(lower, _DROP) if lower in DROP_RESPONSE else _KEPT_KINDS.get(lower, _COPY)
     return remember(_kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
 
