@@ -48,6 +48,7 @@ from shield.app.heap import release_garbage
 from shield.decide.client_caps import HeldPerClient
 from shield.decide.remembered import remember
 from shield.http.answer import ShieldAnswer
+from shield.http.body_buffer import BodyBuffer
 from shield.http.exchange import Exchange
 from shield.http.flow import WriteFlow
 from shield.http.proxy_protocol import ProxyHeaderError, parse_proxy_header
@@ -199,12 +200,16 @@ Handler = Callable[["Request"], Awaitable[Reply]]
 class RequestBody:
     """A request's body as it arrives. The subset of aiohttp's ``StreamReader`` Shield uses."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_discard", "_eof", "_error", "_lost", "_waiter")
+    __slots__ = ("_buffer", "_conn", "_discard", "_eof", "_error", "_lost", "_waiter")
 
     def __init__(self, conn: Http1Connection) -> None:
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
+        self._buffer = BodyBuffer(
+            high_water=BODY_HIGH_WATER,
+            low_water=BODY_HIGH_WATER // 2,
+            pause=conn.pause_for_body,
+            resume=conn.resume_for_body,
+        )
         self._eof = False
         self._lost = False
         self._discard = False
@@ -216,10 +221,7 @@ class RequestBody:
     def feed(self, data: bytes) -> None:
         if self._discard:
             return
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > BODY_HIGH_WATER:
-            self._conn.pause_for_body()
+        self._buffer.add(data)
         self._wake()
 
     def feed_eof(self) -> None:
@@ -237,9 +239,7 @@ class RequestBody:
     def discard(self) -> None:
         """Nobody will read the rest: drop what is buffered and what is still coming."""
         self._discard = True
-        self._chunks.clear()
-        self._buffered = 0
-        self._conn.resume_for_body()
+        self._buffer.clear()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -258,22 +258,11 @@ class RequestBody:
     # -- read by the handler ------------------------------------------------------------------
 
     def is_eof(self) -> bool:
-        return self._eof and not self._chunks
-
-    def _take(self, limit: int) -> bytes:
-        chunks = self._chunks
-        data = chunks.popleft()
-        if len(data) > limit >= 0:
-            chunks.appendleft(data[limit:])
-            data = data[:limit]
-        self._buffered -= len(data)
-        if self._buffered <= BODY_HIGH_WATER // 2:
-            self._conn.resume_for_body()
-        return data
+        return self._eof and not self._buffer.size
 
     async def _arrived(self) -> bool:
         """Wait until part of the body is buffered; False at its end or when the client left."""
-        while not self._chunks:
+        while not self._buffer.size:
             if self._error is not None:
                 raise self._error
             if self._eof or self._lost:
@@ -283,7 +272,7 @@ class RequestBody:
 
     async def readany(self) -> bytes:
         """The next part of the body; ``b""`` at its end or when the client went away."""
-        return self._take(-1) if await self._arrived() else b""
+        return self._buffer.take() if await self._arrived() else b""
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes as soon as any are there (``n < 0``: the whole rest of the body)."""
@@ -292,20 +281,20 @@ class RequestBody:
             while chunk := await self.readany():
                 parts.append(chunk)
             return b"".join(parts)
-        return self._take(n) if await self._arrived() else b""
+        return self._buffer.take(n) if await self._arrived() else b""
 
     async def readexactly(self, n: int) -> bytes:
-        while self._buffered < n:
+        buffer = self._buffer
+        while buffer.size < n:
             if self._error is not None:
                 raise self._error
             if self._eof or self._lost:
-                partial = b"".join(self._chunks)
-                raise asyncio.IncompleteReadError(partial, n)
+                raise asyncio.IncompleteReadError(buffer.take_all(), n)
             await self._wait()
         parts = []
         needed = n
         while needed:
-            part = self._take(needed)
+            part = buffer.take(needed)
             parts.append(part)
             needed -= len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)

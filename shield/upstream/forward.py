@@ -341,7 +341,7 @@ class Proxy:
         self, request: Request, conn: UpstreamConnection, extra: bytes, head_request: bool
     ) -> Written:
         """An answer the upstream has sent in full, as the client gets it, in one piece."""
-        body = conn.take_body()
+        body = conn.body.take_all()
         conn.finish()
         keep_alive = request.keep_alive
         data = response_bytes(

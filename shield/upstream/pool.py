@@ -26,6 +26,7 @@ from shield.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from shield.http.body_buffer import BodyBuffer
 from shield.http.flow import WriteFlow
 
 # How often the pool checks deadlines and idle connections: timeouts fire within this much.
@@ -65,8 +66,13 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         # Where the parser's fields go: ``headers`` until the head is complete.
         self._fields = self.headers
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        # The answer's body as it arrives; reading from the upstream pauses while too much waits.
+        self.body = BodyBuffer(
+            high_water=_HIGH_WATER,
+            low_water=_HIGH_WATER // 2,
+            pause=self._pause_reading,
+            resume=self._resume_reading,
+        )
         self.headers_complete = False
         self.message_complete = False
         self.received_any = False
@@ -74,7 +80,6 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self._deadline_message = ""
-        self._reading_paused = False
         self.reusable = True
         self.idle_since = 0.0
 
@@ -192,11 +197,7 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         if self._head_request:
             self.reusable = False
             return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._reading_paused and self.transport:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self.body.add(body)
         if self._waiter is not None:
             self._wake()
 
@@ -270,8 +271,8 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         self._head_received = 0
         self._framing_bytes = 0
         self.headers = self._fields = []
-        self._chunks = []
-        self._buffered = 0
+        if self.body.size:  # (never, unless an answer was left unread: such connections close)
+            self.body.clear()
         self.headers_complete = False
         self.message_complete = False
         self.received_any = False
@@ -299,26 +300,21 @@ class UpstreamConnection(WriteFlow, asyncio.Protocol):
         while not self.headers_complete:
             await self.wait(timeout, NO_ANSWER)
 
-    def take_body(self) -> bytes:
-        """Everything buffered so far, resuming reads from the upstream if they were paused."""
-        chunks = self._chunks
-        if not chunks:
-            return b""
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._buffered = 0
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
+    def _pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None:
             self.transport.resume_reading()
-        return data
 
     async def read(self, idle_timeout: float) -> bytes:
         """The next part of the response body; ``b""`` once it is complete."""
-        while not self._chunks:
+        while not self.body.size:
             if self.message_complete:
                 return b""
             await self.wait(idle_timeout, STALLED)
-        return self.take_body()
+        return self.body.take_all()
 
     def finish(self) -> None:
         """The response was read to its end: return the connection to the pool."""

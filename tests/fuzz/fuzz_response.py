@@ -143,7 +143,7 @@ async def relay(conn: UpstreamConnection, relayed: Relayed, flags: int) -> None:
         while not conn.headers_complete:
             await conn.wait(TIMEOUT, "no answer")
         if conn.message_complete:
-            body = conn.take_body()
+            body = conn.body.take_all()
             conn.finish()
             answer = response_bytes(
                 conn.status, conn.headers, body, head_request=head_request, keep_alive=keep_alive, date=DATE
