@@ -175,8 +175,8 @@ class Gatekeeper:
             identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
             if self.introspector is not None and not identity.authenticated:
                 identity = await self.introspector.identify(headers, identity)
-        # From here on the request's record is what rules see of it (``Exchange`` is a view).
-        view = request.exchange
+        # From here on the request is what rules see of it too (``Request`` is a ``RequestView``).
+        view = request
         view.method = method
         view.path = match_path
         view.host_header = host
@@ -245,7 +245,7 @@ class Gatekeeper:
                         request, answers.throttled(limit, accept=_accept(request), extra=debug)
                     )
                 case Unavailable(rule):
-                    request.exchange.decided(rule.name, rule.action, "error", view.identity.label)
+                    request.decided(rule.name, rule.action, "error", view.identity.label)
                     debug = self._debug(rule, "state unavailable")
                     return self._refusal(request, answers.unavailable(accept=_accept(request), extra=debug))
                 case Blocked(rule):
@@ -254,7 +254,7 @@ class Gatekeeper:
                     return self._refusal(request, answers.blocked(accept=_accept(request), extra=debug))
                 case Challenged(rule):
                     assert self.challenge is not None
-                    request.exchange.decided(rule.name, rule.action, "challenged", view.identity.label)
+                    request.decided(rule.name, rule.action, "challenged", view.identity.label)
                     page = self.challenge.page(
                         view.client_key,
                         target.decode("latin-1"),
@@ -263,7 +263,7 @@ class Gatekeeper:
                     )
                     return self._refusal(request, page)
                 case Closed(rule, action, why, message, retry_after):
-                    request.exchange.decided(rule.name, action, "closed", view.identity.label)
+                    request.decided(rule.name, action, "closed", view.identity.label)
                     closed = answers.closed(
                         message=message,
                         retry_after=retry_after,
@@ -274,7 +274,7 @@ class Gatekeeper:
                     return self._refusal(request, closed)
                 case Banned(retry_after):
                     assert self.bans is not None
-                    request.exchange.decided("ban", "ban", "banned", "anonymous")
+                    request.decided("ban", "ban", "banned", "anonymous")
                     status = self.bans.config.answer
                     refusal = answers.banned(status=status, retry_after=retry_after, accept=_accept(request))
                     return self._refusal(request, refusal)
@@ -329,9 +329,7 @@ class Gatekeeper:
     async def _check_solution(self, request: Request, view: RequestView) -> Reply:
         assert self.challenge is not None
         response, passed = await self.challenge.submit(request, view.client_key)
-        request.exchange.decided(
-            "challenge", "challenge", "passed" if passed else "refused", view.identity.label
-        )
+        request.decided("challenge", "challenge", "passed" if passed else "refused", view.identity.label)
         return response
 
     def _debug(self, rule: CompiledRule, outcome: str) -> dict[str, str]:
@@ -363,7 +361,7 @@ class Gatekeeper:
 
     def _violation(self, request: Request, rule: CompiledRule, outcome: str, view: RequestView) -> None:
         """A refusal that counts towards a ban (``bans.after`` of them)."""
-        request.exchange.decided(rule.name, rule.action, outcome, view.identity.label)
+        request.decided(rule.name, rule.action, outcome, view.identity.label)
         if self.bans is not None:
             self.bans.violation(view.client_key)
 
@@ -379,16 +377,15 @@ class Gatekeeper:
             response = await self.proxy.forward(request, target, extra, upstream)  # the common case
         else:
             response = await self._forward_within_limits(request, target, extra, rule, upstream)
-        exchange = request.exchange
-        identity = exchange.identity
+        identity = request.identity
         if rule is None:
-            exchange.labels = (
+            request.labels = (
                 _DEFAULT_FORWARDED[identity.authenticated]
                 if isinstance(response, Written)
                 else (_DEFAULT, "allow", _outcome(response), identity.label)
             )
             return response
-        exchange.labels = (
+        request.labels = (
             rule.forwarded_labels[identity.authenticated]
             if isinstance(response, Written)
             else (rule.name, rule.action, _outcome(response), identity.label)
@@ -404,7 +401,7 @@ class Gatekeeper:
         """Forward within the client's cap on requests in flight and through the overload gate,
         as far as either is configured."""
         held = self.requests_per_client
-        key = request.exchange.client_key
+        key = request.client_key
         if held is not None and not held.take(key):
             self.stats.client_limits["requests_per_client"] += 1
             return answers.too_many_in_flight(accept=request.headers.get("Accept"))
@@ -412,7 +409,7 @@ class Gatekeeper:
             if self.overload is None:
                 return await self.proxy.forward(request, target, extra, upstream)
             ranks = _DEFAULT_RANKS if rule is None else rule.ranks
-            rank = ranks[request.exchange.identity.authenticated]
+            rank = ranks[request.identity.authenticated]
             return await self.overload.forward(request, target, extra, upstream, rank)
         finally:
             if held is not None:
@@ -422,9 +419,8 @@ class Gatekeeper:
         self, request: Request, target: bytes, extra: bytes, rule: CompiledRule | None, upstream: Upstream
     ) -> Reply:
         response = await self.proxy.upgrade(request, target, extra, upstream)
-        exchange = request.exchange
         name, action = (_DEFAULT, "allow") if rule is None else (rule.name, rule.action)
-        exchange.decided(name, action, _outcome(response), exchange.identity.label)
+        request.decided(name, action, _outcome(response), request.identity.label)
         return response
 
     @staticmethod

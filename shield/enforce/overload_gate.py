@@ -57,7 +57,7 @@ class OverloadGate:
         finally:
             self._release()
         failed = response.status >= 500
-        self.saturation.observe(self.clock.now(), request.exchange.upstream_seconds, failed)
+        self.saturation.observe(self.clock.now(), request.upstream_seconds, failed)
         return response
 
     async def _wait(self, rank: int) -> bool:

@@ -46,10 +46,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shield.app.heap import release_garbage
 from shield.decide.client_caps import HeldPerClient
+from shield.decide.policy import RequestView
 from shield.decide.remembered import remember
 from shield.http.answer import ShieldAnswer
 from shield.http.body_buffer import BodyBuffer
-from shield.http.exchange import Exchange
 from shield.http.flow import WriteFlow
 from shield.http.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.http.response import DateHeader, status_line
@@ -338,27 +338,32 @@ class EmptyBody:
 EMPTY_BODY: Final = EmptyBody()
 
 
-class Request:
-    """One request as Shield's handlers see it: the subset of aiohttp's ``BaseRequest`` they use,
-    plus streaming an answer (``send``) and handing a WebSocket upgrade over (``hand_over``).
-    ``exchange`` is set by the observer before anything else reads it."""
+class Request(RequestView):
+    """One request as it crosses Shield, from its parsed head to its log line.
 
-    exchange: Exchange
+    For the handlers: the subset of aiohttp's ``BaseRequest`` they use, plus streaming an answer
+    (``send``) and handing a WebSocket upgrade over (``hand_over``). For the rules: it is the
+    request's ``RequestView``, whose canonical ``path``, client and ``identity`` the gatekeeper
+    fills in before it decides. For the metrics and the log: its request id (set by the
+    observer), the decision's ``labels``, what the upstream took (``upstream_seconds``) and the
+    body bytes of a streamed answer (``sent``). Until the gatekeeper has looked, ``client_ip``
+    and ``path`` are empty."""
 
     __slots__ = (
         "_conn",
         "body_exists",
         "content",
         "content_length",
-        "exchange",
-        "headers",
+        "id_line",
         "keep_alive",
-        "method",
+        "labels",
         "raw_headers",
         "remote",
+        "sent",
         "started",
         "target",
         "upgrade",
+        "upstream_seconds",
         "version",
         "waiting_bytes",
     )
@@ -391,6 +396,37 @@ class Request:
         self.started = False
         # Bytes of this request (head, body so far) held while it waits behind another one.
         self.waiting_bytes = 0
+        # "X-Request-ID: <id>\r\n" (``RequestIds.line_of``): the form the hot path sends.
+        self.id_line = b""
+        # (rule, action, decision, identity) once decided: the request counter's key as it is.
+        self.labels: tuple[str, str, str, str] | None = None
+        self.client_ip = ""
+        # The client's throttle key (an IPv6 client's prefix), what per-client caps count by.
+        self.client_key = ""
+        self.path = ""
+        self._host = None
+        self.upstream_seconds: float | None = None
+        self.sent = -1  # body bytes of a streamed answer, counted by the proxy
+
+    @property
+    def request_id(self) -> str:
+        return self.id_line[14:-2].decode("latin-1")
+
+    def decided(self, rule: str, action: str, decision: str, identity: str) -> None:
+        self.labels = (rule, action, decision, identity)
+
+    @property
+    def rule(self) -> str | None:
+        return self.labels[0] if self.labels is not None else None
+
+    @property
+    def decision(self) -> str | None:
+        return self.labels[2] if self.labels is not None else None
+
+    @property
+    def identity_label(self) -> str:
+        """The identity class of the decision's labels ("anonymous" before any decision)."""
+        return self.labels[3] if self.labels is not None else "anonymous"
 
     @property
     def raw_path(self) -> str:

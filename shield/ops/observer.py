@@ -1,8 +1,8 @@
 """Recording each request: its id, what was decided, how long it took, one access log line.
 
-``Observer.handle`` wraps the gatekeeper. It gives the request an ``Exchange`` (its
-``exchange`` attribute, so the gatekeeper and the proxy fill it without new parameters on their
-methods): the gatekeeper writes what it decided, the proxy how long the upstream took. Once the
+``Observer.handle`` wraps the gatekeeper. It gives the request its id; the request itself is
+the record the rest fill in (no new parameters on their methods): the gatekeeper writes what it
+decided, the proxy how long the upstream took. Once the
 answer is ready the observer records the decision and the duration (``ProxyStats.durations``),
 puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
 
@@ -20,7 +20,6 @@ from multidict import istr
 
 from shield.http.answer import ShieldAnswer
 from shield.http.connection import Reply, Request, Written
-from shield.http.exchange import Exchange
 from shield.http.request_id import RequestIds
 from shield.ops.access_log import AccessLog, format_line
 from shield.ops.metrics import ProxyStats
@@ -34,10 +33,10 @@ _REQUEST_ID = istr("X-Request-ID")
 CLIENT_CLOSED = 499
 
 
-def body_size(response: Reply, exchange: Exchange) -> int:
+def body_size(response: Reply, request: Request) -> int:
     """Body bytes of the answer (what the client receives after the head)."""
-    if exchange.sent >= 0:
-        return exchange.sent
+    if request.sent >= 0:
+        return request.sent
     size = getattr(response, "body_size", None)  # the proxy's pre-written answers
     if size is not None:
         return int(size)
@@ -64,17 +63,17 @@ class Observer:
         self._metrics = metrics
 
     async def handle(self, request: Request) -> Reply:
-        """The listener's handler: give the request its exchange, run the gatekeeper, then count,
+        """The listener's handler: give the request its id, run the gatekeeper, then count,
         time and log the answer, as far as ``metrics`` and the access log are on."""
         started = perf_counter()
-        exchange = request.exchange = Exchange(self._ids.line_of(request.headers.get(_REQUEST_ID)))
+        request.id_line = self._ids.line_of(request.headers.get(_REQUEST_ID))
         try:
             response = await self._handler(request)
         except asyncio.CancelledError:
             if self._log is not None and self._log.sampled():
-                self._write_log(request, exchange, CLIENT_CLOSED, 0, perf_counter() - started)
+                self._write_log(request, CLIENT_CLOSED, 0, perf_counter() - started)
             raise
-        labels = exchange.labels
+        labels = request.labels
         if labels is not None and self._metrics:
             if response.status == 101:
                 self._stats.count(labels)  # a WebSocket session: its length is no duration
@@ -84,29 +83,27 @@ class Observer:
                     durations = self._stats.durations_of(labels)
                 durations.append(perf_counter() - started)
         if not isinstance(response, Written):
-            response.headers["X-Request-ID"] = exchange.request_id
+            response.headers["X-Request-ID"] = request.request_id
         if self._log is not None and self._log.sampled():
-            size = body_size(response, exchange)
-            self._write_log(request, exchange, response.status, size, perf_counter() - started)
+            size = body_size(response, request)
+            self._write_log(request, response.status, size, perf_counter() - started)
         return response
 
-    def _write_log(
-        self, request: Request, exchange: Exchange, status: int, size: int, elapsed: float
-    ) -> None:
+    def _write_log(self, request: Request, status: int, size: int, elapsed: float) -> None:
         assert self._log is not None
         self._log.write(
             format_line(
                 stamp=self._log.stamp(),
-                request_id=exchange.request_id,
-                client_ip=exchange.client_ip or request.remote or "unknown",
-                identity=exchange.identity_label,
+                request_id=request.request_id,
+                client_ip=request.client_ip or request.remote or "unknown",
+                identity=request.identity_label,
                 method=request.method,
-                path=exchange.path or None,
-                rule=exchange.rule,
-                decision=exchange.decision,
+                path=request.path or None,
+                rule=request.rule,
+                decision=request.decision,
                 status=status,
                 size=size,
                 duration=elapsed,
-                upstream=exchange.upstream_seconds,
+                upstream=request.upstream_seconds,
             )
         )

@@ -157,7 +157,7 @@ class Proxy:
         timed: bool = True,
         upstream_histogram: bool = True,
     ) -> None:
-        """``timed``: measure how long the upstream takes to answer (``exchange.upstream_seconds``,
+        """``timed``: measure how long the upstream takes to answer (``request.upstream_seconds``,
         for the access log, load shedding and ``upstream_histogram``); off, no clock is read."""
         self.settings = settings
         self.heads = heads
@@ -179,8 +179,7 @@ class Proxy:
         X-Forwarded-For value and Shield's identity header lines (default: the peer, none)."""
         settings = self.settings
         method = request.method
-        exchange = request.exchange
-        id_line = exchange.id_line
+        id_line = request.id_line
         extra += id_line
         body: bytes | None = None
         streamed = chunked = False
@@ -249,7 +248,7 @@ class Proxy:
                             timeout = settings.upstream_idle if uploading else settings.headers_timeout
                             await conn.wait(timeout, NO_ANSWER)
                     if timed:
-                        upstream_seconds = exchange.upstream_seconds = perf_counter() - sent_at
+                        upstream_seconds = request.upstream_seconds = perf_counter() - sent_at
                         if self.upstream_durations is not None:
                             self.upstream_durations.append(upstream_seconds)
                     break
@@ -296,8 +295,7 @@ class Proxy:
         """Ask the upstream to switch ``request``'s connection to the protocol its Upgrade
         names (WebSocket). On a 101 the two connections are spliced until the session ends; any
         other answer (a server may decline, RFC 9110 §7.8) goes to the client as it is."""
-        exchange = request.exchange
-        extra += exchange.id_line
+        extra += request.id_line
         forwarded_for, who = upstream
         protocol = request.headers["Upgrade"].encode("latin-1")
         head = self.heads.build(
@@ -306,7 +304,7 @@ class Proxy:
             request.raw_headers,
             forwarded_for,
             b"Connection: Upgrade\r\nUpgrade: " + protocol + b"\r\n",
-            exchange.id_line,
+            request.id_line,
             who,
         )
         conn: UpstreamConnection | None = None
@@ -385,15 +383,14 @@ class Proxy:
             extra=extra,
         )
         idle = self.settings.upstream_idle
-        exchange = request.exchange
-        sent = exchange.sent = 0
+        sent = request.sent = 0
         try:
             request.send(head)
             while chunk := await conn.read(idle):
                 if not head_request:
                     request.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                     sent += len(chunk)
-                    exchange.sent = sent
+                    request.sent = sent
                     await request.drain()
         except UpstreamError as error:
             conn.close()
