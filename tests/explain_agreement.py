@@ -114,13 +114,11 @@ def compare_every_decision(monkeypatch: Any, agreement: Agreement) -> None:
     """Compare explain with the proxy on every request while the test runs."""
     act = Gatekeeper.act
 
-    def compared_act(
-        self: Gatekeeper, request: Any, decision: Decision, target: bytes, view: RequestView, upstream: Any
-    ) -> Any:
+    def compared_act(self: Gatekeeper, request: Any, decision: Decision, target: bytes, upstream: Any) -> Any:
         # Only the decision ``handle`` made: what ``act`` does with a throttle's verdict or the
         # rest of a dry run is its own next step, not a second decision.
         if sys._getframe(1).f_code.co_name == "handle":
-            agreement.check(self, request, decision, view)
-        return act(self, request, decision, target, view, upstream)
+            agreement.check(self, request, decision, request)
+        return act(self, request, decision, target, upstream)
 
     monkeypatch.setattr(Gatekeeper, "act", compared_act)

@@ -131,7 +131,8 @@ class CtlClosure(Protocol):
     def until(self) -> float: ...
 
 
-def _no_closure(name: str) -> CtlClosure | None:
+def no_closure(name: str) -> CtlClosure | None:
+    """The ctl closure lookup where there is no ctl: nothing is closed."""
     return None
 
 
@@ -139,20 +140,31 @@ class Rulebook(NamedTuple):
     """What decisions need besides the request, one per config in force.
 
     ``now`` is the monotonic clock triggers run on, ``wall`` Unix time (bans and ctl closures
-    end at a wall time); ``ctl_closed`` is the live table of ctl closures (read for emptiness,
-    the common case) and ``ctl_closure`` looks one up; ``passes`` checks the challenge pass (the
-    value of cookie ``challenge_cookie``) for a client key."""
+    end at a wall time); ``pages`` are the paths Shield answers itself (``own_pages``);
+    ``ctl_closed`` is the live table of ctl closures (read for emptiness, the common case) and
+    ``ctl_closure`` looks one up; ``passes`` checks the challenge pass (the value of cookie
+    ``challenge_cookie``) for a client key."""
 
     policy: Policy
     default_retry_after: float
     now: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
-    status_path: str | None = None
-    challenge_path: str | None = None
+    pages: Mapping[str, Decision] = {}
     challenge_cookie: str = ""
     passes: Callable[[str | None, str], bool] | None = None
     ctl_closed: Mapping[str, object] = {}
-    ctl_closure: Callable[[str], CtlClosure | None] = _no_closure
+    ctl_closure: Callable[[str], CtlClosure | None] = no_closure
+
+
+def own_pages(policy: Policy, status_path: str | None, challenge_path: str | None) -> dict[str, Decision]:
+    """The paths Shield answers itself, before any rule: the status page when it is on, and
+    where challenge solutions are posted when a rule challenges."""
+    pages: dict[str, Decision] = {}
+    if challenge_path is not None and policy.has_challenge:
+        pages[challenge_path] = CHALLENGE_SOLUTION
+    if status_path is not None:
+        pages[status_path] = STATUS_PAGE  # (the status page wins where both are set to one path)
+    return pages
 
 
 def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None) -> Decision:
@@ -160,11 +172,10 @@ def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None
     if banned_until is not None:
         return Banned(banned_until - rules.wall())
     path = view.path
-    if path == rules.status_path:
-        return STATUS_PAGE
+    page = rules.pages.get(path)
+    if page is not None:
+        return page
     policy = rules.policy
-    if path == rules.challenge_path and policy.has_challenge:
-        return CHALLENGE_SOLUTION
     if not policy.rules:
         return FORWARD_UNRULED
     try:  # what ``policy.match(view)`` does, without the call

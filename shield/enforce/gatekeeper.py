@@ -36,6 +36,8 @@ from shield.decide.decision import (
     Unavailable,
     after_throttle,
     decide,
+    no_closure,
+    own_pages,
 )
 from shield.decide.identity import ANONYMOUS, IdentityResolver, NoIdentity
 from shield.decide.paths import UnsafePath, canonical_raw_path
@@ -98,7 +100,8 @@ class Gatekeeper:
         self.proxy = proxy
         self.limiter = state.memory
         self.shared = state.redis
-        self.on_state_error = state.config.on_error
+        # state.on_error: deny: a throttle whose shared state does not answer refuses (503).
+        self.deny_on_state_error = state.config.on_error == "deny"
         self.identities = identities
         self.now = clock.now
         self.wall = (wall or WallClock()).now
@@ -124,12 +127,15 @@ class Gatekeeper:
             runtime.config.policy.default_retry_after,
             now=self.now,
             wall=self.wall,
-            status_path=runtime.status_path if self.status is not None else None,
-            challenge_path=challenge.path if challenge is not None else None,
+            pages=own_pages(
+                runtime.policy,
+                runtime.status_path if self.status is not None else None,
+                challenge.path if challenge is not None else None,
+            ),
             challenge_cookie=challenge.cookie if challenge is not None else "",
             passes=challenge.passes if challenge is not None else None,
             ctl_closed=switches.local if switches is not None else {},
-            ctl_closure=switches.closure if switches is not None else Rulebook._field_defaults["ctl_closure"],
+            ctl_closure=switches.closure if switches is not None else no_closure,
         )
         self._rulebook = (runtime, rulebook)
         # policy.debug_header: say in a header which rule decided (read by ``act``).
@@ -175,24 +181,21 @@ class Gatekeeper:
             identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
             if self.introspector is not None and not identity.authenticated:
                 identity = await self.introspector.identify(headers, identity)
-        # From here on the request is what rules see of it too (``Request`` is a ``RequestView``).
-        view = request
-        view.method = method
-        view.path = match_path
-        view.host_header = host
-        view.headers = headers
-        view.query_string = query.decode("latin-1") if query else ""
-        view.client_ip = client_ip
-        view.identity = identity
-        view.client_key = client.key
-        decision = decide(view, rulebook, ban.until if ban is not None else None)
+        # The request as rules see it (a ``Request`` is a ``RequestView``: method and headers set).
+        request.path = match_path
+        request.host_header = host
+        request.query_string = query.decode("latin-1") if query else ""
+        request.client_ip = client_ip
+        request.identity = identity
+        request.client_key = client.key
+        decision = decide(request, rulebook, ban.until if ban is not None else None)
         # What the upstream is told: the client chain, and who Shield saw when asked to say.
         upstream = (
             (client.forwarded_for, identity_lines(client_ip, identity.user))
             if self.identity_headers
             else client.upstream
         )
-        acted = self.act(request, decision, target, view, upstream)
+        acted = self.act(request, decision, target, upstream)
         return acted if isinstance(acted, ShieldAnswer) else await acted
 
     def act(
@@ -200,7 +203,6 @@ class Gatekeeper:
         request: Request,
         decision: Decision,
         target: bytes,
-        view: RequestView,
         upstream: Upstream,
     ) -> ShieldAnswer | Awaitable[Reply]:
         """Do what was decided: the one place a decision becomes an answer or a forward.
@@ -214,20 +216,20 @@ class Gatekeeper:
                 case Throttle():
                     rule, rate = decision
                     if self.shared is not None:
-                        return self._throttle_shared(request, decision, target, view, upstream)
-                    key = rule.state_key(view)
+                        return self._throttle_shared(request, decision, target, upstream)
+                    key = rule.state_key(request)
                     counting = rule.count_statuses
                     if counting is None:
                         limit = self.limiter.hit(key, rate, self.now())
                     else:
                         limit = self.limiter.peek(key, rate, self.now())
-                    decision = after_throttle(rule, limit, self.on_state_error == "deny")
+                    decision = after_throttle(rule, limit, self.deny_on_state_error)
                     if decision is rule.forward:
                         extra = ratelimit_lines(limit)
                         if self.debug_header:
                             extra += _forwarded_line(rule)
                         if counting is not None:
-                            return self._forward_counted(request, rule, extra, target, view, upstream)
+                            return self._forward_counted(request, rule, extra, target, upstream)
                         return self._forward(request, target, extra, rule, upstream)
                 case Forward():
                     by = decision.rule
@@ -235,35 +237,35 @@ class Gatekeeper:
                     return self._forward(request, target, extra, by, upstream)
                 case DryRuns(rules, then):
                     if self.shared is not None:
-                        return self._dry_runs_shared(request, decision, target, view, upstream)
-                    self._record_dry_runs(rules, view)
+                        return self._dry_runs_shared(request, decision, target, upstream)
+                    self._record_dry_runs(rules, request)
                     decision = then
                 case Throttled(rule, limit):
-                    self._violation(request, rule, "throttled", view)
+                    self._violation(request, rule, "throttled")
                     debug = self._debug(rule, "throttled")
                     return self._refusal(
                         request, answers.throttled(limit, accept=_accept(request), extra=debug)
                     )
                 case Unavailable(rule):
-                    request.decided(rule.name, rule.action, "error", view.identity.label)
+                    request.decided(rule.name, rule.action, "error", request.identity.label)
                     debug = self._debug(rule, "state unavailable")
                     return self._refusal(request, answers.unavailable(accept=_accept(request), extra=debug))
                 case Blocked(rule):
-                    self._violation(request, rule, "blocked", view)
+                    self._violation(request, rule, "blocked")
                     debug = self._debug(rule, "blocked")
                     return self._refusal(request, answers.blocked(accept=_accept(request), extra=debug))
                 case Challenged(rule):
                     assert self.challenge is not None
-                    request.decided(rule.name, rule.action, "challenged", view.identity.label)
+                    request.decided(rule.name, rule.action, "challenged", request.identity.label)
                     page = self.challenge.page(
-                        view.client_key,
+                        request.client_key,
                         target.decode("latin-1"),
                         _accept(request),
                         self._debug(rule, "challenged"),
                     )
                     return self._refusal(request, page)
                 case Closed(rule, action, why, message, retry_after):
-                    request.decided(rule.name, action, "closed", view.identity.label)
+                    request.decided(rule.name, action, "closed", request.identity.label)
                     closed = answers.closed(
                         message=message,
                         retry_after=retry_after,
@@ -282,7 +284,7 @@ class Gatekeeper:
                     assert self.status is not None
                     return self.status.answer(request.method, _accept(request))
                 case CheckSolution():
-                    return self._check_solution(request, view)
+                    return self._check_solution(request)
                 case _:
                     assert_never(decision)
 
@@ -291,22 +293,21 @@ class Gatekeeper:
         request: Request,
         decision: Throttle,
         target: bytes,
-        view: RequestView,
         upstream: Upstream,
     ) -> Reply:
         """``act`` for a throttle whose state is shared (Redis): ask it, then act on the verdict."""
         assert self.shared is not None
         rule, rate = decision
         counting = rule.count_statuses
-        limit = await self.shared.decide(rule.state_key(view), rate, 1 if counting is None else 0)
-        verdict = after_throttle(rule, limit, self.on_state_error == "deny")
+        limit = await self.shared.decide(rule.state_key(request), rate, 1 if counting is None else 0)
+        verdict = after_throttle(rule, limit, self.deny_on_state_error)
         if verdict is not rule.forward:
-            return await self._done(self.act(request, verdict, target, view, upstream))
+            return await self._done(self.act(request, verdict, target, upstream))
         extra = (b"" if limit is None else ratelimit_lines(limit)) + (
             _forwarded_line(rule) if self.debug_header else b""
         )
         if counting is not None:
-            return await self._forward_counted(request, rule, extra, target, view, upstream)
+            return await self._forward_counted(request, rule, extra, target, upstream)
         return await self._forward(request, target, extra, rule, upstream)
 
     async def _dry_runs_shared(
@@ -314,22 +315,21 @@ class Gatekeeper:
         request: Request,
         decision: DryRuns,
         target: bytes,
-        view: RequestView,
         upstream: Upstream,
     ) -> Reply:
         """``act`` for dry runs with shared state: count their verdicts, then act on the rest."""
-        await self._record_shared_dry_runs(decision.rules, view)
-        return await self._done(self.act(request, decision.then, target, view, upstream))
+        await self._record_shared_dry_runs(decision.rules, request)
+        return await self._done(self.act(request, decision.then, target, upstream))
 
     @staticmethod
     async def _done(acted: ShieldAnswer | Awaitable[Reply]) -> Reply:
         """What ``act`` returned, awaited where it is still to be done."""
         return acted if isinstance(acted, ShieldAnswer) else await acted
 
-    async def _check_solution(self, request: Request, view: RequestView) -> Reply:
+    async def _check_solution(self, request: Request) -> Reply:
         assert self.challenge is not None
-        response, passed = await self.challenge.submit(request, view.client_key)
-        request.decided("challenge", "challenge", "passed" if passed else "refused", view.identity.label)
+        response, passed = await self.challenge.submit(request, request.client_key)
+        request.decided("challenge", "challenge", "passed" if passed else "refused", request.identity.label)
         return response
 
     def _debug(self, rule: CompiledRule, outcome: str) -> dict[str, str]:
@@ -342,7 +342,6 @@ class Gatekeeper:
         rule: CompiledRule,
         extra: bytes,
         target: bytes,
-        view: RequestView,
         upstream: Upstream,
     ) -> Reply:
         """Forward for a throttle that counts only some answers (``count.status``): the bucket is
@@ -350,20 +349,20 @@ class Gatekeeper:
         assert rule.count_statuses is not None
         forwarded = await self._forward(request, target, extra, rule, upstream)
         if forwarded.status in rule.count_statuses and not isinstance(forwarded, ShieldAnswer):
-            rate = rule.rates[view.identity.authenticated]
+            rate = rule.rates[request.identity.authenticated]
             assert rate is not None
-            key = rule.state_key(view)
+            key = rule.state_key(request)
             if self.shared is not None:
                 self.shared.charge(key, rate)
             else:
                 self.limiter.hit(key, rate, self.now())
         return forwarded
 
-    def _violation(self, request: Request, rule: CompiledRule, outcome: str, view: RequestView) -> None:
+    def _violation(self, request: Request, rule: CompiledRule, outcome: str) -> None:
         """A refusal that counts towards a ban (``bans.after`` of them)."""
-        request.decided(rule.name, rule.action, outcome, view.identity.label)
+        request.decided(rule.name, rule.action, outcome, request.identity.label)
         if self.bans is not None:
-            self.bans.violation(view.client_key)
+            self.bans.violation(request.client_key)
 
     async def _forward(
         self, request: Request, target: bytes, extra: bytes, rule: CompiledRule | None, upstream: Upstream
@@ -430,39 +429,39 @@ class Gatekeeper:
             response.force_close()
         return response
 
-    def _record_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
+    def _record_dry_runs(self, rules: list[CompiledRule], request: RequestView) -> None:
         for rule in rules:
             if rule.action == "throttle":
-                rate = rule.rates[view.identity.authenticated]
+                rate = rule.rates[request.identity.authenticated]
                 assert rate is not None
-                result = self.limiter.hit(rule.state_key(view), rate, self.now())
-                self._record_dry_run(rule, view, "forwarded" if result.allowed else "throttled")
+                result = self.limiter.hit(rule.state_key(request), rate, self.now())
+                self._record_dry_run(rule, request, "forwarded" if result.allowed else "throttled")
             else:
-                self._record_dry_run(rule, view, rule.outcome)
+                self._record_dry_run(rule, request, rule.outcome)
 
-    async def _record_shared_dry_runs(self, rules: list[CompiledRule], view: RequestView) -> None:
+    async def _record_shared_dry_runs(self, rules: list[CompiledRule], request: RequestView) -> None:
         assert self.shared is not None
         for rule in rules:
             if rule.action == "throttle":
-                rate = rule.rates[view.identity.authenticated]
+                rate = rule.rates[request.identity.authenticated]
                 assert rate is not None
-                result = await self.shared.decide(rule.state_key(view), rate)
+                result = await self.shared.decide(rule.state_key(request), rate)
                 self._record_dry_run(
-                    rule, view, "throttled" if result and not result.allowed else "forwarded"
+                    rule, request, "throttled" if result and not result.allowed else "forwarded"
                 )
             else:
-                self._record_dry_run(rule, view, rule.outcome)
+                self._record_dry_run(rule, request, rule.outcome)
 
-    def _record_dry_run(self, rule: CompiledRule, view: RequestView, outcome: str) -> None:
+    def _record_dry_run(self, rule: CompiledRule, request: RequestView, outcome: str) -> None:
         self.stats.dry_run[(rule.name, outcome)] += 1
         if outcome != "forwarded":
             log.info(
                 "dry-run rule %s would have %s %s %s from %s",
                 rule.name,
                 outcome,
-                view.method,
-                view.path,
-                view.client_ip,
+                request.method,
+                request.path,
+                request.client_ip,
             )
 
 

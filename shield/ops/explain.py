@@ -230,8 +230,9 @@ def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) ->
     return decided.Rulebook(
         policy,
         config.policy.default_retry_after,
-        status_path=config.status_page.path if config.status_page.enabled else None,
-        challenge_path=challenge.path,
+        pages=decided.own_pages(
+            policy, config.status_page.path if config.status_page.enabled else None, challenge.path
+        ),
         challenge_cookie=challenge.cookie,
         passes=passes,
         ctl_closed=closures,
