@@ -48,7 +48,7 @@ class Gcra:
             # "burst - cost remain" down by one for short intervals.
             spent = self.interval * cost
             return _result(RateLimitResult, (True, self.burst, self.burst - cost, spent, 0.0)), now + spent
-        base = now if tat is None or tat < now else tat
+        base = tat if tat is not None and tat > now else now  # (a cost past the burst, into a full bucket)
         new_tat = base + self.interval * cost
         allow_at = new_tat - self.tolerance
         if now < allow_at:

@@ -208,7 +208,8 @@ class Gatekeeper:
         """Do what was decided: the one place a decision becomes an answer or a forward.
 
         Two decisions lead to another: dry runs are counted, then what they wrap is done; a
-        throttle asks the state, and its verdict (``after_throttle``) is done. Not a coroutine
+        throttle asks the state, and its verdict is done (a 429 when the bucket is empty, and for
+        shared state ``after_throttle`` says what an unanswered call means). Not a coroutine
         itself: it returns Shield's answer, or the forward (or state call) for ``handle`` to
         await, so a forwarded request costs no extra coroutine frame."""
         while True:
@@ -223,14 +224,15 @@ class Gatekeeper:
                         limit = self.limiter.hit(key, rate, self.now())
                     else:
                         limit = self.limiter.peek(key, rate, self.now())
-                    decision = after_throttle(rule, limit, self.deny_on_state_error)
-                    if decision is rule.forward:
-                        extra = ratelimit_lines(limit)
-                        if self.debug_header:
-                            extra += _forwarded_line(rule)
-                        if counting is not None:
-                            return self._forward_counted(request, rule, extra, target, upstream)
-                        return self._forward(request, target, extra, rule, upstream)
+                    if not limit.allowed:  # (the memory state always answers: no after_throttle)
+                        decision = Throttled(rule, limit)
+                        continue
+                    extra = ratelimit_lines(limit)
+                    if self.debug_header:
+                        extra += _forwarded_line(rule)
+                    if counting is not None:
+                        return self._forward_counted(request, rule, extra, target, upstream)
+                    return self._forward(request, target, extra, rule, upstream)
                 case Forward():
                     by = decision.rule
                     extra = _forwarded_line(by) if self.debug_header and by is not None else b""
