@@ -292,20 +292,20 @@ BASE = "upstream: http://127.0.0.1:8000\nauth:\n"
     [
         (
             "  jwt:\n    keys:\n      - algorithms: [HS256]\n        secret_env: SHIELD_TEST_UNSET\n",
-            "<config>:6:21: auth.jwt.keys.0.secret_env: environment variable SHIELD_TEST_UNSET is not set",
+            "<config>:6:21: auth.jwt.keys[1].secret_env: environment variable SHIELD_TEST_UNSET is not set",
         ),
         (
             "  jwt:\n    keys:\n      - algorithms: [RS256]\n        public_key_file: /nonexistent/key.pem\n",
-            "<config>:6:26: auth.jwt.keys.0.public_key_file: cannot read /nonexistent/key.pem: "
+            "<config>:6:26: auth.jwt.keys[1].public_key_file: cannot read /nonexistent/key.pem: "
             "No such file or directory",
         ),
         (
             "  jwt:\n    keys:\n      - algorithms: [HS256, none]\n        secret_env: HOME\n",
-            "<config>:5:21: auth.jwt.keys.0.algorithms: unknown algorithm 'none': use one of",
+            "<config>:5:21: auth.jwt.keys[1].algorithms: unknown algorithm 'none': use one of",
         ),
         (
             "  jwt:\n    keys:\n      - algorithms: [RS256]\n        secret_env: HOME\n",
-            "<config>:5:9: auth.jwt.keys.0: RS256 needs public_key_file or jwks_file, not secret_env",
+            "<config>:5:9: auth.jwt.keys[1]: RS256 needs public_key_file or jwks_file, not secret_env",
         ),
         (
             "  signed_cookie:\n    name: s\n    secret_file: /nonexistent/secret\n",

@@ -159,7 +159,7 @@ def test_a_broken_config_is_reported_not_explained(
     assert main(["explain", "-c", str(path), "GET", "/"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith(f"{path}:4:13: rules.0.action:")
+    assert err.startswith(f"{path}:4:13: rules[1] 'x'.action: 'shut' is not one of")
 
 
 IDENTITY_RULES = """\

@@ -119,13 +119,26 @@ def test_retry_after_is_never_zero() -> None:
         ("1/day", 1, 86400.0),
         ("7/5m", 7, 300.0),
         (" 10 / minutes ", 10, 60.0),
+        *((f"10/{unit}", 10, 1.0) for unit in ("s", "sec", "second", "seconds")),
+        *((f"10/{unit}", 10, 60.0) for unit in ("m", "min", "minute", "minutes")),
+        *((f"10/{unit}", 10, 3600.0) for unit in ("h", "hr", "hour", "hours")),
+        *((f"10/{unit}", 10, 86400.0) for unit in ("d", "day", "days")),
+        ("10/2hr", 10, 7200.0),
     ],
 )
 def test_limit_strings(text: str, count: int, period: float) -> None:
     assert parse_limit(text) == (count, period)
 
 
-@pytest.mark.parametrize("text", ["10/fortnight", "ten/minute", "10", "0/minute", "10/0s", "-1/minute", ""])
+# Each of these read as something once: "10/ms" as ten a minute, "10/secs" and "10/mins" by a
+# trailing s the pattern allowed after any unit. Only the documented units are taken now.
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("10/fortnight", "ten/minute", "10", "0/minute", "10/0s", "-1/minute", ""),
+        *("10/ms", "10/secs", "10/mins", "10/hs", "10/hrs", "10/ds", "10/dayss", "10/sec s"),
+    ],
+)
 def test_bad_limit_strings(text: str) -> None:
     with pytest.raises(ValueError, match="invalid limit"):
         parse_limit(text)

@@ -124,7 +124,7 @@ async def test_a_broken_file_is_refused_and_the_old_rules_keep_serving(
     version = [k for k in after if k.startswith("shield_config_info")]
     assert version == [k for k in before if k.startswith("shield_config_info")]
     # The log names the file, the line and the problem.
-    assert f"{files.path}:8:13: rules.0.action:" in caplog.text
+    assert f"{files.path}:8:13: rules[1] 'registration-closed'.action:" in caplog.text
 
     files.write("rules: [\n")
     assert shield.reload() is False

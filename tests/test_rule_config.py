@@ -70,19 +70,21 @@ def test_good_config(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_messages_a_user_needs() -> None:
     # Spot checks of the expected files themselves, so a regenerated file cannot hide a regression.
     text = "\n".join(line for path in BAD for line in expected_lines(path))
-    assert "rules.0.acton: unknown key (did you mean 'action'?)" in text
-    assert "rules.1.match.method: unknown key (did you mean 'methods'?)" in text
+    assert "rules[1] 'registration-closed'.acton: unknown key (did you mean 'action'?)" in text
+    assert "rules[2] 'login'.match.method: unknown key (did you mean 'methods'?)" in text
     assert "invalid limit '10/fortnight'" in text
     assert "'limit' only applies to action: throttle" in text
     assert "invalid regex 'python-(requests'" in text
     assert "invalid CIDR '10.0.0.0/33'" in text
-    assert "duplicate rule name 'api' (also rules.0)" in text
+    assert "duplicate rule name 'api' (also rules[1] 'api')" in text
     assert "invalid YAML" in text
-    assert "rules.0.action: Input should be 'allow', 'block', 'close', 'throttle' or 'challenge'" in text
+    assert "rules[1] 'registration-closed'.action: 'shut' is not one of allow, block, close" in text
+    assert "rules[1] 'scrapers'.action: 'blok' is not one of allow, block, close, throttle, challenge" in text
+    assert "'blok' is not one of allow, block, close, throttle, challenge (did you mean 'block'?)" in text
     warnings = expected_lines(CONFIGS / "good" / "shadowed.yaml")
     assert [w.split(": ", 1)[1].split(":")[0] for w in warnings] == ["warning", "warning"]
-    assert "rule 'login' can never match: rule 'api' (rules.0) comes first" in warnings[0]
-    assert "rule 'too-late' can never match: rule 'everything' (rules.4)" in warnings[1]
+    assert "rules[2] 'login' can never match: rules[1] 'api' comes first" in warnings[0]
+    assert "rules[6] 'too-late' can never match: rules[5] 'everything' comes first" in warnings[1]
 
 
 def test_every_problem_at_once(capsys: pytest.CaptureFixture[str]) -> None:

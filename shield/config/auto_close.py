@@ -35,13 +35,15 @@ class Condition:
 
 def parse_when(text: str) -> Condition:
     """``"rate > 50/second"`` or ``"errors > 20%"``, else ValueError saying what is accepted."""
-    from shield.config.rules import parse_limit  # the same N/period syntax as throttle limits
+    from shield.config.rules import UNITS_TEXT, parse_limit  # the same N/period syntax as throttle limits
 
     if (match := _RATE.match(text)) is not None:
         try:
             count, period = parse_limit(match.group(1))
         except ValueError as exc:
-            raise ValueError(f"invalid trigger {text!r}: the rate is N/second, N/minute or N/10s") from exc
+            raise ValueError(
+                f"invalid trigger {text!r}: the rate is N/PERIOD (PERIOD: {UNITS_TEXT})"
+            ) from exc
         return Condition("rate", float(count), period)
     if (match := _ERRORS.match(text)) is not None:
         percent = float(match.group(1))

@@ -37,12 +37,37 @@ def duplicate_names(data: dict[str, Any]) -> list[Finding]:
             findings.append(
                 Finding(
                     ("rules", index, "name"),
-                    f"rules.{index}.name: duplicate rule name {name!r} (also rules.{seen[name]})",
+                    f"{rule_place(index, name)}.name: duplicate rule name {name!r} "
+                    f"(also {rule_place(seen[name], name)})",
                 )
             )
         else:
             seen[name] = index
     return findings
+
+
+def rule_place(index: int, name: object = None) -> str:
+    """Where a rule is, as an operator counts: ``rules[2] 'login'`` (1-based, with its name)."""
+    return f"rules[{index + 1}]" + (f" {name!r}" if isinstance(name, str) else "")
+
+
+def place(loc: tuple[int | str, ...], data: object) -> str:
+    """A location in the file as an operator reads it: ``rules[2] 'login'.match.paths[1]``.
+
+    ``loc`` is a path of keys and 0-based indexes into ``data``, the file's plain values; a list
+    item is counted from 1, and a rule (or any item) with a name is named."""
+    text = ""
+    node = data
+    for step in loc:
+        if isinstance(step, int):
+            item = node[step] if isinstance(node, list) and 0 <= step < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            text += f"[{step + 1}]" + (f" {name!r}" if isinstance(name, str) else "")
+            node = item
+        else:
+            text += f".{step}" if text else step
+            node = node.get(step) if isinstance(node, dict) else None
+    return text or "(top level)"
 
 
 def lint(config: ShieldConfig) -> list[Finding]:
@@ -54,8 +79,9 @@ def lint(config: ShieldConfig) -> list[Finding]:
                 findings.append(
                     Finding(
                         ("rules", index),
-                        f"rules.{index}: rule {rule.name!r} can never match: rule {earlier.name!r} "
-                        f"(rules.{earlier_index}) comes first and matches every request it would",
+                        f"{rule_place(index, rule.name)} can never match: "
+                        f"{rule_place(earlier_index, earlier.name)} comes first and matches every "
+                        "request it would",
                         "warning",
                     )
                 )

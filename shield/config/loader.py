@@ -9,13 +9,14 @@ and column.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from shield.config.lint import Finding, duplicate_names, lint
+from shield.config.lint import Finding, duplicate_names, lint, place
 from shield.config.model import ShieldConfig
 from shield.errors import ConfigError, ConfigIssue
 
@@ -62,7 +63,7 @@ def parse_config(
     try:
         config = ShieldConfig.model_validate(data)
     except ValidationError as exc:
-        issues += _issues_from(exc, root, name)
+        issues += _issues_from(exc, root, name, data)
         raise ConfigError(_sorted(issues)) from exc
     issues += [_finding_issue(root, name, finding) for finding in lint(config)]
     if any(issue.severity == "error" for issue in issues):
@@ -171,6 +172,14 @@ def _suggestion(loc: Location) -> str:
     return f" (did you mean {suggested!r}?)" if suggested else f" (expected one of: {', '.join(names)})"
 
 
+def _not_one_of(value: str, expected: str) -> str:
+    """``action: blok`` as an operator wants to hear it: the choices, and the likely one."""
+    choices = re.findall(r"'([^']*)'", expected)
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{value!r} is not one of {', '.join(choices)}{hint}"
+
+
 def _clean_loc(loc: Location) -> Location:
     """Drop pydantic's union-branch and validator tags, which are not keys of the file."""
     return tuple(
@@ -178,7 +187,7 @@ def _clean_loc(loc: Location) -> Location:
     )
 
 
-def _issues_from(exc: ValidationError, root: yaml.Node, name: str) -> list[ConfigIssue]:
+def _issues_from(exc: ValidationError, root: yaml.Node, name: str, data: object) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     seen: set[tuple[int, int, str]] = set()
     errors = exc.errors(include_url=False)
@@ -195,11 +204,15 @@ def _issues_from(exc: ValidationError, root: yaml.Node, name: str) -> list[Confi
         kind = error["type"]
         if kind == "missing" and loc in misspelt:
             continue
-        dotted = ".".join(str(step) for step in loc) or "(top level)"
+        dotted = place(loc, data)
         if kind == "extra_forbidden":
             message = f"{dotted}: unknown key{_suggestion(loc)}"
         elif kind == "missing":
             message = f"{dotted}: required key is missing"
+        elif kind in ("literal_error", "enum") and isinstance(error.get("input"), str):
+            message = (
+                f"{dotted}: {_not_one_of(error['input'], str(error.get('ctx', {}).get('expected', '')))}"
+            )
         else:
             text = str(error["msg"])
             message = f"{dotted}: {text.removeprefix('Value error, ')}"

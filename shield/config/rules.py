@@ -25,9 +25,15 @@ from shield.config.auto_close import AutoClose
 from shield.config.base import Section
 from shield.config.units import Duration
 
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
-_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-_PERIODS |= {"d": 86400, "day": 86400}
+# The period units a limit may name, and nothing else: "10/ms" must not pass as ten a minute.
+_UNITS = {
+    **dict.fromkeys(("s", "sec", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+}
+UNITS_TEXT = "s, sec, second(s), m, min, minute(s), h, hr, hour(s), d, day(s)"
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")\s*$")
 DEFAULT_CLOSE_MESSAGE = "This feature is temporarily unavailable."
 KEY_PARTS = ("ip", "user", "route")
 
@@ -35,9 +41,11 @@ KEY_PARTS = ("ip", "user", "route")
 def parse_limit(value: object) -> tuple[int, float]:
     """``"10/minute"`` -> (10, 60.0); ``"5/10s"`` -> (5, 10.0)."""
     if not isinstance(value, str) or not (match := _LIMIT.match(value)):
-        raise ValueError(f"invalid limit {value!r}: write N/second, N/minute, N/hour, N/day or N/10s")
+        raise ValueError(
+            f"invalid limit {value!r}: write N/PERIOD or N/10PERIOD (10/minute, 5/10s); PERIOD: {UNITS_TEXT}"
+        )
     count, multiple, unit = int(match.group(1)), match.group(2), match.group(3)
-    period = _PERIODS[unit] * (int(multiple) if multiple else 1)
+    period = _UNITS[unit] * (int(multiple) if multiple else 1)
     if count <= 0 or period <= 0:
         raise ValueError(f"invalid limit {value!r}: count and period must be positive")
     return count, float(period)
