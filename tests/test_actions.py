@@ -222,11 +222,21 @@ async def test_throttle_answers_429_with_ratelimit_headers(
                     {k: v for k, v in response.headers.items() if k.startswith(("RateLimit", "Retry"))},
                 )
             )
-    assert seen[0] == (200, {"RateLimit-Limit": "2", "RateLimit-Remaining": "1", "RateLimit-Reset": "30"})
-    assert seen[1] == (200, {"RateLimit-Limit": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "60"})
+    policy = {"RateLimit-Policy": '"api";q=2;w=60'}
+    assert seen[0] == (
+        200,
+        {"RateLimit-Limit": "2", "RateLimit-Remaining": "1", "RateLimit-Reset": "30", **policy}
+        | {"RateLimit": '"api";r=1;t=30'},
+    )
+    assert seen[1] == (
+        200,
+        {"RateLimit-Limit": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "60", **policy}
+        | {"RateLimit": '"api";r=0;t=60'},
+    )
     assert seen[2] == (
         429,
-        {"RateLimit-Limit": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "60", "Retry-After": "30"},
+        {"RateLimit-Limit": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "60", **policy}
+        | {"RateLimit": '"api";r=0;t=60', "Retry-After": "30"},
     )
     async with client.get(url_of(shield, "/api/items"), headers={"Accept": "application/json"}) as response:
         assert response.status == 429

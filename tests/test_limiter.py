@@ -95,8 +95,10 @@ def test_headers_values_are_exact() -> None:
     ],
 )
 def test_ratelimit_lines_are_the_headers_a_client_sees(result: RateLimitResult) -> None:
-    expected = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in ratelimit_headers(result)[:3])
-    assert ratelimit_lines(result) == expected
+    quota = Gcra(10, 60.0, result.limit)
+    fields = [(n, v) for n, v in ratelimit_headers(result, "api", quota) if n != "Retry-After"]
+    expected = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in fields)
+    assert ratelimit_lines(result, "api", quota) == expected
 
 
 def test_retry_after_is_never_zero() -> None:
@@ -210,12 +212,33 @@ def test_a_denied_request_changes_nothing() -> None:
 
 
 def test_remembered_ratelimit_lines_stay_bounded_and_right() -> None:
+    quota = Gcra(1_000_000, 1.0)
     for remaining in range(2 * answers._REMEMBERED_LINES):
         result = RateLimitResult(True, 1_000_000, remaining, 0.5, 0.0)
-        expected = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in ratelimit_headers(result))
-        assert ratelimit_lines(result) == expected
-        assert ratelimit_lines(result) == expected  # remembered
+        fields = ratelimit_headers(result, "api", quota)
+        expected = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in fields)
+        assert ratelimit_lines(result, "api", quota) == expected
+        assert ratelimit_lines(result, "api", quota) == expected  # remembered
     assert len(answers._known_lines) <= answers._REMEMBERED_LINES
+
+
+def test_the_ietf_fields_name_the_rule_and_say_its_quota_as_written() -> None:
+    # 10/minute with a burst of 5: a reader of RateLimit-Limit sees the burst (what may come at
+    # once); RateLimit-Policy says the rule's own figures, and RateLimit what is left of them.
+    login = Gcra(10, 60.0, 5)
+    result = MemoryLimiter().hit("k", login, 1000.0)
+    assert dict(ratelimit_headers(result, "login", login)) == {
+        "RateLimit-Limit": "5",
+        "RateLimit-Remaining": "4",
+        "RateLimit-Reset": "6",
+        "RateLimit-Policy": '"login";q=10;w=60',
+        "RateLimit": '"login";r=4;t=6',
+    }
+
+
+def test_a_rule_name_is_always_a_valid_structured_field_string() -> None:
+    fields = dict(ratelimit_headers(RateLimitResult(True, 1, 0, 1.0, 0.0), 'a "b" \\ ü', Gcra(1, 1.0)))
+    assert fields["RateLimit-Policy"] == '"a \\"b\\" \\\\ ?";q=1;w=1'
 
 
 def test_peek_does_not_charge() -> None:

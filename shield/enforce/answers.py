@@ -15,7 +15,7 @@ from string import Template
 from typing import TypeVar
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
-from shield.decide.gcra import RateLimitResult
+from shield.decide.gcra import Gcra, RateLimitResult
 from shield.decide.remembered import remember
 from shield.http.answer import ShieldAnswer, answer
 
@@ -77,37 +77,59 @@ def closed(
     return ShieldAnswer(status=503, text=page, content_type="text/html", headers=headers)
 
 
-def ratelimit_headers(result: RateLimitResult) -> list[tuple[str, str]]:
-    """RateLimit-* headers (IETF draft-ietf-httpapi-ratelimit-headers), plus Retry-After when
-    the request was refused."""
+def ratelimit_headers(
+    result: RateLimitResult, rule: str | None = None, rate: Gcra | None = None
+) -> list[tuple[str, str]]:
+    """The RateLimit header fields of an answer, plus Retry-After when the request was refused.
+
+    ``RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (the form clients read today: the
+    burst, what may be sent at once now, seconds until the bucket is full again), and, given the
+    ``rule`` and its ``rate``, the current IETF draft's pair (draft-ietf-httpapi-ratelimit-
+    headers-11): ``RateLimit-Policy: "login";q=10;w=60`` (the quota per window, as the rule file
+    says it) and ``RateLimit: "login";r=4;t=6`` (remaining now, seconds to reset)."""
+    reset = math.ceil(result.reset_after)
     values = [
         ("RateLimit-Limit", str(result.limit)),
         ("RateLimit-Remaining", str(result.remaining)),
-        ("RateLimit-Reset", str(math.ceil(result.reset_after))),
+        ("RateLimit-Reset", str(reset)),
     ]
+    if rule is not None and rate is not None:
+        name = _sf_string(rule)
+        values.append(("RateLimit-Policy", f"{name};q={rate.count};w={math.ceil(rate.period)}"))
+        values.append(("RateLimit", f"{name};r={result.remaining};t={reset}"))
     if not result.allowed:
         values.append(("Retry-After", str(max(1, math.ceil(result.retry_after)))))
     return values
 
 
-# (limit, remaining, reset) -> ``ratelimit_lines``: a bucket is mostly in one of a few states,
-# and formatting the numbers costs more than the GCRA step itself. Bounded: emptied when full.
+def _sf_string(text: str) -> str:
+    """``text`` as a Structured Fields String (RFC 8941 3.3.3): printable ASCII only, with
+    backslash and double quote escaped; any other character becomes '?'."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# (rule, rate, remaining, reset) -> ``ratelimit_lines``: a bucket is mostly in one of a few
+# states, and formatting the fields costs more than the GCRA step itself. Bounded.
 _REMEMBERED_LINES = 4096
-_known_lines: dict[tuple[int, int, int], bytes] = {}
+_known_lines: dict[tuple[str, Gcra, int, int], bytes] = {}
 
 
-def ratelimit_lines(result: RateLimitResult) -> bytes:
-    """The RateLimit header lines of a forwarded request, for the proxy to add to the answer."""
-    state = (result.limit, result.remaining, math.ceil(result.reset_after))
+def ratelimit_lines(result: RateLimitResult, rule: str, rate: Gcra) -> bytes:
+    """``ratelimit_headers`` of a forwarded request as header lines, for the proxy to add."""
+    state = (rule, rate, result.remaining, math.ceil(result.reset_after))
     lines = _known_lines.get(state)
     if lines is None:
-        text = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % state
+        fields = [(n, v) for n, v in ratelimit_headers(result, rule, rate) if n != "Retry-After"]
+        text = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in fields)
         lines = remember(_known_lines, state, text, _REMEMBERED_LINES)
     return lines
 
 
-def throttled(result: RateLimitResult, *, accept: str | None, extra: dict[str, str]) -> ShieldAnswer:
-    headers = dict(ratelimit_headers(result))
+def throttled(
+    result: RateLimitResult, rule: str, rate: Gcra, *, accept: str | None, extra: dict[str, str]
+) -> ShieldAnswer:
+    headers = dict(ratelimit_headers(result, rule, rate))
     headers.update(extra)
     headers["Cache-Control"] = "no-store"
     retry = headers["Retry-After"]

@@ -227,7 +227,7 @@ class Gatekeeper:
                     if not limit.allowed:  # (the memory state always answers: no after_throttle)
                         decision = Throttled(rule, limit)
                         continue
-                    extra = ratelimit_lines(limit)
+                    extra = ratelimit_lines(limit, rule.name, rate)
                     if self.debug_header:
                         extra += _forwarded_line(rule)
                     if counting is not None:
@@ -244,10 +244,11 @@ class Gatekeeper:
                     decision = then
                 case Throttled(rule, limit):
                     self._violation(request, rule, "throttled")
+                    quota = rule.rates[request.identity.authenticated]
+                    assert quota is not None
                     debug = self._debug(rule, "throttled")
-                    return self._refusal(
-                        request, answers.throttled(limit, accept=_accept(request), extra=debug)
-                    )
+                    refusal = answers.throttled(limit, rule.name, quota, accept=_accept(request), extra=debug)
+                    return self._refusal(request, refusal)
                 case Unavailable(rule):
                     request.decided(rule.name, rule.action, "error", request.identity.label)
                     debug = self._debug(rule, "state unavailable")
@@ -305,7 +306,7 @@ class Gatekeeper:
         verdict = after_throttle(rule, limit, self.deny_on_state_error)
         if verdict is not rule.forward:
             return await self._done(self.act(request, verdict, target, upstream))
-        extra = (b"" if limit is None else ratelimit_lines(limit)) + (
+        extra = (b"" if limit is None else ratelimit_lines(limit, rule.name, rate)) + (
             _forwarded_line(rule) if self.debug_header else b""
         )
         if counting is not None:
