@@ -115,11 +115,14 @@ class Gatekeeper:
         self.bans = bans
         self.challenge = challenge
         self.requests_per_client = requests_per_client
-        self._rulebook = (holder.current, self.rulebook(holder.current))
+        # The config in force and what ``decide`` needs of it, and its policy.debug_header.
+        self._rulebook: tuple[Runtime, Rulebook]
+        self.debug_header = False
+        self.rulebook(holder.current)
 
     def rulebook(self, runtime: Runtime) -> Rulebook:
-        """What ``decide`` needs besides the request, for the config in force: made once per
-        reload (``handle`` keeps the last one)."""
+        """What ``decide`` needs besides the request, for the config in force: made at the first
+        request after each reload, and kept."""
         challenge = self.challenge
         switches = self.switches
         rulebook = Rulebook(
