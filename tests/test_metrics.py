@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import MakeShield, free_port, url_of
+from tests.conftest import MakeShield, free_port, scraped, url_of
 
 RULES = [
     {"name": "closed", "match": {"paths": ["/closed"]}, "action": "close"},
@@ -58,3 +58,30 @@ async def test_a_real_scrape_passes_promtool_check_metrics(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout + check.stderr == ""
+
+
+async def test_the_upstreams_answers_are_counted_by_status_class(
+    aiohttp_server: AiohttpServer, make_shield: MakeShield
+) -> None:
+    # Its 5xx answers are failures too, beside connect, timeout and reset errors: the error
+    # ratio of the dashboard and the alert counts both.
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["status"]), text="as asked")
+
+    app = web.Application()
+    app.router.add_get("/{status}", answer)
+    upstream = await aiohttp_server(app)
+    shield = await make_shield(str(upstream.make_url("")).rstrip("/"))
+    async with aiohttp.ClientSession() as client:
+        for status in (200, 204, 302, 404, 503, 500, 200):
+            async with client.get(url_of(shield, f"/{status}"), allow_redirects=False) as response:
+                assert response.status == status
+                await response.read()
+    assert await scraped(shield, "shield_upstream_responses") == {
+        "1xx": 0,
+        "2xx": 3,
+        "3xx": 1,
+        "4xx": 1,
+        "5xx": 2,
+        "other": 0,
+    }

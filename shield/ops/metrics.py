@@ -135,6 +135,9 @@ class ProxyStats:
         self.durations: dict[tuple[str, str, str, str], list[float]] = {}
         self.upstream_durations: list[float] = []
         self.upstream_errors: Counter[str] = Counter({kind: 0 for kind in UPSTREAM_ERROR_KINDS})
+        # The upstream's answers by status // 100 (1 to 5; 0 and 6 to 9 for a status llhttp let
+        # through outside 100-599), counted where its head arrives: a list, for the hot path.
+        self.upstream_classes = [0] * 10
         self.client_limits: Counter[str] = Counter({kind: 0 for kind in CLIENT_LIMIT_KINDS})
         self.in_flight: Callable[[], float] = lambda: 0.0
         # (rule, would-be decision) for rules in mode: dry-run
@@ -200,6 +203,8 @@ class ProxyStats:
             self.rule_histogram(rule).add(histogram)
         self.upstream_seconds.add(other.upstream_seconds)
         self.upstream_errors.update(other.upstream_errors)
+        for index, count in enumerate(other.upstream_classes):
+            self.upstream_classes[index] += count  # in place: the proxy holds the list
         self.client_limits.update(other.client_limits)
         self.dry_run.update(other.dry_run)
         self.config_reloads.update(other.config_reloads)
@@ -218,6 +223,7 @@ class ProxyStats:
             "request_seconds": {rule: [h.counts, h.total] for rule, h in self.request_seconds.items()},
             "upstream_seconds": [self.upstream_seconds.counts, self.upstream_seconds.total],
             "upstream_errors": dict(self.upstream_errors),
+            "upstream_classes": list(self.upstream_classes),
             "client_limits": dict(self.client_limits),
             "in_flight": self.in_flight(),
             "dry_run": [[*labels, count] for labels, count in self.dry_run.items()],
@@ -246,6 +252,7 @@ class ProxyStats:
             stats.rule_histogram(rule).add(_histogram(counts, total))
         stats.upstream_seconds = _histogram(*data["upstream_seconds"])
         stats.upstream_errors.update({k: int(v) for k, v in data["upstream_errors"].items()})
+        stats.upstream_classes = [int(n) for n in data.get("upstream_classes", [0] * 10)]
         stats.client_limits.update({k: int(v) for k, v in data.get("client_limits", {}).items()})
         in_flight = float(data["in_flight"])
         stats.in_flight = lambda: in_flight
@@ -353,6 +360,13 @@ def _counters(stats: ProxyStats) -> Iterator[Metric]:
         "Requests the upstream failed, by kind of failure.",
         ["kind"],
         stats.upstream_errors.items(),
+    )
+    classes = stats.upstream_classes
+    yield _counter(
+        "shield_upstream_responses",
+        "Answers the upstream gave, by status class (other: a status outside 100-599).",
+        ["class"],
+        [*((f"{n}xx", classes[n]) for n in range(1, 6)), ("other", classes[0] + sum(classes[6:]))],
     )
     yield _counter(
         "shield_client_limits",

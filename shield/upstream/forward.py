@@ -165,6 +165,7 @@ class Proxy:
         self.stats = stats
         self.timed = timed or upstream_histogram
         self.upstream_durations = stats.upstream_durations if upstream_histogram else None
+        self.upstream_classes = stats.upstream_classes
         self.date = DateHeader()
 
     async def forward(
@@ -276,6 +277,7 @@ class Proxy:
                 upload.cancel()
             raise
 
+        self.upstream_classes[conn.status // 100] += 1  # (llhttp takes at most 3 digits)
         try:
             if conn.message_complete:
                 return self._complete_answer(request, conn, extra, head_request)
