@@ -182,6 +182,27 @@ async def test_demo_serves_the_sample_app_behind_shield(tmp_path: Path) -> None:
             async with client.post(f"{public}/api/register", json=login) as response:
                 assert response.status == 503
                 assert response.headers["Retry-After"] == "600"
+            # The tour: the status page lists that closure, the sign-up page is challenged, and
+            # the ctl API answers the token the demo printed.
+            async with client.get(f"{public}/status") as response:
+                assert response.status == 200
+                assert "Registration may be busy" in await response.text()
+            async with client.get(f"{public}/signup") as response:
+                assert response.status == 429  # a script gets the proof-of-work page
+                assert "text/html" in response.headers["Content-Type"]
+            token = next(
+                line.split("=", 1)[1] for line in printed if line.startswith("export SHIELD_CTL_TOKEN=")
+            )
+            admin = f"http://127.0.0.1:{admin_port}"
+            assert f"shield ctl --admin {admin} status" in printed
+            async with client.get(
+                f"{admin}/ctl/status", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200
+            async with client.get(
+                f"{admin}/ctl/status", headers={"Authorization": "Bearer wrong"}
+            ) as response:
+                assert response.status == 401
 
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 10) == 0

@@ -94,6 +94,7 @@ def build_demo_app() -> web.Application:
     app = web.Application(client_max_size=1024**2)
     app[USERS] = {"alice": "wonderland"}
     app.router.add_get("/", index)
+    app.router.add_get("/signup", signup_page)
     app.router.add_post("/api/register", register)
     app.router.add_post("/api/login", login)
     app.router.add_get("/api/data", data)
@@ -103,13 +104,37 @@ def build_demo_app() -> web.Application:
     return app
 
 
-def try_lines(public: str, admin: str) -> str:
+async def signup_page(request: web.Request) -> web.Response:
+    """The sign-up form a browser reaches once it solved Shield's challenge."""
+    return web.Response(
+        text="<!doctype html><title>Sign up</title><h1>Sign up</h1>"
+        "<form method=post action=/api/register><input name=username><button>Join</button></form>\n",
+        content_type="text/html",
+    )
+
+
+def try_lines(public: str, admin: str, ctl_token: str | None = None) -> str:
     """What ``shield demo`` prints: commands to see Shield at work."""
+    ctl = (
+        f"""
+In another shell, operate it at runtime (the demo's token, new each start; in a checkout
+the command is .venv/bin/shield):
+  export SHIELD_CTL_TOKEN={ctl_token}
+  shield ctl --admin {admin} status
+  shield ctl --admin {admin} close api-anonymous --for 10m --message 'API paused'
+  shield ctl --admin {admin} open api-anonymous
+"""
+        if ctl_token
+        else ""
+    )
     return f"""
 Shield is running in front of the demo service.
 
   Public:  {public}    Admin (metrics, health): {admin}
+  Status page: {public}/status    Challenge (open in a browser): {public}/signup
 
+Each request prints one JSON line (the access log) with the rule and decision.
+{ctl}
 Try:
   curl -i {public}/api/data
   curl -i -X POST {public}/api/login -H 'Content-Type: application/json' \\
