@@ -146,3 +146,41 @@ def test_reads_closures_from_any_provider() -> None:
     assert "<h2>Checkout</h2>" in body
     assert "Back soon &lt;b&gt;promise&lt;/b&gt;" in body
     assert "Expected back in about 10 minutes (1970-01-12T13:56:40Z)" in body
+
+
+async def test_the_close_page_and_the_status_page_say_the_same_of_a_closure(
+    upstream_url: str, make_shield: MakeShield, client: aiohttp.ClientSession
+) -> None:
+    # A close rule lasts until the file changes: both pages say "until further notice" (the
+    # close page used to promise "about 10 minutes"), and the close page names the feature and
+    # links the status page.
+    shield = await make_shield(
+        upstream_url, rules=[{**CLOSED, "retry_after": "10m"}], status_page={"enabled": True}
+    )
+    async with client.post(url_of(shield, "/api/register")) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "600"  # still the client's polling hint
+        close_page = await response.text()
+    _, status_page, _ = await get(client, url_of(shield, "/status"))
+    assert "Until further notice" in status_page
+    assert "Closed until further notice; please try again in about 10 minutes." in close_page
+    assert "Sign-up is temporarily unavailable" in close_page
+    assert '<a href="/status">' in close_page
+
+
+async def test_an_auto_closed_rule_is_expected_back_at_the_same_time_on_both_pages(
+    upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    clock = FakeClock()
+    shield = Shield(shield_config(upstream_url, rules=[AUTO], status_page={"enabled": True}), clock=clock)
+    await shield.start()
+    try:
+        for _ in range(3):
+            status, close_page, _ = await get(client, url_of(shield, "/search"))
+        assert status == 503
+        _, status_page, _ = await get(client, url_of(shield, "/status"))
+        assert "Expected back in about 10 minutes" in status_page
+        assert "Expected back in about 10 minutes." in close_page
+        assert "search is temporarily unavailable" in close_page  # no public_name: the rule's name
+    finally:
+        await shield.stop(grace=1.0)

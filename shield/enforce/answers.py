@@ -66,14 +66,39 @@ def load_close_template(path: str | None) -> Template:
 
 
 def closed(
-    *, message: str, retry_after: float, accept: str | None, template: Template, extra: dict[str, str]
+    *,
+    message: str,
+    retry_after: float,
+    accept: str | None,
+    template: Template,
+    extra: dict[str, str],
+    title: str | None = None,
+    end_known: bool = True,
+    status_path: str | None = None,
 ) -> ShieldAnswer:
+    """The 503 of a closed feature. ``title``: the feature's public name; ``end_known``: whether
+    the closure has an end (an auto-close cool-down, a ctl closure's time) or lasts until the
+    rule file changes, said as the status page says it; ``status_path``: the status page, linked
+    when it is on. ``retry_after`` is the Retry-After either way (a polling hint without an end)."""
     seconds = max(1, math.ceil(retry_after))
     headers = {"Retry-After": str(seconds), "Cache-Control": "no-store", **extra}
     if wants_json(accept):
         body = json.dumps({"error": message, "retry_after": seconds})
         return ShieldAnswer(status=503, text=body, content_type="application/json", headers=headers)
-    page = template.safe_substitute(message=escape(message), retry_after=human_duration(seconds))
+    later = human_duration(seconds)
+    when = (
+        f"Expected back in about {later}."
+        if end_known
+        else f"Closed until further notice; please try again in about {later}."
+    )
+    link = f' <a href="{escape(status_path)}">See what else is affected.</a>' if status_path else ""
+    page = template.safe_substitute(
+        message=escape(message),
+        retry_after=later,
+        title=escape(title or "This feature"),
+        when=when,
+        status_link=link,
+    )
     return ShieldAnswer(status=503, text=page, content_type="text/html", headers=headers)
 
 

@@ -272,12 +272,17 @@ class Gatekeeper:
                     return self._refusal(request, page)
                 case Closed(rule, action, why, message, retry_after):
                     request.decided(rule.name, action, "closed", request.identity.label)
+                    runtime = self.holder.current
                     closed = answers.closed(
                         message=message,
                         retry_after=retry_after,
                         accept=_accept(request),
-                        template=self.holder.current.close_template,
+                        template=runtime.close_template,
                         extra=self._debug(rule, why),
+                        title=rule.config.public_name or rule.name,  # as /status names it
+                        # A close rule lasts until the file changes; auto and ctl closures end.
+                        end_known=why != "closed",
+                        status_path=runtime.status_path if self.status is not None else None,
                     )
                     return self._refusal(request, closed)
                 case Banned(retry_after):
