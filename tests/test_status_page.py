@@ -181,6 +181,6 @@ async def test_an_auto_closed_rule_is_expected_back_at_the_same_time_on_both_pag
         _, status_page, _ = await get(client, url_of(shield, "/status"))
         assert "Expected back in about 10 minutes" in status_page
         assert "Expected back in about 10 minutes." in close_page
-        assert "search is temporarily unavailable" in close_page  # no public_name: the rule's name
+        assert "This feature is temporarily unavailable" in close_page  # no public_name: no rule name
     finally:
         await shield.stop(grace=1.0)

@@ -279,7 +279,7 @@ class Gatekeeper:
                         accept=_accept(request),
                         template=runtime.close_template,
                         extra=self._debug(rule, why),
-                        title=rule.config.public_name or rule.name,  # as /status names it
+                        title=rule.config.public_name,  # (no rule names on a page end users read)
                         # A close rule lasts until the file changes; auto and ctl closures end.
                         end_known=why != "closed",
                         status_path=runtime.status_path if self.status is not None else None,
