@@ -114,7 +114,7 @@ async def test_is_answered_before_any_rule_and_only_when_enabled(
     assert (status, body) == (200, "upstream /status")
 
 
-async def test_shows_auto_closed_rules_with_their_reopening_time(
+async def test_shows_auto_closed_rules_with_their_reopening_time_as_the_close_page_does(
     upstream_url: str, client: aiohttp.ClientSession
 ) -> None:
     clock = FakeClock()
@@ -122,7 +122,7 @@ async def test_shows_auto_closed_rules_with_their_reopening_time(
     await shield.start()
     try:
         for _ in range(3):
-            await get(client, url_of(shield, "/search"))
+            status, close_page, _ = await get(client, url_of(shield, "/search"))
         async with client.get(url_of(shield, "/status"), headers={"Accept": "application/json"}) as response:
             (closure,) = (await response.json())["closed"]
         assert closure["name"] == "search"
@@ -131,6 +131,10 @@ async def test_shows_auto_closed_rules_with_their_reopening_time(
         assert closure["until"].endswith("Z")
         _, page, _ = await get(client, url_of(shield, "/status"))
         assert "Expected back in about 10 minutes" in page
+        # The close page says the same of the same closure, and names no rule.
+        assert status == 503
+        assert "Expected back in about 10 minutes." in close_page
+        assert "This feature is temporarily unavailable" in close_page
     finally:
         await shield.stop(grace=1.0)
 
@@ -166,21 +170,3 @@ async def test_the_close_page_and_the_status_page_say_the_same_of_a_closure(
     assert "Closed until further notice; please try again in about 10 minutes." in close_page
     assert "Sign-up is temporarily unavailable" in close_page
     assert '<a href="/status">' in close_page
-
-
-async def test_an_auto_closed_rule_is_expected_back_at_the_same_time_on_both_pages(
-    upstream_url: str, client: aiohttp.ClientSession
-) -> None:
-    clock = FakeClock()
-    shield = Shield(shield_config(upstream_url, rules=[AUTO], status_page={"enabled": True}), clock=clock)
-    await shield.start()
-    try:
-        for _ in range(3):
-            status, close_page, _ = await get(client, url_of(shield, "/search"))
-        assert status == 503
-        _, status_page, _ = await get(client, url_of(shield, "/status"))
-        assert "Expected back in about 10 minutes" in status_page
-        assert "Expected back in about 10 minutes." in close_page
-        assert "This feature is temporarily unavailable" in close_page  # no public_name: no rule name
-    finally:
-        await shield.stop(grace=1.0)
