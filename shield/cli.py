@@ -53,6 +53,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"-> {config.upstream.url}, admin {config.admin.listen.host}:{config.admin.listen.port}, "
         f"{config.workers} worker(s)"
     )
+    if args.running is not None:
+        return _check_against_running(args.config, config, args.running or _admin_url(config))
+    return 0
+
+
+def _check_against_running(path: str, config: ShieldConfig, admin: str) -> int:
+    """Say which settings of the file a running Shield would take only on restart (exit 0), or
+    that it cannot be asked (exit 2)."""
+    from shield.config.reloadable import pending_against
+    from shield.ops import ctl_client
+
+    try:
+        running = ctl_client.running_config(admin)
+    except ctl_client.CtlError as error:
+        print(f"{path}: cannot compare with the running Shield: {error}", file=sys.stderr)
+        return 2
+    pending = pending_against(running["settings"], config)
+    where = f"the Shield at {admin} (config version {running['version']})"
+    if pending:
+        print(f"{path}: warning: {where} takes these on restart only: {', '.join(pending)}")
+    else:
+        print(f"{path}: {where} reloads every change in this file live")
     return 0
 
 
@@ -193,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a config file and exit")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
+    check.add_argument(
+        "--running",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADMIN_URL",
+        help="also ask the Shield running with this file (its admin listener, from the file unless "
+        "given) which changed settings a reload would leave for a restart",
+    )
     check.set_defaults(func=cmd_check)
 
     explain = commands.add_parser("explain", help="show what Shield would do with one request, and why")

@@ -18,6 +18,7 @@ from string import Template
 
 from shield.config.loader import parse_config
 from shield.config.model import ShieldConfig
+from shield.config.reloadable import restart_pending
 from shield.decide.credentials import Authenticator
 from shield.decide.identity import IdentityResolver, NoIdentity
 from shield.decide.policy import Policy
@@ -26,21 +27,6 @@ from shield.errors import ConfigError
 from shield.ops.metrics import ProxyStats
 
 log = logging.getLogger("shield.reload")
-
-# Sections a reload cannot change in a running process.
-_RESTART_ONLY = (
-    "listen",
-    "upstream",
-    "admin",
-    "state",
-    "workers",
-    "timeouts",
-    "limits",
-    "forwarding",
-    "access_log",
-    "clients",
-    "overload",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +70,8 @@ class PolicyHolder:
     def __init__(self, runtime: Runtime, stats: ProxyStats, path: str | None = None) -> None:
         self.current = runtime
         self.path = path
+        # What the process started with: restart-only settings are compared against it.
+        self.started = runtime.config
         self._stats = stats
         self._stamp = self._file_stamp()
         self._reloading = asyncio.Lock()
@@ -141,13 +129,17 @@ class PolicyHolder:
         if runtime is None:
             self._stats.config_reloads["failure"] += 1
             return False
-        old = self.current.config
         config = runtime.config
-        changed = [s for s in _RESTART_ONLY if getattr(old, s) != getattr(config, s)]
-        if old.auth.introspection != config.auth.introspection:
-            changed.append("auth.introspection")
-        if changed:
-            log.warning("config sections %s changed; they take effect on restart only", ", ".join(changed))
+        pending = restart_pending(self.started, config)
+        if pending:
+            log.warning(
+                "config settings changed that take effect on restart only "
+                "(shield_config_restart_pending): %s",
+                ", ".join(pending),
+            )
+        elif self._stats.restart_pending:
+            log.info("config settings waiting for a restart are back as the process started with them")
+        self._stats.restart_pending = pending
         self.current = runtime
         self._stats.config_reloads["success"] += 1
         self._stats.last_reload_success = time.time()

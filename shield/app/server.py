@@ -14,13 +14,14 @@ import socket
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from shield.app.reload import PolicyHolder, build_runtime
 from shield.clock import Clock, MonotonicClock, WallClock
 from shield.config.model import ShieldConfig
-from shield.decide.client_address import ClientResolver
+from shield.config.reloadable import digests
 from shield.decide.client_caps import cap_of
 from shield.decide.closures import Closure, policy_closures, runtime_closures
 from shield.decide.identity import IdentityResolver
@@ -178,6 +179,14 @@ class Shield:
         closed = [(c.rule, c.message, c.until) for c in self.switches.closures()]
         return runtime_closures(self.holder.current.policy, closed)
 
+    def _config_report(self) -> dict[str, Any]:
+        holder = self.holder
+        return {
+            "version": holder.current.version,
+            "restart_pending": list(self.stats.restart_pending),
+            "settings": digests(holder.started),
+        }
+
     async def start(self) -> None:
         require_c_parser()
         config = self.config
@@ -211,10 +220,6 @@ class Shield:
                 self.state.identity_cache(introspection_cache(introspection, self.clock)),
                 ssl_context=upstream_tls,
             )
-        clients = config.clients
-        resolver = ClientResolver(
-            clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header
-        )
         gatekeeper = Gatekeeper(
             holder=self.holder,
             proxy=proxy,
@@ -222,7 +227,6 @@ class Shield:
             identities=self.identities,
             clock=self.clock,
             stats=self.stats,
-            clients=resolver,
             introspector=self.introspector,
             identity_headers=config.forwarding.identity_headers,
             overload=OverloadGate(config.overload, proxy, self.clock) if config.overload else None,
@@ -259,7 +263,8 @@ class Shield:
             proxy_protocol=config.listen.proxy_protocol,
             underscores_in_headers=config.forwarding.underscores_in_headers,
             connection_caps=cap_of(limits.max_connections_per_client),
-            connection_key=resolver.connection_key,
+            # Read through the gatekeeper: clients: reloads live.
+            connection_key=lambda peer: gatekeeper.clients.connection_key(peer),
             client_limits=self.stats.client_limits,
         )
         loop = asyncio.get_running_loop()
@@ -281,7 +286,8 @@ class Shield:
                 api = CtlApi(ctl.token, self.holder, self.switches, self.bans, self.state.name)
                 ctl_app = build_ctl_app(api)
             self._admin_runner = web.AppRunner(
-                build_admin_app(self.admin_state, self.registry, ctl_app), access_log=None
+                build_admin_app(self.admin_state, self.registry, ctl_app, self._config_report),
+                access_log=None,
             )
             await self._admin_runner.setup()
             self._admin_site = web.TCPSite(

@@ -36,6 +36,12 @@ class Violations:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def retune(self, after: int, within: float, max_entries: int) -> None:
+        """New thresholds (a reload): each client's recent violations are kept, up to ``after``."""
+        if after != self.after:
+            self._seen = {key: deque(times, maxlen=after) for key, times in self._seen.items()}
+        self.after, self.within, self.max_entries = after, within, max_entries
+
     def add(self, key: str, now: float) -> bool:
         """Count one violation of ``key`` at ``now``; True (and a fresh start) when it earns a ban."""
         times = self._seen.pop(key, None)

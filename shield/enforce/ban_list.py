@@ -30,6 +30,15 @@ class BanList:
         self.offenses = Offenses(config.remember, config.max_entries)
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def follow(self, config: Bans) -> None:
+        """Take up a reloaded ``bans:`` section: counts and bans in force are kept, and the
+        new thresholds and durations apply from the next violation."""
+        self.config = config
+        self.violations.retune(config.after, config.within, config.max_entries)
+        self.offenses.remember = config.remember
+        self.offenses.max_entries = config.max_entries
+        self.store.max_entries = config.max_entries
+
     def banned(self, key: str) -> Record | None:
         """The ban ``key`` is under, or None. One dict lookup while nobody is banned."""
         if not self.store.local:

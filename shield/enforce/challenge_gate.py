@@ -41,22 +41,34 @@ def safe_next(target: str | None) -> str:
 
 class ChallengeGate:
     def __init__(self, config: Challenge, *, wall: Clock) -> None:
-        self.config = config
         self.wall = wall
-        key = config.secret
+        # Without secret_env or secret_file: one random key for the life of the process, kept
+        # across reloads so that passes already given stay valid.
+        self._random_key = secrets.token_bytes(32)
         # Said once, when the first puzzle is issued: configs without challenge rules stay quiet.
-        self._warn_random_key = not key
-        if not key:
-            key = secrets.token_bytes(32)
-        self.challenger = Challenger(
-            key, difficulty=config.difficulty, solve_within=config.solve_within, pass_for=config.pass_for
-        )
-        self.path = config.path
-        self.cookie = config.cookie
+        self._warn_random_key = not config.secret
         text = (
             resources.files("shield.enforce").joinpath("templates/challenge.html").read_text(encoding="utf-8")
         )
         self.template = Template(text)
+        self._take(config)
+
+    def follow(self, config: Challenge) -> None:
+        """Take up a reloaded ``challenge:`` section: every setting is live, and a pass signed
+        with the key in force before stays valid while the key is the same."""
+        if config != self.config:
+            self._take(config)
+
+    def _take(self, config: Challenge) -> None:
+        self.config = config
+        self.challenger = Challenger(
+            config.secret or self._random_key,
+            difficulty=config.difficulty,
+            solve_within=config.solve_within,
+            pass_for=config.pass_for,
+        )
+        self.path = config.path
+        self.cookie = config.cookie
 
     def bound(self, client_key: str) -> str:
         return binding(client_key, self.config.ipv4_prefix)

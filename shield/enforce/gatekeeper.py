@@ -17,6 +17,8 @@ from aiohttp import hdrs
 
 from shield.app.reload import PolicyHolder, Runtime
 from shield.clock import Clock, WallClock
+from shield.config.auth import Clients
+from shield.config.model import ShieldConfig
 from shield.decide.admission import priority_class
 from shield.decide.client_address import ClientResolver
 from shield.decide.client_caps import HeldPerClient
@@ -83,7 +85,6 @@ class Gatekeeper:
         identities: IdentityResolver | None,
         clock: Clock,
         stats: ProxyStats,
-        clients: ClientResolver | None = None,
         introspector: Introspector | None = None,
         identity_headers: bool = False,
         overload: OverloadGate | None = None,
@@ -106,7 +107,8 @@ class Gatekeeper:
         self.now = clock.now
         self.wall = (wall or WallClock()).now
         self.stats = stats
-        self.clients = clients or ClientResolver()
+        self.clients = ClientResolver()
+        self._clients_of: Clients | None = None  # the clients: section self.clients was made of
         self.introspector = introspector
         self.identity_headers = identity_headers
         self.overload = overload
@@ -122,7 +124,8 @@ class Gatekeeper:
 
     def rulebook(self, runtime: Runtime) -> Rulebook:
         """What ``decide`` needs besides the request, for the config in force: made at the first
-        request after each reload, and kept."""
+        request after each reload, and kept. The gates take up their live settings then too."""
+        self._follow(runtime.config)
         challenge = self.challenge
         switches = self.switches
         rulebook = Rulebook(
@@ -144,6 +147,19 @@ class Gatekeeper:
         # policy.debug_header: say in a header which rule decided (read by ``act``).
         self.debug_header = runtime.debug_header
         return rulebook
+
+    def _follow(self, config: ShieldConfig) -> None:
+        """The live settings outside the rules (``shield.config.reloadable.LIVE``)."""
+        clients = config.clients
+        if clients != self._clients_of:
+            self.clients = ClientResolver(
+                clients.trusted_proxies, ipv6_prefix=clients.ipv6_prefix, header=clients.header
+            )
+            self._clients_of = clients
+        if self.challenge is not None:
+            self.challenge.follow(config.challenge)
+        if self.bans is not None and config.bans is not None:
+            self.bans.follow(config.bans)
 
     async def handle(self, request: Request) -> Reply:
         """Read the request as rules see it, decide (``shield.decide.decision``), act."""

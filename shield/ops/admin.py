@@ -1,10 +1,12 @@
-"""The admin listener: liveness, readiness and Prometheus metrics, never on the public port."""
+"""The admin listener: liveness, readiness, Prometheus metrics and the config report, never on the
+public port."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -38,6 +40,8 @@ class AdminState:
 
 STATE = web.AppKey("state", AdminState)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+ConfigReport = Callable[[], dict[str, Any]]
+CONFIG: web.AppKey[ConfigReport] = web.AppKey("config")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -54,8 +58,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def config_report(request: web.Request) -> web.Response:
+    """The config version in force, the settings waiting for a restart, and a digest of each
+    restart-only setting the process runs with (``shield check --running`` compares a file to
+    them; ``shield.config.reloadable.digests`` says why digests and not values)."""
+    return web.json_response(request.app[CONFIG]())
+
+
 def build_admin_app(
-    state: AdminState, registry: CollectorRegistry, ctl: web.Application | None = None
+    state: AdminState,
+    registry: CollectorRegistry,
+    ctl: web.Application | None = None,
+    config: ConfigReport | None = None,
 ) -> web.Application:
     app = web.Application()
     app[STATE] = state
@@ -63,6 +77,9 @@ def build_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if config is not None:
+        app[CONFIG] = config
+        app.router.add_get("/config", config_report)
     if ctl is not None:
         app.add_subapp("/ctl/", ctl)
     return app

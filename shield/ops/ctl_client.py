@@ -41,6 +41,18 @@ def call(
         raise CtlError(0, f"cannot reach the admin listener at {base}: {error}") from None
 
 
+def running_config(base: str, timeout: float = 1.0) -> dict[str, Any]:
+    """The admin listener's ``/config`` report (no token: it holds digests, never values)."""
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + "/config", timeout=timeout) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as error:
+        message = f"{base}/config answered {error.code}: not a Shield of this version?"
+        raise CtlError(error.code, message) from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise CtlError(0, f"cannot reach the admin listener at {base}: {error}") from None
+
+
 def _when(until: float, remaining: float) -> str:
     return f"until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))} ({remaining:.0f}s left)"
 

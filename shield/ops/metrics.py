@@ -145,6 +145,8 @@ class ProxyStats:
         self.config_reloads: Counter[str] = Counter({"success": 0, "failure": 0})
         self.last_reload_success = 0.0
         self.config_version = ""
+        # restart-only settings the file in force changed since the process started
+        self.restart_pending: list[str] = []
         # backend -> failed calls to the shared state (Redis errors and timeouts)
         self.state_errors: Counter[str] = Counter({backend: 0 for backend in STATE_BACKENDS})
         # backend -> calls that answered, and the decisions they carried (batching at work)
@@ -230,6 +232,7 @@ class ProxyStats:
             "config_reloads": dict(self.config_reloads),
             "last_reload_success": self.last_reload_success,
             "config_version": self.config_version,
+            "restart_pending": list(self.restart_pending),
             "state_errors": dict(self.state_errors),
             "state_calls": dict(self.state_calls),
             "state_decisions": dict(self.state_decisions),
@@ -261,6 +264,7 @@ class ProxyStats:
         stats.config_reloads.update({k: int(v) for k, v in data["config_reloads"].items()})
         stats.last_reload_success = float(data["last_reload_success"])
         stats.config_version = str(data["config_version"])
+        stats.restart_pending = [str(name) for name in data.get("restart_pending", [])]
         stats.state_errors.update({k: int(v) for k, v in data["state_errors"].items()})
         stats.state_calls.update({k: int(v) for k, v in data.get("state_calls", {}).items()})
         stats.state_decisions.update({k: int(v) for k, v in data.get("state_decisions", {}).items()})
@@ -307,6 +311,12 @@ class ShieldCollector(Collector):
             "shield_config_last_reload_success_timestamp_seconds",
             "Unix time of the last config load that succeeded (the oldest among workers).",
             value=min(worker.last_reload_success for worker in workers),
+        )
+        yield GaugeMetricFamily(
+            "shield_config_restart_pending",
+            "1 while the file in force changed settings that take effect on restart only (the log "
+            "and `shield check --running` name them), else 0.",
+            value=float(any(worker.restart_pending for worker in workers)),
         )
         yield _closed_gauge(workers, own.ctl_closed())
         info = GaugeMetricFamily(
