@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -15,8 +16,12 @@ import aiohttp
 import pytest
 
 from shield.app.server import Shield
+from shield.cli import main
 from shield.clock import FakeClock
 from shield.config import load_config
+from shield.config.model import ShieldConfig
+from shield.config.reloadable import IGNORED, LIVE, RESTART, RESTART_PARTS
+from shield.decide.challenge_tokens import solve
 from tests.conftest import free_port, url_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -333,3 +338,163 @@ async def test_shield_run_reloads_on_sighup(upstream_url: str, tmp_path: Path) -
             process.kill()
             await process.wait()
     assert process.returncode == 0
+
+
+# -- every section: live, or named as waiting for a restart ---------------------------------------
+
+
+def test_every_section_of_the_file_is_either_live_or_restart_only() -> None:
+    sections = set(ShieldConfig.model_fields) - set(IGNORED)
+    assert not LIVE.keys() & RESTART.keys()
+    assert sections == LIVE.keys() | RESTART.keys()
+    for section, _ in RESTART_PARTS:
+        assert section in LIVE  # a part of a live section that waits for a restart
+
+
+def test_the_readme_table_says_what_the_code_does() -> None:
+    readme = (REPO / "README.md").read_text()
+    for section in LIVE:
+        assert re.search(rf"^ *\| `{section}` \| live \|", readme, re.M), section
+    for section in RESTART:
+        assert re.search(rf"^ *\| `{section}` \| restart \|", readme, re.M), section
+
+
+CHALLENGED = """\
+challenge: {{ difficulty: {bits} }}
+rules:
+  - name: signup
+    match: {{ paths: ["/signup/**"] }}
+    action: challenge
+"""
+
+
+async def puzzle_bits(client: aiohttp.ClientSession, shield: Shield) -> tuple[int, dict[str, str]]:
+    async with client.get(url_of(shield, "/signup/"), headers={"Accept": "text/html"}) as page:
+        assert page.status == 429
+        text = await page.text()
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', text))
+    shown = re.search(r"const difficulty = (\d+);", text)
+    assert shown is not None
+    return int(shown.group(1)), fields
+
+
+async def test_a_reloaded_challenge_difficulty_applies_and_passes_given_stay_valid(
+    start: StartShield,
+) -> None:
+    shield, files = await start(CHALLENGED.format(bits=4))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        bits, fields = await puzzle_bits(client, shield)
+        assert bits == 4
+        fields["counter"] = solve(fields["token"], 4)
+        async with client.post(url_of(shield, "/.shield/challenge"), data=fields, allow_redirects=False) as r:
+            assert r.status == 303
+
+        files.write(CHALLENGED.format(bits=6))
+        assert shield.reload() is True
+        async with client.get(url_of(shield, "/signup/")) as passed:
+            assert passed.status == 200  # the pass earned before the reload still lets it in
+    async with aiohttp.ClientSession() as stranger:
+        assert (await puzzle_bits(stranger, shield))[0] == 6  # a new visitor gets the new puzzle
+
+
+PER_CLIENT = """\
+clients: {{ trusted_proxies: [{trusted}] }}
+rules:
+  - name: api
+    match: {{ paths: ["/api/**"] }}
+    action: throttle
+    key: ip
+    limit: 1/minute
+"""
+
+
+async def test_reloaded_trusted_proxies_tell_clients_apart(
+    start: StartShield, client: aiohttp.ClientSession
+) -> None:
+    shield, files = await start(PER_CLIENT.format(trusted=""))
+
+    async def api(client_ip: str) -> int:
+        headers = {"X-Forwarded-For": client_ip}
+        async with client.get(url_of(shield, "/api/x"), headers=headers) as response:
+            return response.status
+
+    # Not trusted: the header is ignored and both requests are the loopback peer's.
+    assert [await api("198.51.100.1"), await api("198.51.100.2")] == [200, 429]
+    files.write(PER_CLIENT.format(trusted="127.0.0.1/32"))
+    assert shield.reload() is True
+    assert [await api("198.51.100.3"), await api("198.51.100.4"), await api("198.51.100.3")] == [
+        200,
+        200,
+        429,
+    ]
+
+
+BANNING = """\
+bans: {{ after: {after}, within: 1m, duration: 10m, answer: {answer} }}
+rules:
+  - name: internal
+    match: {{ paths: ["/internal/**"] }}
+    action: block
+"""
+
+
+async def test_reloaded_ban_thresholds_apply_to_violations_already_counted(
+    start: StartShield, client: aiohttp.ClientSession
+) -> None:
+    shield, files = await start(BANNING.format(after=10, answer=403))
+
+    async def status(path: str) -> int:
+        async with client.get(url_of(shield, path)) as response:
+            return response.status
+
+    assert [await status("/internal/x") for _ in range(3)] == [403, 403, 403]
+    assert await status("/") == 200  # three of ten: not banned
+    files.write(BANNING.format(after=4, answer=429))
+    assert shield.reload() is True
+    assert await status("/internal/x") == 403  # the fourth violation earns the ban...
+    assert await status("/") == 429  # ...answered as the reloaded file says
+
+
+RESTART_HEAD_CHANGE = ("timeouts: { client_header: 7s }\nworkers: 2\n", ["timeouts.client_header", "workers"])
+
+
+async def test_restart_only_changes_are_named_in_the_log_the_gauge_and_check(
+    start: StartShield,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shield, files = await start(CLOSED)
+    admin = f"http://127.0.0.1:{shield.admin_port}"
+    assert (await metrics(client, shield))["shield_config_restart_pending"] == 0
+
+    change, named = RESTART_HEAD_CHANGE
+    files.path.write_text(files.head + change + OPEN)
+    assert await asyncio.to_thread(main, ["check", "-c", str(files.path), "--running", admin]) == 0
+    said = capsys.readouterr().out
+    assert f"takes these on restart only: {', '.join(named)}" in said
+
+    assert shield.reload() is True
+    assert await register(client, shield) == 200  # the live part (the rules) is in force
+    assert f"take effect on restart only (shield_config_restart_pending): {', '.join(named)}" in caplog.text
+    assert (await metrics(client, shield))["shield_config_restart_pending"] == 1
+    async with client.get(f"{admin}/config") as report:
+        assert (await report.json())["restart_pending"] == named
+
+    # Put back as the process started: nothing waits any more.
+    files.write(OPEN)
+    assert shield.reload() is True
+    assert (await metrics(client, shield))["shield_config_restart_pending"] == 0
+    assert await asyncio.to_thread(main, ["check", "-c", str(files.path), "--running", admin]) == 0
+    assert "reloads every change in this file live" in capsys.readouterr().out
+
+
+def test_check_running_says_when_no_shield_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "shield.yaml"
+    path.write_text("upstream: http://127.0.0.1:9\n")
+    assert main(["check", "-c", str(path), "--running", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert (
+        "cannot compare with the running Shield: cannot reach the admin listener" in capsys.readouterr().err
+    )
