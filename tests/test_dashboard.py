@@ -1,9 +1,12 @@
 """The Grafana dashboard and the alert rules, evaluated by a real Prometheus scraping Shield.
 
 A Prometheus server (Debian's ``prometheus`` binary, tmp storage, 1 s scrapes) scrapes a Shield
-serving a short mixed load: forwarded, blocked, closed, throttled, dry-run and upstream failures.
-Then every PromQL expression of the dashboard and of the alert rules is run through Prometheus'
-HTTP API; a query that errors, or returns no series with a number in it, fails the test.
+serving a short mixed load: forwarded, blocked, closed, throttled, dry-run, upstream failures,
+challenge pages and their solutions, a rule whose auto-close trigger flaps closed and open, and
+bursts the overload gate sheds. Then every PromQL expression of the dashboard and of the alert
+rules is run through Prometheus' HTTP API; a query that errors, or returns no series with a
+number in it, fails the test. A ratio or an ``increase`` is a number even when nothing happened,
+so the test also checks that the load did reach each of those panels.
 
 Alert expressions compare against a threshold, and a healthy load rightly makes most of them
 return nothing, so the test runs each one's left-hand side (the expression without its final
@@ -32,6 +35,7 @@ import yaml
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.decide.challenge_tokens import solve
 from tests.conftest import MakeShield, free_port, url_of
 
 pytestmark = pytest.mark.slow
@@ -47,8 +51,24 @@ RULES: list[dict[str, Any]] = [
     {"name": "internal", "match": {"paths": ["/internal/**"]}, "action": "block"},
     {"name": "scraper-watch", "match": {"paths": ["/api/**"]}, "action": "block", "mode": "dry-run"},
     {"name": "api", "match": {"paths": ["/api/**"]}, "action": "throttle", "limit": "5/second"},
+    {"name": "signup", "match": {"paths": ["/signup/**"]}, "action": "challenge"},
+    # A burst of FLAP requests closes it; a second of quiet after the 1 s cool-down reopens it.
+    {
+        "name": "search",
+        "match": {"paths": ["/search"]},
+        "action": "allow",
+        "auto_close": {"when": "rate > 3/second", "for": 0, "reopen_after": "1s"},
+    },
 ]
-LOAD = ["/", "/slow", "/api/register", "/internal/x", "/api/a", "/api/a", "/api/a", "/boom"]
+SETTINGS: dict[str, Any] = {
+    "rules": RULES,
+    "challenge": {"difficulty": 4},  # a few dozen hashes: solved in Python in no time
+    # Two requests upstream at once and one waiting: a BURST of /slow requests gets some shed.
+    "overload": {"max_concurrency": 2, "queue_size": 1, "queue_timeout": "50ms"},
+}
+LOAD = ["/", "/slow", "/api/register", "/internal/x", "/api/a", "/api/a", "/api/a", "/boom", "/signup/x"]
+BURST = 6
+FLAP = 6
 _COMPARISON = re.compile(r"(?s)^(.*?\S)\s*(?:>=|<=|==|!=|>|<)\s*[-+0-9.e]+\s*$")
 
 
@@ -94,7 +114,8 @@ def test_the_dashboard_is_importable_json_with_datasource_and_rule_variables() -
         assert panel["targets"], panel["title"]
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("decision", "refusing", "anonymous", "shield latency", "upstream latency",
-                  "upstream errors", "reloads", "state backend", "in flight"):  # fmt: skip
+                  "upstream errors", "reloads", "state backend", "in flight", "closed now",
+                  "bans", "auto-close", "challenge", "shed"):  # fmt: skip
         assert topic in titles
 
 
@@ -173,15 +194,50 @@ async def upstream_app(aiohttp_server: AiohttpServer) -> str:
 
 
 async def drive(shield_url: str, stop: asyncio.Event) -> int:
+    """The mixed load, each round ending with a burst of /slow requests at once."""
     sent = 0
     async with aiohttp.ClientSession() as client:
+
+        async def get(path: str) -> None:
+            async with client.get(shield_url + path) as response:
+                await response.read()
+
         while not stop.is_set():
             for path in LOAD:
-                async with client.get(shield_url + path) as response:
-                    await response.read()
-                sent += 1
+                await get(path)
+            await asyncio.gather(*(get("/slow") for _ in range(BURST)))
+            sent += len(LOAD) + BURST
             await asyncio.sleep(0.02)
     return sent
+
+
+async def flap(shield_url: str, stop: asyncio.Event) -> None:
+    """Every 2.5 s a burst that closes the search rule; it reopens in the quiet that follows."""
+    async with aiohttp.ClientSession() as client:
+        while not stop.is_set():
+            for _ in range(FLAP):
+                async with client.get(shield_url + "/search") as response:
+                    await response.read()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.5)
+
+
+async def solve_challenges(shield_url: str, stop: asyncio.Event) -> None:
+    """About twice a second a client solves the challenge page, and one posts a wrong answer."""
+    difficulty = SETTINGS["challenge"]["difficulty"]
+    async with aiohttp.ClientSession() as client:
+        while not stop.is_set():
+            async with client.get(shield_url + "/signup/form", headers={"Accept": "text/html"}) as page:
+                assert page.status == 429
+                fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', await page.text()))
+            for counter in (solve(fields["token"], difficulty), "not-a-number"):
+                data = {**fields, "counter": counter}
+                async with client.post(
+                    shield_url + "/.shield/challenge", data=data, allow_redirects=False
+                ) as response:
+                    assert response.status == (303 if counter.isdigit() else 403)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def query(client: aiohttp.ClientSession, url: str, expr: str) -> list[dict[str, Any]]:
@@ -192,28 +248,56 @@ async def query(client: aiohttp.ClientSession, url: str, expr: str) -> list[dict
     return result
 
 
+# What the load must have shown Prometheus (each value above 0): the panels of auto-close
+# transitions, challenges and shedding would read 0, still a number, without it.
+REACHED = {
+    "auto-close closing": 'increase(shield_auto_close_transitions_total{state="closed"}[1m])',
+    "auto-close reopening": 'increase(shield_auto_close_transitions_total{state="open"}[1m])',
+    "challenge pages": 'sum(increase(shield_requests_total{decision="challenged"}[1m]))',
+    "challenges solved": 'sum(increase(shield_requests_total{rule="challenge", decision="passed"}[1m]))',
+    "challenges refused": 'sum(increase(shield_requests_total{rule="challenge", decision="refused"}[1m]))',
+    "shed requests": 'sum(increase(shield_requests_total{decision="shed"}[1m]))',
+}
+
+
 def has_a_number(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(series["value"][1])) for series in result)
+
+
+async def not_reached(client: aiohttp.ClientSession, url: str) -> list[str]:
+    """What of ``REACHED`` the load has not shown Prometheus yet."""
+    missing = []
+    for what, expr in REACHED.items():
+        result = await query(client, url, expr)
+        if not any(float(series["value"][1]) > 0 for series in result):
+            missing.append(what)
+    return missing
 
 
 async def test_every_dashboard_query_and_alert_rule_returns_data_from_a_real_prometheus(
     aiohttp_server: AiohttpServer, make_shield: MakeShield, tmp_path: Path
 ) -> None:
-    shield = await make_shield(await upstream_app(aiohttp_server), rules=RULES)
+    shield = await make_shield(await upstream_app(aiohttp_server), **SETTINGS)
     async with prometheus_scraping(shield.admin_port, tmp_path) as prometheus:
         stop = asyncio.Event()
         load = asyncio.create_task(drive(url_of(shield, ""), stop))
+        others = [
+            asyncio.create_task(flap(url_of(shield, ""), stop)),
+            asyncio.create_task(solve_challenges(url_of(shield, ""), stop)),
+        ]
         try:
             async with aiohttp.ClientSession() as client:
-                # Enough scrapes under load for 10 s rates and the alert rules' first evaluations.
+                # Enough scrapes under load for 10 s rates and the alert rules' first evaluations,
+                # and until the load has reached every panel that would show a 0 otherwise.
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 20
                 while True:
                     await asyncio.sleep(1)
                     scraped = await query(client, prometheus, "count_over_time(up[20s])")
-                    if scraped and float(scraped[0]["value"][1]) >= 6:
+                    missing = await not_reached(client, prometheus)
+                    if scraped and float(scraped[0]["value"][1]) >= 6 and not missing:
                         break
-                    assert loop.time() < deadline, "prometheus did not scrape Shield"
+                    assert loop.time() < deadline, f"scraped {scraped}; the load never showed: {missing}"
 
                 empty = []
                 for where, expr in dashboard_queries():
@@ -242,4 +326,5 @@ async def test_every_dashboard_query_and_alert_rule_returns_data_from_a_real_pro
         finally:
             stop.set()
             sent = await load
+            await asyncio.gather(*others)
     assert sent > 0
