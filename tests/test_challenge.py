@@ -206,6 +206,24 @@ async def test_wrong_replayed_after_expiry_and_foreign_solutions_are_refused(shi
             assert late.status == 403 and "puzzle expired" in await late.text()
 
 
+async def test_a_browser_whose_solution_is_refused_gets_a_page_with_a_way_back(shield: Shield) -> None:
+    async with aiohttp.ClientSession() as client:
+        async with client.get(url_of(shield, "/signup/form?x=1")) as page:
+            fields = form_fields(await page.text())
+        assert isinstance(shield.wall, FakeClock)
+        shield.wall.advance(301)  # the visitor's laptop slept through the check
+        fields["counter"] = solve(fields["token"], 10)
+        posted = client.post(
+            url_of(shield, "/.shield/challenge"), data=fields, headers={"Accept": "text/html"}
+        )
+        async with posted as refused:
+            text = await refused.text()
+            assert refused.status == 403 and refused.content_type == "text/html"
+    assert "<h1>The check did not complete</h1>" in text
+    assert '<a class="again" href="/signup/form?x=1">Try again</a>' in text
+    assert "expired" not in text  # the reason is for the log, not the visitor
+
+
 async def test_api_clients_get_json_instead_of_the_page(shield: Shield) -> None:
     async with (
         aiohttp.ClientSession() as client,

@@ -149,7 +149,10 @@ def test_reads_closures_from_any_provider() -> None:
     body = page.answer("GET", None).text or ""
     assert "<h2>Checkout</h2>" in body
     assert "Back soon &lt;b&gt;promise&lt;/b&gt;" in body
-    assert "Expected back in about 10 minutes (1970-01-12T13:56:40Z)" in body
+    assert (
+        'Expected back in about 10 minutes (<time datetime="1970-01-12T13:56:40Z">12 Jan 1970, 13:56 UTC</time>)'
+        in body
+    )
 
 
 async def test_the_close_page_and_the_status_page_say_the_same_of_a_closure(
@@ -167,6 +170,6 @@ async def test_the_close_page_and_the_status_page_say_the_same_of_a_closure(
         close_page = await response.text()
     _, status_page, _ = await get(client, url_of(shield, "/status"))
     assert "Until further notice" in status_page
-    assert "Closed until further notice; please try again in about 10 minutes." in close_page
+    assert "Closed until further notice; check back in about 10 minutes." in close_page
     assert "Sign-up is temporarily unavailable" in close_page
     assert '<a href="/status">' in close_page

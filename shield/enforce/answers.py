@@ -89,7 +89,7 @@ def closed(
     when = (
         f"Expected back in about {later}."
         if end_known
-        else f"Closed until further notice; please try again in about {later}."
+        else f"Closed until further notice; check back in about {later}."
     )
     link = f' <a href="{escape(status_path)}">See what else is affected.</a>' if status_path else ""
     page = template.safe_substitute(

@@ -51,6 +51,11 @@ class ChallengeGate:
             resources.files("shield.enforce").joinpath("templates/challenge.html").read_text(encoding="utf-8")
         )
         self.template = Template(text)
+        self.failed_template = Template(
+            resources.files("shield.enforce")
+            .joinpath("templates/challenge_failed.html")
+            .read_text(encoding="utf-8")
+        )
         self._take(config)
 
     def follow(self, config: Challenge) -> None:
@@ -111,13 +116,16 @@ class ChallengeGate:
         bound = self.bound(client_key)
         now = self.wall.now()
         refused = self.challenger.check_solution(token, counter, bound, now)
+        target = safe_next((form.get("next") or [""])[0])
         if refused is not None:
             log.debug("challenge solution refused: %s", refused)
+            accept = request.headers.get("Accept", "")
+            if "text/html" in accept:  # a browser posting the page's form: a way back, in words
+                page = self.failed_template.safe_substitute(next=escape(target))
+                return ShieldAnswer(status=403, text=page, content_type="text/html"), False
             return ShieldAnswer(status=403, text=f"Challenge failed: {refused}.\n"), False
         value, max_age = self.challenger.pass_cookie(bound, now)
-        answer = ShieldAnswer(
-            status=303, text="Passed.\n", headers={"Location": safe_next((form.get("next") or [""])[0])}
-        )
+        answer = ShieldAnswer(status=303, text="Passed.\n", headers={"Location": target})
         answer.set_cookie(
             self.cookie,
             value,

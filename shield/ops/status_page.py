@@ -27,6 +27,16 @@ def _stamp(until: float | None) -> str | None:
     return datetime.fromtimestamp(round(until), UTC).isoformat().replace("+00:00", "Z")
 
 
+def _back_at(until: float, now: float) -> str:
+    """'Expected back in about 10 minutes (3 Dec 2026, 13:24 UTC)', the instant machine-readable."""
+    moment = datetime.fromtimestamp(round(until), UTC)
+    shown = f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+    return (
+        f"Expected back in about {human_duration(until - now)} "
+        f'(<time datetime="{_stamp(until)}">{shown}</time>)'
+    )
+
+
 class StatusPage:
     def __init__(self, sources: Iterable[ClosureSource], wall: Callable[[], float] = time.time) -> None:
         self.sources = list(sources)
@@ -59,9 +69,7 @@ class StatusPage:
             _ROW.substitute(
                 title=escape(c.title),
                 message=escape(c.message),
-                until="Until further notice"
-                if c.until is None
-                else f"Expected back in about {human_duration(c.until - now)} ({_stamp(c.until)})",
+                until="Until further notice" if c.until is None else _back_at(c.until, now),
             )
             for c in closures
         )
