@@ -21,6 +21,7 @@ policy:
   default_retry_after: 2m
 rules:
   - name: registration-closed
+    public_name: Registration
     match: { methods: [POST], paths: [/api/register] }
     action: close
     retry_after: 10m
@@ -41,6 +42,7 @@ rules:
     limit: 100/10s
     key: header:X-Api-Key
   - name: maintenance
+    public_name: The legacy site
     match: { hosts: [legacy.example.com] }
     action: close
   - name: internal

@@ -150,8 +150,8 @@ def test_reads_closures_from_any_provider() -> None:
     assert "<h2>Checkout</h2>" in body
     assert "Back soon &lt;b&gt;promise&lt;/b&gt;" in body
     assert (
-        'Expected back in about 10 minutes (<time datetime="1970-01-12T13:56:40Z">12 Jan 1970, 13:56 UTC</time>)'
-        in body
+        "Expected back in about 10 minutes "
+        '(<time datetime="1970-01-12T13:56:40Z">12 Jan 1970, 13:56 UTC</time>)' in body
     )
 
 

@@ -1,4 +1,5 @@
-"""Checks that need the whole config at once: duplicate rule names, rules that can never match.
+"""Checks that need the whole config at once: duplicate rule names, rules that can never match,
+rules that take part of a later rule's traffic, closures the status page would show by name.
 
 Each finding carries the location (keys and indexes) of the node it is about; the loader turns
 that into a line and column.
@@ -6,6 +7,7 @@ that into a line and column.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +88,174 @@ def lint(config: ShieldConfig) -> list[Finding]:
                     )
                 )
                 break
+        else:
+            findings.extend(_moved_traffic(config.rules, index))
+    findings.extend(_unnamed_on_status_page(config))
     return findings
+
+
+def _moved_traffic(rules: list[Rule], index: int) -> list[Finding]:
+    """Earlier rules that take part of ``rules[index]``'s traffic: a partial shadow.
+
+    Only rules that pick traffic by route (methods and paths) are weighed: a rule that also
+    filters by host, header, cookie, query, address or User-Agent is a filter across routes on
+    purpose, and warning about each rule it overlaps would bury the warnings that matter.
+    """
+    rule = rules[index]
+    findings = []
+    for earlier_index, earlier in enumerate(rules[:index]):
+        moved = _overlap(earlier, rule)
+        if moved is not None:
+            findings.append(
+                Finding(
+                    ("rules", index),
+                    f"{rule_place(index, rule.name)}: {moved} now goes to "
+                    f"{rule_place(earlier_index, earlier.name)}, not {rule.name!r} "
+                    f"({earlier.name!r} comes first and matches part of this rule's traffic)",
+                    "warning",
+                )
+            )
+    return findings
+
+
+_FILTERS = ("hosts", "headers", "cookies", "query", "client_cidrs", "user_agents")
+
+
+def _overlap(earlier: Rule, later: Rule) -> str | None:
+    """The requests both rules match, said as an operator would (``POST /api/login``), or None."""
+    if earlier.mode == "dry-run" or any(getattr(earlier.match, f) is not None for f in _FILTERS):
+        return None
+    if earlier.match.methods is None and earlier.match.paths is None:
+        return None  # a catch-all: shadows() or nothing
+    if "everyone" not in (earlier.for_, later.for_) and earlier.for_ != later.for_:
+        return None
+    methods = _both(earlier.match.methods, later.match.methods)
+    if methods is not None and not methods:
+        return None
+    paths = _paths_of_both(earlier.match.paths, later.match.paths)
+    if paths is not None and not paths:
+        return None
+    where = ", ".join(paths) if paths else "(any path)"
+    said = f"{'|'.join(methods)} {where}" if methods else f"{where} (any method)"
+    for_ = earlier.for_ if earlier.for_ != "everyone" else later.for_
+    return said + (f" ({for_} clients)" if for_ != "everyone" else "")
+
+
+def _both(first: list[str] | None, second: list[str] | None) -> list[str] | None:
+    if first is None or second is None:
+        return second if first is None else first
+    return [method for method in second if method in first]
+
+
+def _paths_of_both(earlier: list[str] | None, later: list[str] | None) -> list[str] | None:
+    """The later rule's paths that the earlier one takes part of, as patterns; None for any.
+
+    An earlier pattern strictly inside a later one (``/api/login`` before ``/api/**``) carves an
+    exception out of a broad rule, the usual order and on purpose: not counted. What is counted
+    is an earlier rule on the same route or a wider one (``POST /api/login`` before
+    ``/api/login``), or one that crosses it (``/files/*.png`` before ``/files/a*``).
+    """
+    if earlier is None:
+        return later
+    if later is None:
+        return []  # every earlier pattern is inside "any path": carved out
+    found: list[str] = []
+    for pattern in later:
+        for other in earlier:
+            if _patterns_overlap(pattern, other) and (other == pattern or not _within(other, pattern)):
+                if _within(pattern, other):
+                    narrower = pattern
+                elif _within(other, pattern):
+                    narrower = other
+                else:
+                    narrower = f"{pattern} matching {other}"
+                if narrower not in found:
+                    found.append(narrower)
+    return found
+
+
+def _segments(pattern: str) -> list[str]:
+    """A pattern's segments, a trailing slash dropped as the matcher drops it."""
+    if len(pattern) > 1:
+        pattern = pattern.rstrip("/") or "/"
+    return pattern.split("/")[1:]
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether every path ``inner`` matches, ``outer`` matches too (False when unsure)."""
+    a, b = _segments(inner), _segments(outer)
+    if b[-1:] == ["**"]:
+        b = b[:-1]
+        if a[-1:] == ["**"]:
+            a = a[:-1]
+        return len(a) >= len(b) and all(_segment_within(x, y) for x, y in zip(a, b, strict=False))
+    return len(a) == len(b) and "**" not in a and all(map(_segment_within, a, b))
+
+
+def _segment_within(inner: str, outer: str) -> bool:
+    if inner == outer:
+        return True
+    if "*" not in inner:
+        return _glob_matches(inner, outer)
+    if outer == "*":
+        return True  # a glob segment with anything beside its stars is never empty
+    if outer.count("*") != 1:
+        return False
+    head, tail = outer.split("*")
+    inner_head, inner_tail = inner.split("*", 1)[0], inner.rsplit("*", 1)[1]
+    return inner_head.startswith(head) and inner_tail.endswith(tail)
+
+
+def _patterns_overlap(first: str, second: str) -> bool:
+    """Whether some path matches both patterns (``*`` within a segment, ``/**`` a whole tail)."""
+    a, b = _segments(first), _segments(second)
+    a_tail, b_tail = a[-1:] == ["**"], b[-1:] == ["**"]
+    if a_tail:
+        a = a[:-1]
+    if b_tail:
+        b = b[:-1]
+    if not a_tail and not b_tail and len(a) != len(b):
+        return False
+    if (a_tail and not b_tail and len(b) < len(a)) or (b_tail and not a_tail and len(a) < len(b)):
+        return False
+    return all(_segments_overlap(x, y) for x, y in zip(a, b, strict=False))
+
+
+def _segments_overlap(first: str, second: str) -> bool:
+    """Whether one segment matches both globs: with a ``*`` in each, their literal heads and
+    tails must agree (the stars take up the rest); with one literal, the other must match it."""
+    if "*" not in first or "*" not in second:
+        literal, glob = (first, second) if "*" not in first else (second, first)
+        return _glob_matches(literal, glob)
+    head_a, head_b = first.split("*", 1)[0], second.split("*", 1)[0]
+    tail_a, tail_b = first.rsplit("*", 1)[1], second.rsplit("*", 1)[1]
+    heads = head_a.startswith(head_b) or head_b.startswith(head_a)
+    tails = tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    return heads and tails
+
+
+def _glob_matches(segment: str, glob: str) -> bool:
+    """The matcher's reading of one segment: ``*`` is any run of characters, but a segment that
+    is only ``*`` is never empty; ``?`` and ``[`` are themselves."""
+    if glob == "*":
+        return segment != ""
+    return fnmatch.fnmatchcase(segment, glob.replace("[", "[[]").replace("?", "[?]"))
+
+
+def _unnamed_on_status_page(config: ShieldConfig) -> list[Finding]:
+    """Rules the status page would list by their rule name, an internal word, when they close."""
+    if not config.status_page.enabled:
+        return []
+    return [
+        Finding(
+            ("rules", index),
+            f"{rule_place(index, rule.name)} closes, and the status page would show it by its rule "
+            "name: give it a public_name (what your users call the feature)",
+            "warning",
+        )
+        for index, rule in enumerate(config.rules)
+        if (rule.action == "close" or rule.auto_close is not None) and rule.public_name is None
+    ]
 
 
 def per_worker_limits(config: ShieldConfig) -> list[Finding]:

@@ -21,7 +21,7 @@ from shield.config.model import ShieldConfig
 LIVE: dict[str, str] = {
     "rules": "swapped whole; throttle state of unchanged rules is kept",
     "policy": "close page, debug header, default Retry-After, path matching",
-    "status_page": "on/off, path, features shown",
+    "status_page": "on/off and path",
     "auth": "JWT and signed-cookie checks (auth.introspection: restart)",
     "challenge": "difficulty, pass and puzzle lifetimes, cookie, path, key; passes signed with an "
     "unchanged key stay valid",
