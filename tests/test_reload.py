@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
 from shield.app.server import Shield
@@ -498,3 +499,41 @@ def test_check_running_says_when_no_shield_answers(
     assert (
         "cannot compare with the running Shield: cannot reach the admin listener" in capsys.readouterr().err
     )
+
+
+AUTHENTICATED_ONLY = """\
+auth:
+  jwt: {{ keys: [{{ algorithms: [HS256], secret_env: {secret_env} }}] }}
+status_page: {{ enabled: {status} }}
+rules:
+  - name: registration-closed
+    public_name: Registration
+    match: {{ paths: [/api/register] }}
+    for: anonymous
+    action: close
+"""
+
+
+async def test_reloaded_auth_keys_and_status_page_apply(
+    start: StartShield, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_A", "a-test-secret-" * 4)
+    monkeypatch.setenv("SECRET_B", "b-test-secret-" * 4)
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, "a-test-secret-" * 4, "HS256")
+    shield, files = await start(AUTHENTICATED_ONLY.format(secret_env="SECRET_A", status="false"))
+
+    async def as_alice() -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with client.post(url_of(shield, "/api/register"), headers=headers) as response:
+            return response.status
+
+    async def status_page() -> str:
+        async with client.get(url_of(shield, "/status")) as response:
+            return await response.text()
+
+    assert await as_alice() == 200  # proven by key A: walks past the closure
+    assert "Service status" not in await status_page()  # the upstream's /status
+    files.write(AUTHENTICATED_ONLY.format(secret_env="SECRET_B", status="true"))
+    assert shield.reload() is True
+    assert await as_alice() == 503  # key A no longer proves anything: anonymous, closed
+    assert "Registration" in await status_page()  # Shield's own page, listing the closure
