@@ -32,7 +32,7 @@ _result = tuple.__new__
 class Gcra:
     """One rate: ``count`` per ``period`` seconds, ``burst`` at once."""
 
-    __slots__ = ("burst", "count", "interval", "period", "tolerance")
+    __slots__ = ("burst", "count", "fresh", "interval", "period", "tolerance")
 
     def __init__(self, count: int, period: float, burst: int | None = None) -> None:
         self.count = count
@@ -40,12 +40,17 @@ class Gcra:
         self.burst = burst if burst is not None else count
         self.interval = period / count
         self.tolerance = self.interval * self.burst
+        # The verdict of one request into a full bucket, always the same: most requests of a
+        # throttle that is not biting get it (a client's bucket refills between its requests).
+        self.fresh = RateLimitResult(True, self.burst, self.burst - 1, self.interval, 0.0)
 
     def apply(self, tat: float | None, now: float, cost: int = 1) -> tuple[RateLimitResult, float | None]:
         """The verdict for ``cost`` requests at ``now``, and the TAT to store (None: deny, keep)."""
         if (tat is None or tat <= now) and cost <= self.burst:
             # A full bucket. Worked out without the clock, whose large values would round
             # "burst - cost remain" down by one for short intervals.
+            if cost == 1:
+                return self.fresh, now + self.interval
             spent = self.interval * cost
             return _result(RateLimitResult, (True, self.burst, self.burst - cost, spent, 0.0)), now + spent
         base = tat if tat is not None and tat > now else now  # (a cost past the burst, into a full bucket)

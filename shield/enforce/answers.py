@@ -137,12 +137,15 @@ def _sf_string(text: str) -> str:
 # (rule, rate, remaining, reset) -> ``ratelimit_lines``: a bucket is mostly in one of a few
 # states, and formatting the fields costs more than the GCRA step itself. Bounded.
 _REMEMBERED_LINES = 4096
-_known_lines: dict[tuple[str, Gcra, int, int], bytes] = {}
+_known_lines: dict[tuple[object, ...], bytes] = {}
 
 
 def ratelimit_lines(result: RateLimitResult, rule: str, rate: Gcra) -> bytes:
     """``ratelimit_headers`` of a forwarded request as header lines, for the proxy to add."""
-    state = (rule, rate, result.remaining, math.ceil(result.reset_after))
+    if result is rate.fresh:  # the verdict of a full bucket: one entry per rule and rate
+        state: tuple[object, ...] = (rule, rate)
+    else:
+        state = (rule, rate, result.remaining, math.ceil(result.reset_after))
     lines = _known_lines.get(state)
     if lines is None:
         fields = [(n, v) for n, v in ratelimit_headers(result, rule, rate) if n != "Retry-After"]
