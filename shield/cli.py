@@ -199,11 +199,21 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """``shield --version``: the version, and whether the hot path is compiled (mypyc)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from shield import build
+
+        print(f"shield {__version__} ({build()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shield", description="A reverse proxy that shields a web service from abuse."
     )
-    parser.add_argument("--version", action="version", version=f"shield {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and the build")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -22,18 +22,18 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.app.server import Shield
 from shield.config.model import ShieldConfig
-from tests.explain_agreement import Agreement, compare_every_decision
+from tests.explain_agreement import Agreement, comparing_every_decision
 
 MakeShield = Callable[..., Awaitable[Shield]]
 
 
 @pytest.fixture(autouse=True)
-def explain_agrees(monkeypatch: pytest.MonkeyPatch) -> Iterator[Agreement]:
+def explain_agrees() -> Iterator[Agreement]:
     """Every request an in-process Shield decides in any test is explained too; the test fails
     if ``shield explain`` would have said otherwise (``explain_agreement.py``)."""
     agreement = Agreement()
-    compare_every_decision(monkeypatch, agreement)
-    yield agreement
+    with comparing_every_decision(agreement):
+        yield agreement
     assert not agreement.disagreements, "\n".join(agreement.disagreements)
 
 

@@ -1,16 +1,18 @@
 """Every request a Shield in this suite decides is also put to ``shield explain``: they must agree.
 
 ``explain`` reads the config on its own (it compiles the rules, resolves the client and the
-identity itself) and ends in the same ``decide``; ``agreeing`` wraps ``Gatekeeper.act`` so that
-each decision the proxy acts on is compared with explain's for the same request. What explain
-cannot know by design is left out, each for its reason: bans and auto-close states (runtime
-state of the running Shield), identities from introspection (explain makes no call), and
-challenge passes when no key is configured (each process makes its own).
+identity itself) and ends in the same ``decide``; ``comparing_every_decision`` listens to the
+gatekeeper's ``decision_listeners`` so that each decision the proxy makes is compared with
+explain's for the same request. What explain cannot know by design is left out, each for its
+reason: bans and auto-close states (runtime state of the running Shield), identities from
+introspection (explain makes no call), and challenge passes when no key is configured (each
+process makes its own).
 """
 
 from __future__ import annotations
 
-import sys
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from shield.decide.decision import (
@@ -28,7 +30,7 @@ from shield.decide.decision import (
     Unavailable,
 )
 from shield.decide.policy import Policy, RequestView
-from shield.enforce.gatekeeper import Gatekeeper
+from shield.enforce.gatekeeper import Gatekeeper, decision_listeners
 from shield.ops.explain import explained
 
 
@@ -110,15 +112,16 @@ class Agreement:
             )
 
 
-def compare_every_decision(monkeypatch: Any, agreement: Agreement) -> None:
-    """Compare explain with the proxy on every request while the test runs."""
-    act = Gatekeeper.act
+@contextlib.contextmanager
+def comparing_every_decision(agreement: Agreement) -> Iterator[None]:
+    """Compare explain with the proxy on every decision ``handle`` makes inside the block (the
+    gatekeeper's ``decision_listeners``: compiled code cannot be wrapped from outside)."""
 
-    def compared_act(self: Gatekeeper, request: Any, decision: Decision, target: bytes, upstream: Any) -> Any:
-        # Only the decision ``handle`` made: what ``act`` does with a throttle's verdict or the
-        # rest of a dry run is its own next step, not a second decision.
-        if sys._getframe(1).f_code.co_name == "handle":
-            agreement.check(self, request, decision, request)
-        return act(self, request, decision, target, upstream)
+    def compared(gatekeeper: Gatekeeper, request: Any, decision: Decision) -> None:
+        agreement.check(gatekeeper, request, decision, request)
 
-    monkeypatch.setattr(Gatekeeper, "act", compared_act)
+    decision_listeners.append(compared)
+    try:
+        yield
+    finally:
+        decision_listeners.remove(compared)

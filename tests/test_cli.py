@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shield import __version__
+from shield import __version__, build
 from shield.cli import main
 from tests.conftest import free_port
 
@@ -128,7 +128,7 @@ def test_version() -> None:
         [sys.executable, "-m", "shield", "--version"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0
-    assert result.stdout.strip() == f"shield {__version__}"
+    assert result.stdout.strip() == f"shield {__version__} ({build()})"
 
 
 async def test_demo_serves_the_sample_app_behind_shield(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -16,7 +15,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from shield.app.server import Shield
-from shield.http.connection import EMPTY_BODY, Request
+from shield.http.answer import ShieldAnswer
+from shield.http.connection import EMPTY_BODY, Http1Connection, Http1Server, Request
 from shield.http.request_id import RequestIds
 from shield.ops.access_log import format_line
 from shield.ops.metrics import FOLD_INTERVAL, Histogram, ProxyStats, build_registry
@@ -76,8 +76,17 @@ def test_the_request_id_line_carries_the_same_ids_and_never_a_line_break() -> No
     assert lines[0] == b"X-Request-ID: 0f8c-42.trace:7\r\n"
     assert lines[1:] == [b"X-Request-ID: abc-%d\r\n" % n for n in range(1, 6)]
     assert all(line.count(b"\r\n") == 1 and line.endswith(b"\r\n") for line in lines)
+
+
+async def test_a_request_reports_the_id_its_line_carries() -> None:
+    async def never_called(request: Request) -> ShieldAnswer:
+        raise AssertionError("no request is served here")
+
+    server = Http1Server(
+        never_called, header_timeout=10, keepalive_timeout=10, max_line=8190, max_headers=100
+    )
     request = Request(
-        SimpleNamespace(remote="10.0.0.1"),  # type: ignore[arg-type]  # only its address is read
+        Http1Connection(server),
         "GET",
         b"/",
         "1.1",
@@ -88,8 +97,8 @@ def test_the_request_id_line_carries_the_same_ids_and_never_a_line_break() -> No
         EMPTY_BODY,
         False,
     )
-    request.id_line = lines[2]
-    assert request.request_id == "abc-2"
+    request.id_line = RequestIds(prefix="abc").line_of("")
+    assert request.request_id == "abc-1"
 
 
 def test_generated_ids_count_in_hex_after_the_prefix_whatever_it_holds() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shield import build
 from shield.app.reload import PolicyHolder, build_runtime
 from shield.clock import Clock, MonotonicClock, WallClock
 from shield.config.model import ShieldConfig
@@ -300,11 +301,12 @@ class Shield:
         if self.config_path is not None:
             self._tasks.append(loop.create_task(self.holder.watch()))
         log.info(
-            "shield listening on %s:%d, forwarding to %s, %d rules",
+            "shield listening on %s:%d, forwarding to %s, %d rules (%s)",
             config.listen.host,
             self.port,
             config.upstream.url,
             len(config.rules),
+            build(),
         )
 
     async def _probe_upstream(self) -> None:

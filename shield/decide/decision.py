@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import Gcra, RateLimitResult
-
-if TYPE_CHECKING:
-    from shield.decide.policy import CompiledRule, Policy, RequestView
+from shield.decide.policy import CompiledRule, Policy, RequestView
 
 
 class Forward(NamedTuple):

@@ -20,7 +20,6 @@ from multidict import MultiMapping, istr
 
 from shield.config.rules import Match, PolicyOptions, Rule, ValueMatch
 from shield.decide.admission import priority_class
-from shield.decide.decision import Forward, Throttle
 from shield.decide.gcra import Gcra
 from shield.decide.header_memo import Memo
 from shield.decide.host import host_name
@@ -324,6 +323,10 @@ class CompiledRule:
         self.trigger = Trigger(rule.auto_close) if rule.auto_close is not None else None
         # Decisions that are the same for every request, made once: what this rule decides
         # when it lets a request through, and a throttle's, by ``identity.authenticated``.
+        # Imported here, not at the top: the decisions name CompiledRule in their fields, which
+        # compiled code (mypyc) resolves when shield.decide.decision loads.
+        from shield.decide.decision import Forward, Throttle
+
         self.forward = Forward(self)
         self.throttles: tuple[Throttle, ...] = (
             (Throttle(self, self.rate), Throttle(self, other))

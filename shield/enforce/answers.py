@@ -49,12 +49,12 @@ def wants_json(accept: str | None) -> bool:
 
 
 def human_duration(seconds: float) -> str:
-    seconds = max(1, math.ceil(seconds))
+    whole = max(1, math.ceil(seconds))
     for unit, size in (("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = round(seconds / size)
+        if whole >= size:
+            count = round(whole / size)
             return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{whole} second{'s' if whole != 1 else ''}"
 
 
 def load_close_template(path: str | None) -> Template:

@@ -10,7 +10,7 @@ canonical target the rules matched, consulting the throttle state where a thrott
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 from aiohttp import hdrs
@@ -73,6 +73,12 @@ _DEFAULT_FORWARDED = (
 )
 # The admission class of requests no rule matched, by ``identity.authenticated``.
 _DEFAULT_RANKS = (priority_class("normal", False), priority_class("normal", True))
+
+
+# Told of each decision ``handle`` makes, with the gatekeeper and the request it is about: the
+# test suite compares ``shield explain`` with the proxy here (tests/explain_agreement.py).
+# Empty in production, where it costs one truth test per request.
+decision_listeners: list[Callable[[Gatekeeper, Request, Decision], None]] = []
 
 
 class Gatekeeper:
@@ -208,6 +214,9 @@ class Gatekeeper:
         request.identity = identity
         request.client_key = client.key
         decision = decide(request, rulebook, ban.until if ban is not None else None)
+        if decision_listeners:
+            for listener in decision_listeners:
+                listener(self, request, decision)
         # What the upstream is told: the client chain, and who Shield saw when asked to say.
         upstream = (
             (client.forwarded_for, identity_lines(client_ip, identity.user))

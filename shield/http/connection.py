@@ -467,12 +467,15 @@ class Request(RequestView):
 class Http1Connection(WriteFlow, asyncio.Protocol):
     """One client connection of the public listener."""
 
-    def __init__(self, server: Http1Server) -> None:
+    def __init__(self, server: Http1Server, parse_events: object = None) -> None:
+        """``parse_events``: what llhttp reports the request's parts to, if not this connection
+        (the request fuzzer's observer, which passes each event on to it)."""
         super().__init__()
         self._server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self._parser: Any = httptools.HttpRequestParser(self)
+        self._parse_events = parse_events  # (None, not self: no cycle to leave for the collector)
+        self._parser: Any = httptools.HttpRequestParser(parse_events or self)
         self.remote: str | None = None
         # The client key this connection counts under for max_connections_per_client.
         self.capped_as: str | None = None
@@ -944,15 +947,20 @@ class Http1Connection(WriteFlow, asyncio.Protocol):
             self._upgrade_request = None
             rest = self._upgrade_rest
             self._upgrade_rest = None
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = httptools.HttpRequestParser(self._parse_events or self)
             self._resume(PAUSED_FOR_UPGRADE)
             if rest:
                 self._feed(rest)
+        # Read afresh (``_idle``), not as mypy saw it when this method began: the calls above
+        # may have started another request, and compiled code would trust the narrowed None.
         if self._queue:
-            if self._current is None:
+            if self._idle():
                 self._next()
-        elif self._refused is not None and self._current is None:
+        elif self._refused is not None and self._idle():
             self._send_refusal()
+
+    def _idle(self) -> bool:
+        return self._current is None
 
     def _next(self) -> None:
         """Start the next pipelined request, unless the client is not reading its answers: then

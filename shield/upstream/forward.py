@@ -203,8 +203,9 @@ class Proxy:
             if content_length is None or content_length <= settings.buffer_request_body:
                 try:
                     read, complete = await pieces.buffer(settings.buffer_request_body)
-                except (BodyTooLarge, ClientBodyError) as error:
-                    return _body_refusal(error, self.stats.client_limits)
+                except (BodyTooLarge, ClientBodyError) as refused:  # (a name of its own: mypyc
+                    # gives a variable one type for the whole function)
+                    return _body_refusal(refused, self.stats.client_limits)
                 if complete:
                     body = read
                     framing = b"Content-Length: %d\r\n" % len(body)

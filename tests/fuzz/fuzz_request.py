@@ -96,36 +96,43 @@ class Seen:
     keep_alive: bool = False
 
 
-class Observed(Http1Connection):
-    """Shield's connection, noting per request the head fields, the trailer fields and whether
-    llhttp parsed it to its end."""
+class Observed:
+    """Between llhttp and Shield's connection: passes every parse event on, noting per request
+    the head fields, the trailer fields and whether llhttp parsed it to its end. (Not a subclass:
+    the connection may be compiled, and compiled classes take no interpreted subclasses.)"""
 
-    def __init__(self, server: Http1Server) -> None:
-        super().__init__(server)
+    def __init__(self) -> None:
+        self.conn: Http1Connection
         self.parsed: list[Parsed] = []
         self._after_head: Parsed | None = None
 
     def on_message_begin(self) -> None:
         self._after_head = None
-        super().on_message_begin()
+        self.conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self.conn.on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._after_head is not None:
             self._after_head.trailers.append((name, value))
-        super().on_header(name, value)
+        self.conn.on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        request = self._parsing  # the request Shield just made of this head (private)
+        self.conn.on_headers_complete()
+        request = self.conn._parsing  # the request Shield just made of this head (private)
         if request is not None:
             self._after_head = Parsed(request, list(request.raw_headers))
             self.parsed.append(self._after_head)
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
 
     def on_message_complete(self) -> None:
         if self._after_head is not None:
             self._after_head.complete = True
             self._after_head = None
-        super().on_message_complete()
+        self.conn.on_message_complete()
 
 
 @dataclass(slots=True)
@@ -243,7 +250,8 @@ def _get_server() -> Http1Server:
 async def _drive(pieces: list[bytes]) -> Outcome:
     _seen.clear()
     _handler_errors.clear()
-    conn = Observed(_get_server())
+    observed = Observed()
+    conn = observed.conn = Http1Connection(_get_server(), observed)
     transport = harness.FakeTransport(conn)
     conn.connection_made(transport)
     stalled = False
@@ -257,7 +265,7 @@ async def _drive(pieces: list[bytes]) -> Outcome:
         conn.data_received(piece)
     await harness.settle()
     outcome = Outcome(
-        conn.parsed,
+        observed.parsed,
         list(_seen),
         list(_handler_errors),
         bytes(transport.written),

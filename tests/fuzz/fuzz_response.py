@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["shield"]) if FUZZING else contextlib.n
     from shield.errors import UpstreamError
     from shield.http.headers import HOP_BY_HOP
     from shield.http.response import DateHeader, response_bytes, streamed_head
-    from shield.upstream.pool import UpstreamConnection
+    from shield.upstream.pool import UpstreamConnection, UpstreamPool
     from tests.fuzz import harness
     from tests.fuzz.harness import Fields, describe, fail, normalized
 
@@ -53,20 +53,6 @@ DATE = DateHeader()
 # Shield frames every answer itself.
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 CANONICAL_LENGTH = re.compile(rb"0|[1-9][0-9]{0,18}")
-
-
-class Pool:
-    """What an ``UpstreamConnection`` uses of its ``UpstreamPool``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    def _forget(self, conn: UpstreamConnection) -> None:
-        return None
-
-    def release(self, conn: UpstreamConnection) -> None:
-        if not conn.reusable or conn.transport is None or conn.transport.is_closing():
-            conn.close()
 
 
 @dataclass(slots=True)
@@ -170,7 +156,10 @@ async def relay(conn: UpstreamConnection, relayed: Relayed, flags: int) -> None:
 
 
 async def _drive(flags: int, pieces: list[bytes]) -> Outcome:
-    conn = UpstreamConnection(Pool(asyncio.get_running_loop()))  # type: ignore[arg-type]
+    pool = UpstreamPool(
+        host="127.0.0.1", port=9, ssl_context=None, max_connections=1, idle_timeout=4.0, connect_timeout=1.0
+    )  # never connects: the harness hands the connection its transport
+    conn = UpstreamConnection(pool)
     transport = harness.FakeTransport(conn)
     conn.connection_made(transport)
     conn.start(REQUEST_HEAD, head_request=bool(flags & HEAD_REQUEST))
