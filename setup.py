@@ -18,6 +18,7 @@ from setuptools import setup
 # The request's path, in the order it crosses them (shield/__init__.py has the map).
 COMPILED = [
     "shield/http/connection.py",
+    "shield/http/flow.py",
     "shield/http/body_buffer.py",
     "shield/http/answer.py",
     "shield/http/headers.py",

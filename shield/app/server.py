@@ -13,8 +13,9 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -270,7 +271,7 @@ class Shield:
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._server,
+            cast("Callable[[], asyncio.Protocol]", self._server),  # a protocol by its methods
             config.listen.host,
             config.listen.port,
             ssl=listener_tls,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from multidict import MultiMapping
 
@@ -22,7 +22,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 ForwardedHeader = Literal["X-Forwarded-For", "Forwarded"]
 
 # Distinct peers remembered; past this the memory is dropped and rebuilt (cheap, and rare).
-PEER_CACHE_SIZE = 8192
+PEER_CACHE_SIZE: Final = 8192
 
 
 class Client:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import Gcra, RateLimitResult
@@ -114,9 +114,9 @@ Decision = (
     | DryRuns
 )
 
-FORWARD_UNRULED = Forward(None)
-STATUS_PAGE = ServeStatusPage()
-CHALLENGE_SOLUTION = CheckSolution()
+FORWARD_UNRULED: Final = Forward(None)
+STATUS_PAGE: Final = ServeStatusPage()
+CHALLENGE_SOLUTION: Final = CheckSolution()
 
 
 class CtlClosure(Protocol):

@@ -12,7 +12,7 @@ one process, ``redis_throttle`` across replicas).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 
 class RateLimitResult(NamedTuple):
@@ -26,7 +26,7 @@ class RateLimitResult(NamedTuple):
 
 
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
-_result = tuple.__new__
+_result: Final = tuple.__new__
 
 
 class Gcra:

@@ -11,22 +11,22 @@ backslash, a NUL or control character, a backslash, a double-encoded dot or slas
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 from urllib.parse import quote, unquote
 
 from shield.decide.remembered import remember
 
 # A path that is already canonical: segments of plain characters, none "." or "..".
-_CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
-_FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
-_DOUBLE_ENCODED = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
-_SAFE = "!$&'()*+,=:@-._~"
+_CANONICAL: Final = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,=:@-]+)*/?")
+_FORBIDDEN_DECODED: Final = re.compile(r"[\x00-\x1f\x7f\\]")
+_DOUBLE_ENCODED: Final = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
+_SAFE: Final = "!$&'()*+,=:@-._~"
 # Canonical forms already worked out, by raw path, one table per case_insensitive value: most
 # requests ask for a path seen moments ago. Bounded in entries and in the length of a path kept,
 # so a flood of distinct paths costs a table rebuild now and then, never memory.
-_KNOWN_ENTRIES = 4096
-_KNOWN_LENGTH = 256
-_known: tuple[dict[str, CanonicalPath], dict[str, CanonicalPath]] = ({}, {})
+_KNOWN_ENTRIES: Final = 4096
+_KNOWN_LENGTH: Final = 256
+_known: Final[tuple[dict[str, CanonicalPath], dict[str, CanonicalPath]]] = ({}, {})
 
 
 class CanonicalPath(NamedTuple):
@@ -38,7 +38,7 @@ class CanonicalPath(NamedTuple):
 
 
 # NamedTuple's generated __new__ is a Python function; the tuple constructor is not.
-_new_path = tuple.__new__
+_new_path: Final = tuple.__new__
 
 
 class UnsafePath(ValueError):
@@ -63,7 +63,10 @@ def canonical_path(raw: str, *, case_insensitive: bool = False) -> CanonicalPath
 # Raw path as received -> (the path rules match, the path to forward when it is not the raw one),
 # one table per case_insensitive value: the gatekeeper's form of ``canonical_path``, which spares
 # it a decode and a comparison per request. Bounded like ``_known``.
-_known_raw: tuple[dict[bytes, tuple[str, bytes | None]], dict[bytes, tuple[str, bytes | None]]] = ({}, {})
+_known_raw: Final[tuple[dict[bytes, tuple[str, bytes | None]], dict[bytes, tuple[str, bytes | None]]]] = (
+    {},
+    {},
+)
 
 
 def canonical_raw_path(raw: bytes, *, case_insensitive: bool = False) -> tuple[str, bytes | None]:

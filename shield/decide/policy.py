@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qs
 
 from multidict import MultiMapping, istr
@@ -29,14 +29,14 @@ from shield.decide.paths import fold_case
 from shield.decide.remembered import remember
 from shield.decide.trigger import Trigger
 
-_BY_IP = ("ip",)
+_BY_IP: Final = ("ip",)
 # Header names as istr: a case-insensitive multidict looks an istr up without folding it first.
-_COOKIE = istr("Cookie")
-_USER_AGENT = istr("User-Agent")
-ANY = ""  # index key for "any method" / "any first segment"
+_COOKIE: Final = istr("Cookie")
+_USER_AGENT: Final = istr("User-Agent")
+ANY: Final = ""  # index key for "any method" / "any first segment"
 # Bounds of the table of matchers by method and path (``Policy.known``).
-_KNOWN_ENTRIES = 8192
-_KNOWN_LENGTH = 256
+_KNOWN_ENTRIES: Final = 8192
+_KNOWN_LENGTH: Final = 256
 
 
 class RequestView:
@@ -148,7 +148,7 @@ def _cookie_values(view: RequestView, name: str) -> list[str]:
 
 # Every occurrence is tested, and one that passes is enough: with ?action=login&action=register
 # some frameworks see the first value and others the last, so a rule must see both.
-_readers: dict[str, Callable[[RequestView, str], Sequence[str]]] = {
+_readers: Final[dict[str, Callable[[RequestView, str], Sequence[str]]]] = {
     "cookie": _cookie_values,
     "query parameter": lambda view, name: view.query.get(name, ()),
 }
@@ -441,10 +441,10 @@ class CompiledRule:
 
 # A pattern's leading global flags that can become a scoped group; "x" cannot (a comment would
 # swallow the group's closing parenthesis).
-_LEADING_FLAGS = re.compile(r"\(\?([ims]+)\)")
+_LEADING_FLAGS: Final = re.compile(r"\(\?([ims]+)\)")
 # What ties a pattern to its own group numbers or its position: back-references, conditionals,
 # global flags after the start.
-_UNJOINABLE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(|\(\?[aiLmsux]+\)")
+_UNJOINABLE: Final = re.compile(r"\\[1-9]|\(\?P=|\(\?\(|\(\?[aiLmsux]+\)")
 
 
 def joined_search(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -471,7 +471,7 @@ AgentSearch = Callable[[str], object]  # a match (anything but None) or None
 
 
 # No character with a meaning in a regex (outside a class, without the verbose flag).
-_PLAIN = re.compile(r"[^.^$*+?{}\[\]\\|()]*")
+_PLAIN: Final = re.compile(r"[^.^$*+?{}\[\]\\|()]*")
 
 Texts = tuple[tuple[str, ...], tuple[str, ...]]
 

@@ -12,7 +12,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import Gcra, RateLimitResult
@@ -136,8 +136,8 @@ def _sf_string(text: str) -> str:
 
 # (rule, rate, remaining, reset) -> ``ratelimit_lines``: a bucket is mostly in one of a few
 # states, and formatting the fields costs more than the GCRA step itself. Bounded.
-_REMEMBERED_LINES = 4096
-_known_lines: dict[tuple[object, ...], bytes] = {}
+_REMEMBERED_LINES: Final = 4096
+_known_lines: Final[dict[tuple[object, ...], bytes]] = {}
 
 
 def ratelimit_lines(result: RateLimitResult, rule: str, rate: Gcra) -> bytes:

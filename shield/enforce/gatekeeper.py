@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import assert_never
+from typing import Final, assert_never
 
 from aiohttp import hdrs
 
@@ -60,25 +60,25 @@ from shield.ops.status_page import StatusPage
 from shield.state import StateBackend
 from shield.upstream.forward import Proxy
 
-log = logging.getLogger("shield.rules")
+log: Final = logging.getLogger("shield.rules")
 
 # What the upstream is told of the client: its X-Forwarded-For chain and the identity lines.
 Upstream = tuple[str, bytes]
 
-_DEFAULT = "default"
+_DEFAULT: Final = "default"
 # The labels of a request no rule matched and the upstream answered, by ``identity.authenticated``.
-_DEFAULT_FORWARDED = (
+_DEFAULT_FORWARDED: Final = (
     (_DEFAULT, "allow", "forwarded", "anonymous"),
     (_DEFAULT, "allow", "forwarded", "authenticated"),
 )
 # The admission class of requests no rule matched, by ``identity.authenticated``.
-_DEFAULT_RANKS = (priority_class("normal", False), priority_class("normal", True))
+_DEFAULT_RANKS: Final = (priority_class("normal", False), priority_class("normal", True))
 
 
 # Told of each decision ``handle`` makes, with the gatekeeper and the request it is about: the
 # test suite compares ``shield explain`` with the proxy here (tests/explain_agreement.py).
 # Empty in production, where it costs one truth test per request.
-decision_listeners: list[Callable[[Gatekeeper, Request, Decision], None]] = []
+decision_listeners: Final[list[Callable[[Gatekeeper, Request, Decision], None]]] = []
 
 
 class Gatekeeper:

@@ -55,7 +55,7 @@ from shield.http.proxy_protocol import ProxyHeaderError, parse_proxy_header
 from shield.http.response import DateHeader, status_line
 from shield.upstream.tunnel import splice
 
-log = logging.getLogger("shield")
+log: Final = logging.getLogger("shield")
 
 # How often deadlines (header reads, idle keep-alive, lingering) are checked.
 TICK: Final = 0.1
@@ -157,9 +157,9 @@ _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE
 # Header name as the client spelled it -> as text: names repeat from request to request.
 # Header name as the client spelled it -> its text, and its lower-cased form when it is one
 # of the SINGLETON_HEADERS (else None): names repeat from request to request.
-_NAMES: dict[bytes, tuple[str, bytes | None]] = {}
-_REMEMBERED_NAMES = 1024
-_REMEMBERED_NAME = 64
+_NAMES: Final[dict[bytes, tuple[str, bytes | None]]] = {}
+_REMEMBERED_NAMES: Final = 1024
+_REMEMBERED_NAME: Final = 64
 
 
 def _header_name(name: bytes) -> tuple[str, bytes | None]:
@@ -464,8 +464,11 @@ class Request(RequestView):
         return await self._conn.tunnel(self, upstream, to_client)
 
 
-class Http1Connection(WriteFlow, asyncio.Protocol):
-    """One client connection of the public listener."""
+class Http1Connection(WriteFlow):
+    """One client connection of the public listener.
+
+    An asyncio protocol by its methods, not by inheritance: compiled (mypyc), a subclass of
+    ``asyncio.Protocol`` would stay an interpreted class with its attributes in a dict."""
 
     def __init__(self, server: Http1Server, parse_events: object = None) -> None:
         """``parse_events``: what llhttp reports the request's parts to, if not this connection

@@ -9,13 +9,14 @@ after the filtering, so a client-named ``Connection: X-Forwarded-For`` cannot re
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Final
 from urllib.parse import quote
 
 from shield.decide.remembered import remember
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -31,7 +32,7 @@ HOP_BY_HOP = frozenset(
 
 # Headers that rewrite the route or the method on many frameworks (IIS, Symfony, Rails, Laravel,
 # Express method-override): a rule that closed /api/register would not see the real target.
-REWRITE_HEADERS = frozenset(
+REWRITE_HEADERS: Final = frozenset(
     {
         b"x-original-url",
         b"x-rewrite-url",
@@ -46,7 +47,7 @@ REWRITE_HEADERS = frozenset(
 
 # Client-address headers an application may trust. Shield sets X-Forwarded-For itself; the rest
 # would let any client claim any address.
-CLIENT_ADDRESS_HEADERS = frozenset(
+CLIENT_ADDRESS_HEADERS: Final = frozenset(
     {
         b"x-forwarded-for",
         b"x-forwarded-proto",
@@ -63,16 +64,16 @@ CLIENT_ADDRESS_HEADERS = frozenset(
 
 # Who Shield saw (``forwarding.identity_headers``). Always stripped from clients, option on or
 # off: an application reading them must only ever see values Shield wrote.
-IDENTITY_HEADERS = frozenset({b"x-shield-user", b"x-shield-client-ip", b"x-shield-authenticated"})
+IDENTITY_HEADERS: Final = frozenset({b"x-shield-user", b"x-shield-client-ip", b"x-shield-authenticated"})
 
 # Managed by Shield when it writes the upstream request: framing, Host, Via, Expect (Shield
 # answers 100-continue itself, after its rules allowed the request) and X-Request-ID (the client's
 # is passed on only when it is sane, see ``shield.http.request_id``).
-_MANAGED_REQUEST = frozenset({b"content-length", b"host", b"via", b"expect", b"x-request-id"})
+_MANAGED_REQUEST: Final = frozenset({b"content-length", b"host", b"via", b"expect", b"x-request-id"})
 
-_DROP_REQUEST = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | IDENTITY_HEADERS | _MANAGED_REQUEST
-_DROP_REQUEST_STRIP_REWRITE = _DROP_REQUEST | REWRITE_HEADERS
-DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}
+_DROP_REQUEST: Final = HOP_BY_HOP | CLIENT_ADDRESS_HEADERS | IDENTITY_HEADERS | _MANAGED_REQUEST
+_DROP_REQUEST_STRIP_REWRITE: Final = _DROP_REQUEST | REWRITE_HEADERS
+DROP_RESPONSE: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
@@ -133,13 +134,13 @@ def _quoted_pair(text: str) -> str:
 # What ``RequestHeadBuilder.build`` does with a client header, by its name as sent.
 _COPY, _HOST, _VIA, _CONNECTION, _DROP = range(5)
 # Dropped headers Shield still reads, by their lower-cased name (the rest are just dropped).
-_DROPPED_KINDS = {b"host": _HOST, b"via": _VIA, b"connection": _CONNECTION}
+_DROPPED_KINDS: Final = {b"host": _HOST, b"via": _VIA, b"connection": _CONNECTION}
 # Client header names are remembered only while short and few: a client sending endless new
 # names costs a table rebuild now and then, never memory.
-_REMEMBERED_NAME = 64
-_REMEMBERED_NAMES = 1024
-_REMEMBERED_CLIENTS = 4096
-_REMEMBERED_CLIENT = 128
+_REMEMBERED_NAME: Final = 64
+_REMEMBERED_NAMES: Final = 1024
+_REMEMBERED_CLIENTS: Final = 4096
+_REMEMBERED_CLIENT: Final = 128
 
 
 class RequestHeadBuilder:
@@ -280,7 +281,7 @@ class RequestHeadBuilder:
         return added
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-_ADDED = frozenset(
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
+_ADDED: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"} | IDENTITY_HEADERS
 )

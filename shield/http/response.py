@@ -12,15 +12,16 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Final
 
 from shield.decide.remembered import remember
 from shield.errors import UpstreamProtocolError
 from shield.http.headers import DROP_RESPONSE, connection_tokens, filter_response_headers
 
 # Connection values that name no other header: the common case, decided without tokenizing.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
-_STATUS_LINES = {
+_STATUS_LINES: Final = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
 }
 
@@ -28,16 +29,20 @@ _STATUS_LINES = {
 # What ``response_bytes`` does with an upstream header, by its name as sent.
 _COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _CODING, _DROP = range(7)
 # The upstream's headers Shield reads, by their lower-cased name: dropped ones, and kept ones.
-_DROPPED_KINDS = {b"content-length": _LENGTH, b"connection": _CONNECTION, b"transfer-encoding": _CODING}
-_KEPT_KINDS = {b"date": _DATE, b"server": _SERVER}
+_DROPPED_KINDS: Final = {
+    b"content-length": _LENGTH,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _CODING,
+}
+_KEPT_KINDS: Final = {b"date": _DATE, b"server": _SERVER}
 # Names longer than this are classified on every response rather than remembered.
-_REMEMBERED_NAME = 64
-_REMEMBERED_NAMES = 1024
+_REMEMBERED_NAME: Final = 64
+_REMEMBERED_NAMES: Final = 1024
 
 
 # Header name as the upstream spelled it -> its kind: one ``lower()`` per spelling, not per
 # response. A plain dict: ``[]`` on a dict subclass takes a generic slot, six times the cost.
-_kinds: dict[bytes, int] = {}
+_kinds: Final[dict[bytes, int]] = {}
 
 
 def _new_kind(name: bytes) -> int:
@@ -51,8 +56,8 @@ def _new_kind(name: bytes) -> int:
 # Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
 # and formatting the number cost as much as the rest of the head. Bounded like the tables of
 # names and paths.
-_LENGTH_LINES: dict[int, bytes] = {}
-_REMEMBERED_LENGTHS = 4096
+_LENGTH_LINES: Final[dict[int, bytes]] = {}
+_REMEMBERED_LENGTHS: Final = 4096
 
 
 def content_length_line(length: int) -> bytes:

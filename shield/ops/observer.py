@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from time import perf_counter
+from typing import Final
 
 from multidict import istr
 
@@ -27,10 +28,10 @@ from shield.ops.metrics import ProxyStats
 Handler = Callable[[Request], Awaitable[Reply]]
 
 # A case-insensitive multidict looks an istr up without folding it first.
-_REQUEST_ID = istr("X-Request-ID")
+_REQUEST_ID: Final = istr("X-Request-ID")
 
 # What nginx logs for a client that went away before its answer was ready.
-CLIENT_CLOSED = 499
+CLIENT_CLOSED: Final = 499
 
 
 def body_size(response: Reply, request: Request) -> int:

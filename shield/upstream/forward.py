@@ -30,7 +30,7 @@ from shield.http.response import DateHeader, response_bytes, streamed_head, swit
 from shield.ops.metrics import ProxyStats
 from shield.upstream.pool import NO_ANSWER, UpstreamConnection, UpstreamPool
 
-log = logging.getLogger("shield.proxy")
+log: Final = logging.getLogger("shield.proxy")
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, Final, cast
 
 import httptools
 
@@ -30,20 +30,21 @@ from shield.http.body_buffer import BodyBuffer
 from shield.http.flow import WriteFlow
 
 # How often the pool checks deadlines and idle connections: timeouts fire within this much.
-TICK = 0.1
+TICK: Final = 0.1
 # The most bytes an upstream may send before its response head is complete (headers, and any
 # 1xx answers before them): a runaway head is a 502, not memory.
-MAX_RESPONSE_HEAD = 1024 * 1024
+MAX_RESPONSE_HEAD: Final = 1024 * 1024
 
-NO_ANSWER = "upstream did not answer in time"
-STALLED = "upstream stalled inside its response body"
+NO_ANSWER: Final = "upstream did not answer in time"
+STALLED: Final = "upstream stalled inside its response body"
 
 # Pause reading from the upstream when this much body is buffered and the client is slower.
-_HIGH_WATER = 256 * 1024
+_HIGH_WATER: Final = 256 * 1024
 
 
-class UpstreamConnection(WriteFlow, asyncio.Protocol):
-    """One keep-alive connection to the upstream, driven by ``UpstreamPool``."""
+class UpstreamConnection(WriteFlow):
+    """One keep-alive connection to the upstream, driven by ``UpstreamPool``; an asyncio
+    protocol by its methods (``http.connection.Http1Connection`` says why not by inheritance)."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         super().__init__()
@@ -427,7 +428,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self.loop.create_connection(
-                    lambda: conn,
+                    lambda: cast(asyncio.Protocol, conn),
                     self._host,
                     self._port,
                     ssl=self._ssl,

@@ -5,10 +5,11 @@ Run by hand from the repository root (pytest never collects this directory)::
 
     .venv/bin/python tests/bench/run_bench.py [--duration 10] [--rounds 3] [--connections 50] [--profile]
 
-It starts an nginx upstream (core 1), nginx as a reverse proxy (core 0), Shield (core 0) and Shield
-with 20 rules (core 0), then runs wrk (core 1) against each of them and against the upstream directly,
-interleaved round by round, and prints medians and ratios. Every process it starts is stopped on
-exit, error or Ctrl-C. See tests/bench/README.md.
+It starts an nginx upstream (core 1); nginx as a reverse proxy, the same nginx with a per-IP rate
+check that never triggers, HAProxy with such a check, Shield and Shield with 20 rules (all on core 0),
+then runs wrk (core 1) against each of them and against the upstream directly, interleaved round by
+round, and prints medians and ratios. Every process it starts is stopped on exit, error or Ctrl-C.
+See tests/bench/README.md.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 PATHS: dict[str, int] = {"/2b": 2, "/16k": 16384}  # benchmark path -> body size
-TARGETS = ("direct", "nginx", "shield", "shield+rules", "shield+redis")
+TARGETS = ("direct", "nginx", "nginx+limit", "haproxy", "shield", "shield+rules", "shield+redis")
+# nginx proxy targets -> the name of their config, logs and temp directory.
+NGINX_PROXIES = {"nginx": "nginx-proxy", "nginx+limit": "nginx-limit"}
 SHIELDS = ("shield", "shield+rules", "shield+redis")
 # The same 20 rules, with throttle state in Redis (the one at --redis-url) instead of memory.
 WITH_RULES = ("shield+rules", "shield+redis")
@@ -53,7 +56,7 @@ RULE_COUNT = 20
 OTHER_LOAD_LIMIT = 10.0  # % of a core used by processes we did not start: "the machine is not quiet"
 
 # Tool -> the Debian package that provides it.
-PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "taskset": "util-linux"}
+PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "taskset": "util-linux", "haproxy": "haproxy"}
 
 
 class BenchError(Exception):
@@ -64,23 +67,30 @@ class BenchError(Exception):
 # Tools
 
 
-def find_nginx() -> str | None:
-    found = shutil.which("nginx")
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, or in the sbin directories a user's PATH may lack (nginx, haproxy)."""
+    found = shutil.which(name)
     if found:
         return found
-    for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+    for directory in ("/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"):
+        candidate = f"{directory}/{name}"
         if os.access(candidate, os.X_OK):
             return candidate
     return None
 
 
-def find_tools() -> dict[str, str | None]:
-    return {"nginx": find_nginx(), "wrk": shutil.which("wrk"), "taskset": shutil.which("taskset")}
+def needed_tools(targets: list[str]) -> list[str]:
+    """nginx (the upstream), wrk and taskset always; haproxy for its target only."""
+    return ["nginx", "wrk", "taskset", *(["haproxy"] if "haproxy" in targets else [])]
 
 
-def ensure_tools() -> dict[str, str]:
-    """The paths of nginx, wrk and taskset, installing the missing ones with apt-get if possible."""
-    tools = find_tools()
+def find_tools(names: list[str]) -> dict[str, str | None]:
+    return {name: find_tool(name) for name in names}
+
+
+def ensure_tools(names: list[str]) -> dict[str, str]:
+    """The paths of the tools ``names``, installing the missing ones with apt-get if possible."""
+    tools = find_tools(names)
     missing = [name for name, path in tools.items() if path is None]
     if missing:
         packages = sorted({PACKAGES[name] for name in missing})
@@ -94,7 +104,7 @@ def ensure_tools() -> dict[str, str]:
             if subprocess.run(install, env=env).returncode != 0:
                 subprocess.run([*prefix, "apt-get", "update"], env=env)
                 subprocess.run(install, env=env)
-        tools = find_tools()
+        tools = find_tools(names)
         missing = [name for name, path in tools.items() if path is None]
     if missing:
         packages = sorted({PACKAGES[name] for name in missing})
@@ -154,8 +164,11 @@ def environment(tools: dict[str, str]) -> dict[str, str]:
     dirty = subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain", "--", "shield"], capture_output=True, text=True
     ).stdout.strip()
+    versions = {"nginx": command_output([tools["nginx"], "-v"])}
+    if "haproxy" in tools:
+        versions["haproxy"] = command_output([tools["haproxy"], "-v"]).split(" - ")[0]
     return {
-        "nginx": command_output([tools["nginx"], "-v"]),
+        **versions,
         "wrk": command_output([tools["wrk"], "--version"]).split(" Copyright")[0],
         "python": sys.version.replace("\n", " "),
         "aiohttp": package_version("aiohttp"),
@@ -318,17 +331,21 @@ def upstream_nginx_conf(root: Path, port: int) -> str:
     )
 
 
-def proxy_nginx_conf(root: Path, port: int, upstream_port: int) -> str:
+def proxy_nginx_conf(root: Path, name: str, port: int, upstream_port: int, limit: bool = False) -> str:
+    """nginx as a reverse proxy to the upstream; with ``limit``, a per-client-IP rate check that
+    never triggers (a million requests a second, and as many again in burst)."""
+    zone = "\n    limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;" if limit else ""
+    check = "\n            limit_req zone=perip burst=1000000 nodelay;" if limit else ""
     return (
-        nginx_common(root, "nginx-proxy")
-        + f"""
+        nginx_common(root, name)
+        + f"""{zone}
     upstream backend {{
         server 127.0.0.1:{upstream_port};
         keepalive 64;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{
+        location / {{{check}
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -337,6 +354,56 @@ def proxy_nginx_conf(root: Path, port: int, upstream_port: int) -> str:
 }}
 """
     )
+
+
+HAPROXY_TABLE = "proxy"  # the frontend, which holds the per-IP stick table
+
+
+def haproxy_conf(root: Path, port: int, upstream_port: int) -> str:
+    """HAProxy as a reverse proxy to the upstream, one thread, keep-alive on both sides, no log,
+    and a per-client-IP rate check that never triggers. The table's one entry (127.0.0.1) outlives
+    the run (``expire 1h``) so that ``show table`` on the stats socket proves the check ran."""
+    return f"""global
+    nbthread 1
+    maxconn 4096
+    stats socket {root}/haproxy.sock mode 600 level operator
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    timeout http-keep-alive 75s
+
+frontend {HAPROXY_TABLE}
+    bind 127.0.0.1:{port} backlog 4096
+    stick-table type ip size 100k expire 1h store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 100000000 }}
+    default_backend upstream
+
+backend upstream
+    server upstream 127.0.0.1:{upstream_port}
+"""
+
+
+def haproxy_tracked(sock_path: Path, client: str = "127.0.0.1") -> str:
+    """The stick-table entry HAProxy keeps for ``client``, from its stats socket; a BenchError if
+    there is none (the rate check did not run)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(sock_path))
+        sock.sendall(f"show table {HAPROXY_TABLE}\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks).decode(errors="replace")
+    entry = next((line for line in reply.splitlines() if f" key={client} " in line), "")
+    if not entry:
+        raise BenchError(f"haproxy: no stick-table entry for {client}; `show table` said:\n{reply}")
+    return entry.split(": ", 1)[-1]
 
 
 def bench_rules() -> list[dict[str, Any]]:
@@ -918,24 +985,31 @@ def start_servers(
     wait_ready(upstream, upstream_url)
     urls["direct"] = upstream_url
 
-    if "nginx" in args.target_list:
+    for target, name in NGINX_PROXIES.items():
+        if target not in args.target_list:
+            continue
         port = free_port()
-        conf = root / "nginx-proxy.conf"
-        conf.write_text(proxy_nginx_conf(root, port, upstream_port))
-        nginx_argv = [
-            tools["nginx"],
-            "-p",
-            str(root),
-            "-e",
-            str(root / "nginx-proxy-error.log"),
-            "-c",
-            str(conf),
-        ]
-        proxy = procs.start(
-            "nginx proxy", [tools["taskset"], "-c", proxy_cpu, *nginx_argv], root / "nginx.out"
-        )
-        urls["nginx"] = f"http://127.0.0.1:{port}"
-        wait_ready(proxy, urls["nginx"])
+        conf = root / f"{name}.conf"
+        conf.write_text(proxy_nginx_conf(root, name, port, upstream_port, limit=target == "nginx+limit"))
+        nginx_argv = [tools["nginx"], "-p", str(root), "-e", str(root / f"{name}-error.log"), "-c", str(conf)]
+        argv = [tools["taskset"], "-c", proxy_cpu, *nginx_argv]
+        proxy = procs.start(f"{target} proxy", argv, root / f"{name}.out")
+        urls[target] = f"http://127.0.0.1:{port}"
+        wait_ready(proxy, urls[target])
+        meta["commands"][target] = shlex.join(argv)
+        meta["configs"][target] = conf.read_text()
+
+    if "haproxy" in args.target_list:
+        port = free_port()
+        conf = root / "haproxy.cfg"
+        conf.write_text(haproxy_conf(root, port, upstream_port))
+        # -db: in the foreground, one process, so stopping its group stops it.
+        argv = [tools["taskset"], "-c", proxy_cpu, tools["haproxy"], "-db", "-f", str(conf)]
+        proxy = procs.start("haproxy", argv, root / "haproxy.out")
+        urls["haproxy"] = f"http://127.0.0.1:{port}"
+        wait_ready(proxy, urls["haproxy"])
+        meta["commands"]["haproxy"] = shlex.join(argv)
+        meta["configs"]["haproxy"] = conf.read_text()
 
     shield = shield_bin()
     for target in SHIELDS:
@@ -1025,6 +1099,10 @@ def bench(
                 )
         for target, decisions in meta["decisions"].items():
             print(f"{target} decisions: " + ", ".join(f"{k} {v:,.0f}" for k, v in decisions.items()))
+        if "haproxy" in urls:
+            entry = haproxy_tracked(root / "haproxy.sock")
+            meta["haproxy_table"] = entry
+            print(f"haproxy stick table: {entry}")
 
         profile = None
         if args.profile:
@@ -1067,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
     OUR_GROUPS.add(os.getpgrp())  # wrk runs in ours
     try:
         check_cpus(args)
-        tools = ensure_tools()
+        tools = ensure_tools(needed_tools(args.target_list))
         env = environment(tools)
         print(f"command: {command}")
         for key, value in env.items():
@@ -1078,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
             f"wrk and upstream on core {args.load_cpu}",
             flush=True,
         )
-        meta: dict[str, Any] = {"skipped": {}, "commands": {}, "decisions": {}}
+        meta: dict[str, Any] = {"skipped": {}, "commands": {}, "configs": {}, "decisions": {}}
         with tempfile.TemporaryDirectory(prefix="shield-bench-") as tmp:
             outcome = bench(args, tools, Path(tmp), meta)
     except BenchError as error:
@@ -1109,8 +1187,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target}: skipped ({reason})")
     print(f"\ncommand: {command}")
     print(f"wrk:     {meta['wrk_command']}")
+    haproxy = f"{env['haproxy']}; " if "haproxy" in env else ""
     print(
-        f"versions: {env['nginx']}; {env['wrk']}; Python {sys.version.split()[0]}; aiohttp {env['aiohttp']}"
+        f"versions: {env['nginx']}; {haproxy}{env['wrk']}; Python {sys.version.split()[0]}; "
+        f"aiohttp {env['aiohttp']}"
     )
     print(f"nproc:   {env['nproc']}")
 
