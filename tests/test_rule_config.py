@@ -86,10 +86,10 @@ def test_messages_a_user_needs() -> None:
     assert "rules[2] 'login' can never match: rules[1] 'api' comes first" in warnings[0]
     assert "rules[6] 'too-late' can never match: rules[5] 'everything' comes first" in warnings[3]
     partly = expected_lines(CONFIGS / "good" / "partly_shadowed.yaml")
-    assert len(partly) == 3  # nothing about 'api' below 'login', or 'bots' across every route
+    assert len(partly) == 3  # nothing about 'api' below 'login', or 'bots' and 'no-trace' across routes
     assert "rules[2] 'login': POST /api/login now goes to rules[1] 'login-failures', not 'login'" in partly[0]
-    assert "rules[6] 'archives': /files/a* matching /files/*.png (any method) now goes to" in partly[1]
-    assert "rules[7] 'signup' closes, and the status page would show it by its rule name" in partly[2]
+    assert "rules[7] 'archives': /files/a* matching /files/*.png (any method) now goes to" in partly[1]
+    assert "rules[8] 'signup' closes, and the status page would show it by its rule name" in partly[2]
 
 
 def test_every_problem_at_once(capsys: pytest.CaptureFixture[str]) -> None:

@@ -97,9 +97,10 @@ def lint(config: ShieldConfig) -> list[Finding]:
 def _moved_traffic(rules: list[Rule], index: int) -> list[Finding]:
     """Earlier rules that take part of ``rules[index]``'s traffic: a partial shadow.
 
-    Only rules that pick traffic by route (methods and paths) are weighed: a rule that also
-    filters by host, header, cookie, query, address or User-Agent is a filter across routes on
-    purpose, and warning about each rule it overlaps would bury the warnings that matter.
+    Only rules that pick traffic by route (paths, and methods on them) are weighed: a rule on
+    every path (``methods: [TRACE]``), or one that also filters by host, header, cookie, query,
+    address or User-Agent, is a filter across routes on purpose, and warning about each rule it
+    overlaps would bury the warnings that matter.
     """
     rule = rules[index]
     findings = []
@@ -125,8 +126,8 @@ def _overlap(earlier: Rule, later: Rule) -> str | None:
     """The requests both rules match, said as an operator would (``POST /api/login``), or None."""
     if earlier.mode == "dry-run" or any(getattr(earlier.match, f) is not None for f in _FILTERS):
         return None
-    if earlier.match.methods is None and earlier.match.paths is None:
-        return None  # a catch-all: shadows() or nothing
+    if earlier.match.paths is None:
+        return None  # every path: a catch-all (shadows() or nothing) or a filter by method
     if "everyone" not in (earlier.for_, later.for_) and earlier.for_ != later.for_:
         return None
     methods = _both(earlier.match.methods, later.match.methods)
