@@ -57,15 +57,24 @@ def _stale_build() -> str | None:
     return None
 
 
+def _prefer_sources() -> None:
+    """Put ``_SourceFirst`` just before the standard path finder: import hooks installed ahead
+    of it (atheris' instrumentation, for the fuzzers) still see every module first."""
+    from importlib.machinery import PathFinder
+
+    index = next((i for i, finder in enumerate(sys.meta_path) if finder is PathFinder), 0)
+    sys.meta_path.insert(index, _SourceFirst())
+
+
 if os.environ.get("SHIELD_PURE_PYTHON") == "1":
-    sys.meta_path.insert(0, _SourceFirst())
+    _prefer_sources()
 elif (_changed := _stale_build()) is not None:
     warnings.warn(
         f"{_changed} changed after the hot path was compiled: running the pure-Python code "
         "(pip install -e . compiles it again)",
         stacklevel=1,
     )
-    sys.meta_path.insert(0, _SourceFirst())
+    _prefer_sources()
 
 
 def build() -> str:

@@ -42,6 +42,10 @@ def test_the_build_under_test_is_the_one_asked_for() -> None:
     with that set (and installs with it, so nothing tries to compile)."""
     if os.environ.get("SHIELD_PURE_PYTHON") == "1":
         assert shield.build() == "pure Python"
+        # Just before the standard finder, so hooks ahead of it (atheris instrumenting the
+        # fuzzers' imports) still see Shield's modules.
+        finders = [getattr(finder, "__name__", type(finder).__name__) for finder in sys.meta_path]
+        assert finders[finders.index("PathFinder") - 1] == "_SourceFirst"
         for name in compiled_list():
             assert loaded_from(name).endswith(".py"), name
     else:
