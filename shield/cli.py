@@ -69,8 +69,15 @@ def _check_against_running(path: str, config: ShieldConfig, admin: str) -> int:
     except ctl_client.CtlError as error:
         print(f"{path}: cannot compare with the running Shield: {error}", file=sys.stderr)
         return 2
-    pending = pending_against(running["settings"], config)
-    where = f"the Shield at {admin} (config version {running['version']})"
+    settings = running.get("settings")
+    if not isinstance(settings, dict):
+        print(
+            f"{path}: cannot compare with the running Shield: {admin}/config is not its report",
+            file=sys.stderr,
+        )
+        return 2
+    pending = pending_against(settings, config)
+    where = f"the Shield at {admin} (config version {running.get('version', '?')})"
     if pending:
         print(f"{path}: warning: {where} takes these on restart only: {', '.join(pending)}")
     else:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -488,6 +490,32 @@ async def test_restart_only_changes_are_named_in_the_log_the_gauge_and_check(
     assert (await metrics(client, shield))["shield_config_restart_pending"] == 0
     assert await asyncio.to_thread(main, ["check", "-c", str(files.path), "--running", admin]) == 0
     assert "reloads every change in this file live" in capsys.readouterr().out
+
+
+def test_check_running_says_when_what_answers_is_not_a_shield(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class NotShield(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotShield)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    path = tmp_path / "shield.yaml"
+    path.write_text("upstream: http://127.0.0.1:9\n")
+    admin = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert main(["check", "-c", str(path), "--running", admin]) == 2
+    finally:
+        server.server_close()
+    said = capsys.readouterr().err
+    assert f"cannot compare with the running Shield: {admin}/config is not its report" in said
 
 
 def test_check_running_says_when_no_shield_answers(
