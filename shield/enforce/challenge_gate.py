@@ -39,6 +39,14 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def _page(name: str) -> Template:
+    """A challenge page's template with the card style the two pages share filled in."""
+    templates = resources.files("shield.enforce").joinpath("templates")
+    style = templates.joinpath("challenge_card.css").read_text(encoding="utf-8")
+    text = templates.joinpath(name).read_text(encoding="utf-8")
+    return Template(text.replace("$card_style", style.split("*/\n", 1)[1].rstrip("\n")))
+
+
 class ChallengeGate:
     def __init__(self, config: Challenge, *, wall: Clock) -> None:
         self.wall = wall
@@ -47,15 +55,8 @@ class ChallengeGate:
         self._random_key = secrets.token_bytes(32)
         # Said once, when the first puzzle is issued: configs without challenge rules stay quiet.
         self._warn_random_key = not config.secret
-        text = (
-            resources.files("shield.enforce").joinpath("templates/challenge.html").read_text(encoding="utf-8")
-        )
-        self.template = Template(text)
-        self.failed_template = Template(
-            resources.files("shield.enforce")
-            .joinpath("templates/challenge_failed.html")
-            .read_text(encoding="utf-8")
-        )
+        self.template = _page("challenge.html")
+        self.failed_template = _page("challenge_failed.html")
         self._take(config)
 
     def follow(self, config: Challenge) -> None:
