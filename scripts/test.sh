@@ -63,6 +63,18 @@ if ! command -v kubectl >/dev/null; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null; }
 fi
 
+# The CrowdSec tests run a real Local API: the crowdsec and cscli binaries of Debian's crowdsec
+# package. Unpacked, not installed: its postinst registers with CrowdSec's Central API, which fails
+# offline and fails the install (and an installed one would run a system crowdsec on :8080). Into
+# .venv/crowdsec: it comes and goes with the test environment this script builds, needs no root
+# to write and leaves nothing outside the checkout (tests/crowdsec_lapi.py looks there).
+if [ ! -x .venv/crowdsec/usr/bin/crowdsec ] || [ ! -x .venv/crowdsec/usr/bin/cscli ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -q crowdsec >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get download -q crowdsec >/dev/null; }; })
+    dpkg -x "$tmp"/crowdsec_*.deb .venv/crowdsec
+    rm -rf "$tmp"
+fi
+
 .venv/bin/ruff check shield tests
 .venv/bin/ruff format --check shield tests
 .venv/bin/mypy
