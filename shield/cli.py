@@ -4,6 +4,7 @@ shield run   --config FILE       serve
 shield check --config FILE       validate; exit 1 listing FILE:LINE:COL: message per problem
 shield demo                      the demo service with Shield in front of it
 shield ctl -c FILE status|close|open|bans|unban   runtime overrides through the admin listener
+shield ctl -c FILE top [--by ip] [--refused]      who is hitting Shield right now
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from shield import __version__
 from shield.config import ShieldConfig, config_schema, load_config
 from shield.errors import ConfigError, ConfigIssue
+from shield.ops.top import DIMENSIONS
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
@@ -197,6 +199,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 lines = ctl_client.bans(base, token)
             case "unban":
                 lines = ctl_client.unban(base, token, args.client)
+            case "top":
+                answer = ctl_client.top_answer(base, token, args.by, args.refused, args.window, args.limit)
+                lines = [json.dumps(answer, indent=1)] if args.json else ctl_client.top_lines(answer)
             case _:
                 lines = ctl_client.status(base, token)
     except ctl_client.CtlError as error:
@@ -274,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    ctl = commands.add_parser("ctl", help="close or open rules for a while, list or lift bans, status")
+    ctl = commands.add_parser(
+        "ctl", help="close or open rules for a while, list or lift bans, status, top offenders"
+    )
     ctl.add_argument("-c", "--config", default=None, help="the config file (admin address and ctl token)")
     ctl.add_argument("--admin", default=None, help="the admin listener's URL, e.g. http://127.0.0.1:9090")
     ctl.add_argument("--token-file", default=None, help="file holding the ctl token (or SHIELD_CTL_TOKEN)")
@@ -291,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     unban = actions.add_parser("unban", help="lift a client's ban")
     unban.add_argument("client", help="an IP address (or IPv6 prefix) as `ctl bans` lists it")
     actions.add_parser("status", help="ctl closures, file closures, bans")
+    top = actions.add_parser("top", help="the heaviest clients, networks, agents, paths or rules right now")
+    top.add_argument("--by", choices=DIMENSIONS, default="ip", help="what to rank (default: ip)")
+    top.add_argument(
+        "--refused",
+        action="store_true",
+        help="refused requests only (throttled, blocked, closed, banned, challenged, shed, capped)",
+    )
+    top.add_argument("--window", default="5m", help="how far back, e.g. 30s, 5m (default 5m; top.window_max)")
+    top.add_argument("--limit", type=int, default=20, help="rows at most (default 20; top.capacity)")
+    top.add_argument("--json", action="store_true", help="print the API's JSON answer")
     ctl.set_defaults(func=cmd_ctl)
     return parser
 

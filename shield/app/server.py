@@ -42,9 +42,11 @@ from shield.ops.ctl_api import CtlApi, build_ctl_app
 from shield.ops.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.ops.observer import Observer
 from shield.ops.status_page import StatusPage
+from shield.ops.top import TopTables
 from shield.state import StateBackend
 from shield.state.connect import connect
 from shield.state.records import RecordStore, RedisChannel
+from shield.state.top_share import TopShare
 from shield.upstream.forward import ForwardSettings, Proxy, head_builder
 from shield.upstream.pool import UpstreamPool
 
@@ -150,6 +152,20 @@ class Shield:
         self.status_page = StatusPage([self._rule_closures, self._ctl_closures])
         log_settings = config.access_log
         self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
+        top = config.top
+        self.top: TopTables | None = None
+        self.top_share: TopShare | None = None
+        if top.enabled:
+            self.top = TopTables(
+                capacity=top.capacity, slot_seconds=top.slot, slots=top.slots, clock=self.clock.now
+            )
+            self.top_share = TopShare(
+                self.top,
+                channel=self.channel,
+                wall=self.wall,
+                stats=self.stats,
+                interval=top.publish_interval,
+            )
 
     @property
     def port(self) -> int:
@@ -203,6 +219,8 @@ class Shield:
         )
         await self.state.start()
         await self.switches.store.start()
+        if self.top_share is not None:
+            await self.top_share.start()
         if self.bans is not None:
             await self.bans.store.start()
         listener_tls = listener_ssl_context(config)
@@ -247,6 +265,7 @@ class Shield:
             stats=self.stats,
             access_log=self.access_log,
             metrics=config.admin.request_metrics,
+            top=self.top,
         )
         self._server = Http1Server(
             observer.handle,
@@ -285,7 +304,9 @@ class Shield:
             ctl = config.admin.ctl
             ctl_app = None
             if ctl is not None:
-                api = CtlApi(ctl.token, self.holder, self.switches, self.bans, self.state.name)
+                api = CtlApi(
+                    ctl.token, self.holder, self.switches, self.bans, self.state.name, self.top_share
+                )
                 ctl_app = build_ctl_app(api)
             self._admin_runner = web.AppRunner(
                 build_admin_app(self.admin_state, self.registry, ctl_app, self._config_report),
@@ -354,6 +375,8 @@ class Shield:
         if self.bans is not None:
             await self.bans.close()
             await self.bans.store.close()
+        if self.top_share is not None:
+            await self.top_share.close()  # (its last write goes through the channel)
         if self.channel is not None:
             await self.channel.close()
         await self.state.close()

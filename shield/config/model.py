@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from shield.config.attack import Bans, Challenge, Ctl
 from shield.config.auth import Auth, Clients
 from shield.config.base import Section
+from shield.config.offenders import Top
 from shield.config.overload import Overload, StatusPage
 from shield.config.rules import PolicyOptions, Rule
 from shield.config.state import StateConfig
@@ -268,6 +269,9 @@ class ShieldConfig(Section):
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     overload: Overload | None = Field(None, description="Priority load shedding (restart to change).")
     status_page: StatusPage = Field(default_factory=StatusPage)
+    top: Top = Field(
+        default_factory=Top, description="Top offenders for `shield ctl top` (restart to change)."
+    )
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")
 
     @model_validator(mode="after")

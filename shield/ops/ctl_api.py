@@ -1,4 +1,5 @@
-"""The ctl API on the admin listener: close and open rules for a while, list and lift bans, status.
+"""The ctl API on the admin listener: close and open rules for a while, list and lift bans, status,
+and the top offenders of the last minutes (``GET /ctl/top``, read-only).
 
 Mounted at ``/ctl/`` only when ``admin.ctl`` names a token; every call must carry it as
 ``Authorization: Bearer TOKEN`` (compared in constant time). Answers are JSON. The rule file
@@ -21,7 +22,9 @@ from shield.app.reload import PolicyHolder
 from shield.config.units import parse_duration
 from shield.enforce.ban_list import BanList
 from shield.enforce.switches import Closure, Switches
+from shield.ops.top import TopEntry
 from shield.state.records import SharedStateError
+from shield.state.top_share import TopShare
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,6 +36,7 @@ class CtlApi:
     switches: Switches
     bans: BanList | None
     state: str  # the backend's name: memory (per process) or redis (every replica)
+    top: TopShare | None = None  # None: ``top.enabled`` is off
 
 
 CTL = web.AppKey("ctl", CtlApi)
@@ -167,6 +171,52 @@ async def lift_ban(request: web.Request) -> web.Response:
     return _json(200, {"unbanned": client})
 
 
+def _entry(entry: TopEntry) -> dict[str, Any]:
+    return {"key": entry.key, "count": entry.count, "share": round(entry.share, 6), "error": entry.error}
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"refused must be true or false, not {value!r}")
+
+
+async def top(request: web.Request) -> web.Response:
+    """``?by=ip|asn|country|ua|path|rule&refused=1&window=5m&limit=20``: the heaviest keys."""
+    api = request.app[CTL]
+    if api.top is None:
+        return _json(200, {"enabled": False, "entries": []})
+    query = request.query
+    try:
+        by = query.get("by", "ip")
+        refused = _flag(query.get("refused", ""))
+        window = parse_duration(query.get("window", "5m"))
+        limit = int(query.get("limit", "20"))
+        shared = await api.top.report(by, refused=refused, window=window, limit=limit)
+    except ValueError as error:
+        return _json(400, {"error": str(error)})
+    report, tables = shared.report, api.top.tables
+    return _json(
+        200,
+        {
+            "enabled": True,
+            "by": by,
+            "refused": refused,
+            "window": window,
+            # Whole slots: the counts cover between `window` and `window + slot` seconds.
+            "slot": tables.slot_seconds,
+            "capacity": tables.capacity,
+            "requests": report.requests,
+            "error": report.error,
+            "replicas": shared.replicas,
+            "partial": shared.partial,
+            "entries": [_entry(e) for e in report.entries],
+        },
+    )
+
+
 def build_ctl_app(api: CtlApi) -> web.Application:
     app = web.Application(middlewares=[require_token(token=api.token)])
     app[CTL] = api
@@ -175,4 +225,5 @@ def build_ctl_app(api: CtlApi) -> web.Application:
     app.router.add_post("/rules/{rule}/open", open_rule)
     app.router.add_get("/bans", list_bans)
     app.router.add_delete("/bans/{client:.+}", lift_ban)
+    app.router.add_get("/top", top)
     return app

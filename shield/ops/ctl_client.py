@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 
 class CtlError(Exception):
@@ -98,3 +98,43 @@ def status(base: str, token: str) -> list[str]:
     ban_info = answer["bans"]
     lines.append(f"bans: {ban_info['active']} active" if ban_info["enabled"] else "bans: not enabled")
     return lines
+
+
+def top_answer(base: str, token: str, by: str, refused: bool, window: str, limit: int) -> dict[str, Any]:
+    query = urlencode({"by": by, "refused": "1" if refused else "0", "window": window, "limit": limit})
+    return call(base, token, "GET", f"/top?{query}")
+
+
+def top_lines(answer: dict[str, Any]) -> list[str]:
+    """``ctl top``'s table: count, share and error bound aligned, then the key (the long ones,
+    user agents and paths, last)."""
+    if not answer["enabled"]:
+        return ["top tables are not enabled (top.enabled is false in the config)"]
+    which = "refused requests" if answer["refused"] else "requests"
+    replicas = len(answer["replicas"])
+    lines = [
+        f"top {answer['by']} over the last {_seconds(answer['window'])}: {answer['requests']} {which}"
+        + (f" on {replicas} replicas" if replicas > 1 else "")
+        + f"; a count is low by at most {answer['error']} (ERROR)"
+    ]
+    if answer["partial"]:
+        lines.append(f"this replica only: {answer['partial']}")
+    entries = answer["entries"]
+    if not entries:
+        return [*lines, f"no {which} in the window"]
+    rows = [(str(e["count"]), f"{e['share'] * 100:.1f}%", f"+{e['error']}", _key(e["key"])) for e in entries]
+    header = ("COUNT", "SHARE", "ERROR", answer["by"].upper())
+    wide = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for count, share, error, key in [header, *rows]:
+        lines.append(f"{count:>{wide[0]}}  {share:>{wide[1]}}  {error:>{wide[2]}}  {key}")
+    return lines
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def _key(key: object) -> str:
+    return "(none)" if key == "" else str(key)

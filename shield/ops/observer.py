@@ -4,7 +4,8 @@
 the record the rest fill in (no new parameters on their methods): the gatekeeper writes what it
 decided, the proxy how long the upstream took. Once the
 answer is ready the observer records the decision and the duration (``ProxyStats.durations``),
-puts ``X-Request-ID`` on Shield's own answers and writes the access log line.
+puts ``X-Request-ID`` on Shield's own answers and writes the access log line. With ``top`` it
+also counts the request in the top tables (``shield ctl top``).
 
 Requests refused before a rule could be asked (a malformed target or path, CONNECT) are not
 counted in ``shield_requests_total``; they are logged with rule and decision null.
@@ -24,14 +25,24 @@ from shield.http.connection import Reply, Request, Written
 from shield.http.request_id import RequestIds
 from shield.ops.access_log import AccessLog, format_line
 from shield.ops.metrics import ProxyStats
+from shield.ops.top import TopTables
 
 Handler = Callable[[Request], Awaitable[Reply]]
+# The client's (ASN, country), each None where unknown: the geo lookup, when geo is configured.
+Networks = Callable[[str], tuple[int | None, str | None]]
 
 # A case-insensitive multidict looks an istr up without folding it first.
 _REQUEST_ID: Final = istr("X-Request-ID")
+_USER_AGENT: Final = istr("User-Agent")
 
 # What nginx logs for a client that went away before its answer was ready.
 CLIENT_CLOSED: Final = 499
+
+# Decisions that are no refusal of the client, for ``ctl top --refused``: forwarded, a solved
+# challenge, and "error" (the upstream or the state backend failed: nothing the client did).
+# Every other one is: throttled, blocked, closed, banned, challenged, refused (a wrong
+# solution), shed and capped.
+NOT_REFUSED: Final = frozenset({"forwarded", "passed", "error"})
 
 
 def body_size(response: Reply, request: Request) -> int:
@@ -55,6 +66,8 @@ class Observer:
         access_log: AccessLog | None,
         request_ids: RequestIds | None = None,
         metrics: bool = True,
+        top: TopTables | None = None,
+        networks: Networks | None = None,
     ) -> None:
         self._handler = handler
         self._stats = stats
@@ -62,6 +75,8 @@ class Observer:
         self._log = access_log
         self._ids = request_ids or RequestIds()
         self._metrics = metrics
+        self._top = top
+        self._networks = networks
 
     async def handle(self, request: Request) -> Reply:
         """The listener's handler: give the request its id, run the gatekeeper, then count,
@@ -83,12 +98,26 @@ class Observer:
                 if durations is None:
                     durations = self._stats.durations_of(labels)
                 durations.append(perf_counter() - started)
+        if self._top is not None and labels is not None:
+            self._count_top(self._top, request, labels)
         if not isinstance(response, Written):
             response.headers["X-Request-ID"] = request.request_id
         if self._log is not None and self._log.sampled():
             size = body_size(response, request)
             self._write_log(request, response.status, size, perf_counter() - started)
         return response
+
+    def _count_top(self, top: TopTables, request: Request, labels: tuple[str, str, str, str]) -> None:
+        asn, country = (None, None) if self._networks is None else self._networks(request.client_ip)
+        top.record(
+            request.client_key,
+            request.headers.get(_USER_AGENT),
+            request.path,
+            labels[0],
+            asn,
+            country,
+            labels[2] not in NOT_REFUSED,
+        )
 
     def _write_log(self, request: Request, status: int, size: int, elapsed: float) -> None:
         assert self._log is not None
