@@ -16,33 +16,49 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shield import __version__
 from shield.config import ShieldConfig, config_schema, load_config
 from shield.errors import ConfigError, ConfigIssue
 from shield.ops.top import DIMENSIONS
 
+if TYPE_CHECKING:
+    from shield.app.reload import Runtime
+
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
 def _load_or_report(path: str) -> ShieldConfig | None:
     """The config at ``path`` with its rules compiled once, or None after printing every error."""
+    runtime = _runtime_or_report(path)
+    return runtime.config if runtime is not None else None
+
+
+def _runtime_or_report(path: str) -> Runtime | None:
+    """The config at ``path`` compiled, with its databases and lists loaded, or None after
+    printing every error (a list's own as ``list-file:line: ...``)."""
     from shield.app.reload import build_runtime
+    from shield.decide.address_set import ListError
+    from shield.feeds.geo import FeedError
 
     warnings: list[ConfigIssue] = []
     try:
         config = load_config(path, warnings)
-        build_runtime(config, "")
+        runtime = build_runtime(config, "")
     except ConfigError as error:
         for issue in error.issues:
             print(issue, file=sys.stderr)
+        return None
+    except (FeedError, ListError) as error:  # says its own file (and line)
+        print(f"{error} (named in {path})", file=sys.stderr)
         return None
     except Exception as error:  # the rules validated but do not compile: report, never crash
         print(ConfigIssue(path, 1, 1, f"cannot compile the rules: {error}"), file=sys.stderr)
         return None
     for issue in warnings:
         print(issue, file=sys.stderr)
-    return config
+    return runtime
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -119,9 +135,10 @@ def _admin_url(config: ShieldConfig) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     from shield.ops.explain import explained
 
-    config = _load_or_report(args.config)
-    if config is None:
+    runtime = _runtime_or_report(args.config)
+    if runtime is None:
         return 1
+    config = runtime.config
     closures = _ctl_closures(config) if config.admin.ctl is not None else None
     try:
         lines, _ = explained(
@@ -133,6 +150,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             cookie_args=args.cookie,
             closures=closures,
             ctl=config.admin.ctl is not None,
+            policy=runtime.policy,
         )
     except ValueError as error:
         print(f"shield explain: {error}", file=sys.stderr)

@@ -29,6 +29,7 @@ from shield.decide.decision import (
     Throttled,
     Unavailable,
 )
+from shield.decide.network_facts import Directory
 from shield.decide.policy import Policy, RequestView
 from shield.enforce.gatekeeper import Gatekeeper, decision_listeners
 from shield.ops.explain import explained
@@ -57,6 +58,8 @@ def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
         decision = decision.then
     if isinstance(decision, Banned) or gatekeeper.introspector is not None:
         return True
+    if isinstance(decision, Challenged) and decision.rule is gatekeeper.crowdsec_rule:
+        return True  # a CrowdSec decision: the running bouncer's, which explain does not ask
     if isinstance(decision, Closed) and decision.why == "auto-closed":
         return True
     rule = getattr(decision, "rule", None)
@@ -72,14 +75,16 @@ class Agreement:
         self.compared = 0
         self._policies: dict[int, tuple[object, Policy]] = {}
 
-    def policy_of(self, config: Any) -> Policy | None:
-        """The compiled rules of ``config``, kept between requests; None (explain compiles them
-        afresh, as the command does) where auto-close triggers would count explain's requests."""
+    def policy_of(self, config: Any, networks: Directory) -> Policy:
+        """The compiled rules of ``config``, kept between requests (compiled afresh, as the
+        command does, where auto-close triggers would count explain's requests), asking the
+        running Shield's ``networks`` as ``shield explain`` asks the same files."""
         if any(rule.auto_close is not None for rule in config.rules):
-            return None
+            return Policy(config.rules, config.policy, networks=networks)
         known = self._policies.get(id(config))
         if known is None or known[0] is not config:
-            known = self._policies[id(config)] = (config, Policy(config.rules, config.policy))
+            policy = Policy(config.rules, config.policy, networks=networks)
+            known = self._policies[id(config)] = (config, policy)
         return known[1]
 
     def check(self, gatekeeper: Gatekeeper, request: Any, decision: Decision, view: RequestView) -> None:
@@ -100,7 +105,7 @@ class Agreement:
             identities=gatekeeper.identities or runtime.identities,
             closures=closures,
             ctl=switches is not None,
-            policy=self.policy_of(runtime.config),
+            policy=self.policy_of(runtime.config, runtime.policy.networks),
         )
         self.compared += 1
         ours = summary(decision, view)

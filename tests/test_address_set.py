@@ -16,7 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shield.decide.address_set import AddressSet, ListError, WatchedList, load_list, parse_list
+from shield.decide.address_set import AddressSet, ListError, parse_list
+from shield.feeds.lists import WatchedList, load_list
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -91,7 +91,7 @@ def test_the_section_rejects_what_it_cannot_use(monkeypatch: pytest.MonkeyPatch)
 
 def test_every_field_is_described_in_the_schema() -> None:
     properties = Crowdsec.model_json_schema()["properties"]
-    assert set(properties) == {"url", "api_key_env", "api_key_file", "poll", "timeout"}
+    assert set(properties) == {"url", "api_key_env", "api_key_file", "poll", "timeout", "answer"}
     assert all(field.get("description") for field in properties.values())
 
 
@@ -606,3 +606,80 @@ async def test_a_reload_with_another_key_or_url_takes_the_whole_set_again(
     bouncer.follow(Crowdsec.model_validate({"url": lapi.url, "api_key_env": "SHIELD_TEST_OTHER_KEY"}))
     assert await bouncer.poll_once()
     assert types(bouncer.decisions, "192.0.2.1", "10.9.9.9") == ["ban", None]
+
+
+# Through a running Shield: CrowdSec's decisions are answered before any rule.
+
+
+async def test_shield_answers_crowdsec_bans_and_challenges_its_captchas(
+    lapi: Lapi, tmp_path: Path, aiohttp_server: AiohttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    from shield.app.server import Shield
+    from shield.decide.challenge_tokens import solve
+    from tests.conftest import serve, shield_config, url_of
+    from tests.test_challenge import form_fields
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="upstream")
+
+    monkeypatch.setenv(KEY_ENV, await lapi.add_bouncer("shield"))
+    await lapi.add_decision(ip="192.0.2.1", type="ban")
+    config = shield_config(
+        await serve(aiohttp_server, ok),
+        clients={"trusted_proxies": ["127.0.0.1/32"]},
+        crowdsec={"url": lapi.url, "api_key_env": KEY_ENV, "poll": 0.2},
+        challenge={"difficulty": 8},
+        rules=[{"name": "everyone-in", "action": "allow"}],
+    )
+    shield = Shield(config)
+    await shield.start()
+    try:
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as client:
+
+            async def status(address: str) -> int:
+                headers = {"X-Forwarded-For": address, "Accept": "text/html"}
+                async with client.get(url_of(shield, "/signup"), headers=headers) as response:
+                    return response.status
+
+            async def eventually(address: str, wanted: int) -> None:
+                deadline = time.monotonic() + 5
+                while await status(address) != wanted:
+                    assert time.monotonic() < deadline, f"{address} never got {wanted}"
+                    await asyncio.sleep(0.05)
+
+            # The decision made before Shield started is in force from the first request.
+            assert [await status("192.0.2.1"), await status("192.0.2.2")] == [403, 200]
+            await lapi.add_decision(range="198.51.100.0/24", type="captcha")
+            await eventually("198.51.100.7", 429)  # the challenge page, within a poll
+            # A challenged client that solves the puzzle walks in, as with a challenge rule.
+            headers = {"X-Forwarded-For": "198.51.100.7", "Accept": "text/html"}
+            async with client.get(url_of(shield, "/signup"), headers=headers) as page:
+                fields = form_fields(await page.text())
+            fields["counter"] = solve(fields["token"], 8)
+            async with client.post(
+                url_of(shield, "/.shield/challenge"), data=fields, headers=headers, allow_redirects=False
+            ) as solved:
+                assert solved.status == 303
+            assert await status("198.51.100.7") == 200
+            jar.clear()
+            await lapi.delete_decisions(ip="192.0.2.1")
+            await eventually("192.0.2.1", 200)
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
+        ):
+            metrics = await response.text()
+        counted = {
+            line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in metrics.splitlines()
+            if line.startswith("shield_requests_total{") and 'rule="crowdsec"' in line
+        }
+        # The ban and the challenge are counted as rule "crowdsec", by what they did.
+        assert any('decision="banned"' in labels and n >= 1 for labels, n in counted.items()), counted
+        assert any('decision="challenged"' in labels and n >= 1 for labels, n in counted.items()), counted
+        assert 'shield_crowdsec_decisions{type="captcha"} 1.0' in metrics
+    finally:
+        await shield.stop(grace=0.5)

@@ -24,6 +24,7 @@ from shield.decide.identity import IdentityResolver, NoIdentity
 from shield.decide.policy import Policy
 from shield.enforce.answers import load_close_template
 from shield.errors import ConfigError
+from shield.feeds.network_feeds import NetworkFeeds
 from shield.ops.metrics import ProxyStats
 
 log = logging.getLogger("shield.reload")
@@ -40,6 +41,7 @@ class Runtime:
     debug_header: bool
     identities: IdentityResolver = field(default_factory=NoIdentity)
     status_path: str | None = None  # the public status page, answered before any rule
+    networks: NetworkFeeds | None = None  # the geo databases and address lists rules ask
 
 
 def identity_resolver(config: ShieldConfig) -> IdentityResolver:
@@ -55,9 +57,17 @@ def build_runtime(config: ShieldConfig, text: str, previous: Runtime | None = No
         template = load_close_template(config.policy.close_page)
     except OSError as exc:
         raise ValueError(f"policy.close_page: cannot read {config.policy.close_page}: {exc}") from exc
+    # A database or list file that cannot be read refuses the config (FeedError, a ValueError).
+    networks = NetworkFeeds.following(config, previous.networks if previous is not None else None)
     return Runtime(
         config=config,
-        policy=Policy(config.rules, config.policy, previous.policy if previous is not None else None),
+        policy=Policy(
+            config.rules,
+            config.policy,
+            previous.policy if previous is not None else None,
+            networks=networks.directory,
+        ),
+        networks=networks,
         close_template=template,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
         debug_header=config.policy.debug_header,
@@ -148,9 +158,13 @@ class PolicyHolder:
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Reload whenever the file's mtime, size or inode changes (editors replace files)."""
+        """Reload whenever the file's mtime, size or inode changes (editors replace files), and
+        re-read the geo databases and address lists that changed."""
         while True:
             await asyncio.sleep(interval)
             stamp = self._file_stamp()
             if stamp is not None and stamp != self._stamp:
                 await self.reload_off_loop()
+            networks = self.current.networks
+            if networks is not None:
+                await networks.refresh_off_loop()

@@ -30,6 +30,7 @@ from shield.decide.identity import IdentityResolver
 from shield.enforce.auto_close_watch import AutoCloseWatch
 from shield.enforce.ban_list import BanList
 from shield.enforce.challenge_gate import ChallengeGate
+from shield.enforce.crowdsec_bouncer import CrowdsecBouncer
 from shield.enforce.gatekeeper import Gatekeeper
 from shield.enforce.introspection import Introspector, introspection_cache
 from shield.enforce.overload_gate import OverloadGate
@@ -39,6 +40,7 @@ from shield.http.connection import Http1Server
 from shield.ops.access_log import AccessLog
 from shield.ops.admin import AdminState, build_admin_app
 from shield.ops.ctl_api import CtlApi, build_ctl_app
+from shield.ops.feed_metrics import feed_metrics
 from shield.ops.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.ops.observer import Observer
 from shield.ops.status_page import StatusPage
@@ -139,6 +141,11 @@ class Shield:
             )
             self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
             self.stats.bans_active = lambda: len(store.live())
+        # CrowdSec's decisions, followed while Shield runs (started with the listeners).
+        self.crowdsec = (
+            CrowdsecBouncer(config.crowdsec, wall=self.wall.now) if config.crowdsec is not None else None
+        )
+        self.stats.feeds = feed_metrics(lambda: self.holder.current.networks, self.crowdsec)
         self._server: Http1Server | None = None
         self._listener: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -197,6 +204,11 @@ class Shield:
         closed = [(c.rule, c.message, c.until) for c in self.switches.closures()]
         return runtime_closures(self.holder.current.policy, closed)
 
+    def _network_of(self, client_ip: str) -> tuple[int | None, str | None]:
+        """The client's ASN and country for the top tables, as the rules in force see them."""
+        facts = self.holder.current.policy.networks.facts(client_ip)
+        return facts.asn, facts.country
+
     def _config_report(self) -> dict[str, Any]:
         holder = self.holder
         return {
@@ -223,6 +235,8 @@ class Shield:
             await self.top_share.start()
         if self.bans is not None:
             await self.bans.store.start()
+        if self.crowdsec is not None:
+            await self.crowdsec.start()  # (a Local API that does not answer is retried, not fatal)
         listener_tls = listener_ssl_context(config)
         proxy = Proxy(
             ForwardSettings.from_config(config),
@@ -256,6 +270,7 @@ class Shield:
             challenge=ChallengeGate(config.challenge, wall=self.wall),
             requests_per_client=cap_of(config.limits.max_requests_per_client),
             wall=self.wall,
+            crowdsec=self.crowdsec,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -266,6 +281,7 @@ class Shield:
             access_log=self.access_log,
             metrics=config.admin.request_metrics,
             top=self.top,
+            networks=self._network_of,
         )
         self._server = Http1Server(
             observer.handle,
@@ -320,8 +336,8 @@ class Shield:
         self._tasks.append(loop.create_task(self._probe_upstream()))
         self._tasks.append(loop.create_task(self._fold_metrics()))
         self._tasks.append(loop.create_task(self.auto_close.run()))
-        if self.config_path is not None:
-            self._tasks.append(loop.create_task(self.holder.watch()))
+        # The rule file (when there is one), and the geo databases and address lists it names.
+        self._tasks.append(loop.create_task(self.holder.watch()))
         log.info(
             "shield listening on %s:%d, forwarding to %s, %d rules (%s)",
             config.listen.host,
@@ -375,6 +391,8 @@ class Shield:
         if self.bans is not None:
             await self.bans.close()
             await self.bans.store.close()
+        if self.crowdsec is not None:
+            await self.crowdsec.close()
         if self.top_share is not None:
             await self.top_share.close()  # (its last write goes through the channel)
         if self.channel is not None:

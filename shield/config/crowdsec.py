@@ -6,6 +6,7 @@ secrets, so ``shield check`` reports a missing one at its line; it never sits in
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -35,6 +36,10 @@ class Crowdsec(Section):
         gt=0,
         description="How long one call to the Local API may take; past it the poll counts as failed "
         "and the decisions in force stay.",
+    )
+
+    answer: Literal[403, 429] = Field(
+        403, description="What a client CrowdSec bans gets (captcha decisions get the challenge page)."
     )
 
     _api_key: str = PrivateAttr("")

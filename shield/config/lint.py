@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shield.config.model import ShieldConfig
-from shield.config.rules import Rule
+from shield.config.rules import FILTERS, Rule
 
 Location = tuple[int | str, ...]
 
@@ -91,6 +91,33 @@ def lint(config: ShieldConfig) -> list[Finding]:
         else:
             findings.extend(_moved_traffic(config.rules, index))
     findings.extend(_unnamed_on_status_page(config))
+    findings.extend(network_sources_missing(config))
+    return findings
+
+
+def network_sources_missing(config: ShieldConfig) -> list[Finding]:
+    """Rule conditions and keys on what no ``geo:`` database or ``lists:`` entry provides."""
+    findings: list[Finding] = []
+    databases = {"asn": ("asn_db", config.geo.asn_db), "country": ("country_db", config.geo.country_db)}
+    needs = {"asns": "asn", "not_asns": "asn", "countries": "country", "not_countries": "country"}
+    for index, rule in enumerate(config.rules):
+        where = rule_place(index, rule.name)
+        for field, kind in needs.items():
+            database, path = databases[kind]
+            if getattr(rule.match, field) is not None and path is None:
+                message = f"{where}.match.{field}: needs geo.{database} (no database is set)"
+                findings.append(Finding(("rules", index, "match", field), message))
+        known = ", ".join(sorted(config.lists)) or "none is configured"
+        for field in ("client_lists", "not_client_lists"):
+            for position, name in enumerate(getattr(rule.match, field) or ()):
+                if name not in config.lists:
+                    message = f"{where}.match.{field}: no list named {name!r} in lists: ({known})"
+                    findings.append(Finding(("rules", index, "match", field, position), message))
+        parts = rule.key if isinstance(rule.key, list) else [rule.key]
+        for kind, (database, path) in databases.items():
+            if kind in parts and path is None:
+                message = f"{where}.key: {kind} needs geo.{database} (no database is set)"
+                findings.append(Finding(("rules", index, "key"), message))
     return findings
 
 
@@ -119,12 +146,9 @@ def _moved_traffic(rules: list[Rule], index: int) -> list[Finding]:
     return findings
 
 
-_FILTERS = ("hosts", "headers", "cookies", "query", "client_cidrs", "user_agents")
-
-
 def _overlap(earlier: Rule, later: Rule) -> str | None:
     """The requests both rules match, said as an operator would (``POST /api/login``), or None."""
-    if earlier.mode == "dry-run" or any(getattr(earlier.match, f) is not None for f in _FILTERS):
+    if earlier.mode == "dry-run" or any(getattr(earlier.match, f) is not None for f in FILTERS):
         return None
     if earlier.match.paths is None:
         return None  # every path: a catch-all (shadows() or nothing) or a filter by method
@@ -282,10 +306,7 @@ def shadows(earlier: Rule, later: Rule) -> bool:
     if earlier.for_ != "everyone" and earlier.for_ != later.for_:
         return False
     match = earlier.match
-    if any(
-        getattr(match, field) is not None
-        for field in ("hosts", "headers", "cookies", "query", "client_cidrs", "user_agents")
-    ):
+    if any(getattr(match, field) is not None for field in FILTERS):
         return False
     if match.methods is not None and (
         later.match.methods is None or not set(later.match.methods) <= set(match.methods)

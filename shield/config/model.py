@@ -15,6 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from shield.config.attack import Bans, Challenge, Ctl
 from shield.config.auth import Auth, Clients
 from shield.config.base import Section
+from shield.config.client_networks import AddressList, Geo, check_list_names
+from shield.config.crowdsec import Crowdsec
 from shield.config.offenders import Top
 from shield.config.overload import Overload, StatusPage
 from shield.config.rules import PolicyOptions, Rule
@@ -266,6 +268,18 @@ class ShieldConfig(Section):
     challenge: Challenge = Field(
         default_factory=Challenge, description="The proof-of-work page of action: challenge rules."
     )
+    geo: Geo = Field(
+        default_factory=Geo, description="Network databases: the client's ASN and country for rules."
+    )
+    lists: dict[str, AddressList] = Field(
+        default_factory=dict,
+        description="Address lists by name, for the client_lists condition: NAME: {file: PATH}.",
+    )
+    crowdsec: Crowdsec | None = Field(
+        None,
+        description="Follow a CrowdSec Local API as a bouncer: its ban decisions answered as bans, "
+        "its captcha decisions with the challenge page.",
+    )
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     overload: Overload | None = Field(None, description="Priority load shedding (restart to change).")
     status_page: StatusPage = Field(default_factory=StatusPage)
@@ -273,6 +287,8 @@ class ShieldConfig(Section):
         default_factory=Top, description="Top offenders for `shield ctl top` (restart to change)."
     )
     schema_: str | None = Field(None, alias="$schema", description="JSON Schema reference for editors.")
+
+    _list_names = field_validator("lists")(check_list_names)
 
     @model_validator(mode="after")
     def _admin_apart_from_public(self) -> ShieldConfig:

@@ -27,6 +27,9 @@ LIVE: dict[str, str] = {
     "unchanged key stay valid",
     "clients": "trusted proxies, forwarded header, IPv6 prefix",
     "bans": "thresholds, durations and answer (turning bans on or off: restart)",
+    "geo": "the databases; a database file that changes is re-read without a reload",
+    "lists": "the lists and their files; a list file that changes is re-read without a reload",
+    "crowdsec": "URL, key, poll interval, timeout and answer (turning it on or off: restart)",
 }
 RESTART: dict[str, str] = {
     "listen": "the public socket",
@@ -39,10 +42,15 @@ RESTART: dict[str, str] = {
     "forwarding": "the request head builder",
     "access_log": "the log writer",
     "overload": "the load-shedding gate",
+    "top": "the top tables' capacity, slots and publishing",
 }
 # Parts of live sections that a reload does not change, as (section, key): key None for the
 # section being there at all.
-RESTART_PARTS: tuple[tuple[str, str | None], ...] = (("auth", "introspection"), ("bans", None))
+RESTART_PARTS: tuple[tuple[str, str | None], ...] = (
+    ("auth", "introspection"),
+    ("bans", None),
+    ("crowdsec", None),
+)
 IGNORED = ("schema_",)  # $schema: for editors only
 
 

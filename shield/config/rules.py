@@ -23,6 +23,7 @@ from pydantic import (
 
 from shield.config.auto_close import AutoClose
 from shield.config.base import Section
+from shield.config.client_networks import NetworkMatch
 from shield.config.units import Duration
 
 # The period units a limit may name, and nothing else: "10/ms" must not pass as ten a minute.
@@ -35,7 +36,7 @@ _UNITS = {
 UNITS_TEXT = "s, sec, second(s), m, min, minute(s), h, hr, hour(s), d, day(s)"
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")\s*$")
 DEFAULT_CLOSE_MESSAGE = "This feature is temporarily unavailable."
-KEY_PARTS = ("ip", "user", "route")
+KEY_PARTS = ("ip", "user", "route", "asn", "country")
 
 
 def parse_limit(value: object) -> tuple[int, float]:
@@ -152,7 +153,7 @@ def _check_path(value: str) -> str:
 PathPattern = Annotated[str, BeforeValidator(lambda v: _check_path(v) if isinstance(v, str) else v)]
 
 
-class Match(Section):
+class Match(NetworkMatch):
     """Every condition given must hold; a list means any of its items."""
 
     methods: list[str] | None = Field(None, min_length=1, description="HTTP methods, e.g. [POST, PUT].")
@@ -212,6 +213,18 @@ class Match(Section):
         return value
 
 
+# The conditions that pick clients or requests across routes rather than a route itself.
+FILTERS = (
+    "hosts",
+    "headers",
+    "cookies",
+    "query",
+    "client_cidrs",
+    "user_agents",
+    *NetworkMatch.model_fields,
+)
+
+
 class Count(Section):
     status: list[int] = Field(description="Charge the bucket only when the upstream answers one of these.")
 
@@ -227,7 +240,8 @@ def _key(value: object) -> object:
         if kind in ("header", "cookie") and name:
             continue
         raise ValueError(
-            f"invalid key {part!r}: use ip, user, route, header:NAME, cookie:NAME, or a list of them"
+            f"invalid key {part!r}: use ip, user, route, asn, country, header:NAME, cookie:NAME, "
+            "or a list of them"
         )
     return value
 
@@ -257,8 +271,8 @@ class Rule(Section):
     burst: int | None = Field(None, ge=1, description="throttle: requests allowed at once (default: N).")
     key: ThrottleKey = Field(
         "ip",
-        description="throttle: ip, user, route, header:NAME, cookie:NAME or a list; a missing "
-        "header, cookie or user is replaced by the client IP.",
+        description="throttle: ip, user, route, asn, country, header:NAME, cookie:NAME or a list; "
+        "a missing header, cookie, user, ASN or country is replaced by the client IP.",
     )
     count: Count | None = Field(None, description="throttle: charge only matching upstream answers.")
     # attack mode

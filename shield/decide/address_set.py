@@ -13,26 +13,20 @@ about ten megabytes, not the 400 that as many ``ip_network`` objects would. An a
 and its IPv4-mapped IPv6 form (``1.2.3.4``, ``::ffff:1.2.3.4``) are one client: a lookup of
 either, and a list entry in either form, mean the IPv4 address.
 
-``parse_list`` and ``AddressSet`` are pure. ``load_list`` and ``WatchedList`` read the list's
-file and nothing else; ``WatchedList.refresh`` may run in a worker thread (the parse of a
-million lines takes seconds), and the caller keeps it off the event loop.
+Everything here is pure; ``shield.feeds.lists`` reads the files and keeps them in step.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
-import os
 import re
-import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, MutableSequence
+from collections.abc import Iterable, Iterator, MutableSequence
 from typing import Final
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-log = logging.getLogger("shield.lists")
 
 _U64: Final = (1 << 64) - 1
 _U32: Final = (1 << 32) - 1
@@ -302,79 +296,3 @@ def _what_is_wrong(entry: str) -> str:
     if any(char.isspace() or char in ",;" for char in entry):
         return f"{entry!r} is not an IPv4 or IPv6 address or CIDR (write one per line)"
     return f"{entry!r} is not an IPv4 or IPv6 address or CIDR"
-
-
-def load_list(path: str) -> AddressSet:
-    """The address list in the file at ``path``: UTF-8 (a byte order mark allowed), lines ending
-    in LF or CRLF."""
-    return parse_list(_read(path), path)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as error:
-        raise ListError(f"{path}: cannot read: {error.strerror or error}") from error
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ListError(f"{path}:{line}: not UTF-8 text (the byte {data[error.start]:#04x})") from error
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    """What tells a new version of the file: editors replace files (a new inode) as often as
-    they rewrite them."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class WatchedList:
-    """An address list kept in step with its file; a file that fails to load changes nothing.
-
-    ``current`` is the set in force: read it once per request, as ``refresh`` replaces it
-    whole. A refused file is logged, counted in ``failures`` and kept in ``last_error`` (None
-    again once a good file loads) until the file changes again. ``clock`` stamps ``loaded_at``.
-    """
-
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
-        self._clock = clock
-        self._stamp = _stamp(path)
-        self.current = load_list(path)
-        self.loaded_at = clock()
-        self.failures = 0
-        self.last_error: str | None = None
-
-    @property
-    def entries(self) -> int:
-        return len(self.current)
-
-    def refresh(self) -> bool:
-        """Load the file again if it changed; whether the addresses in force changed.
-
-        Safe to run in a worker thread (``asyncio.to_thread``), one refresh at a time: the new
-        set is built aside and swapped in by one assignment.
-        """
-        stamp = _stamp(self.path)
-        if stamp == self._stamp:
-            return False
-        # Taken before the read: a change during it is seen, and loaded, next time.
-        self._stamp = stamp
-        try:
-            loaded = load_list(self.path)
-        except ListError as error:
-            self.failures += 1
-            self.last_error = str(error)
-            log.error("address list refused, the last good one stays in force: %s", error)
-            return False
-        changed = loaded != self.current
-        self.current = loaded
-        self.loaded_at = self._clock()
-        self.last_error = None
-        log.info("address list %s loaded: %d entries in %d intervals", self.path, len(loaded), loaded.size)
-        return changed

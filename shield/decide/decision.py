@@ -80,9 +80,11 @@ class Closed(NamedTuple):
 
 
 class Banned(NamedTuple):
-    """The ban answer: the client is banned for ``retry_after`` more seconds."""
+    """The ban answer: the client is banned for ``retry_after`` more seconds, by ``source``
+    (``ban``: Shield's own bans; ``crowdsec``: a CrowdSec decision)."""
 
     retry_after: float
+    source: str = "ban"
 
 
 class ServeStatusPage(NamedTuple):
@@ -154,25 +156,44 @@ class Rulebook(NamedTuple):
     ctl_closure: Callable[[str], CtlClosure | None] = no_closure
 
 
-def own_pages(policy: Policy, status_path: str | None, challenge_path: str | None) -> dict[str, Decision]:
+def own_pages(
+    policy: Policy,
+    status_path: str | None,
+    challenge_path: str | None,
+    *,
+    challenges_without_rules: bool = False,
+) -> dict[str, Decision]:
     """The paths Shield answers itself, before any rule: the status page when it is on, and
-    where challenge solutions are posted when a rule challenges."""
+    where challenge solutions are posted when a rule challenges (or, with
+    ``challenges_without_rules``, something else may: CrowdSec's captcha decisions)."""
     pages: dict[str, Decision] = {}
-    if challenge_path is not None and policy.has_challenge:
+    if challenge_path is not None and (policy.has_challenge or challenges_without_rules):
         pages[challenge_path] = CHALLENGE_SOLUTION
     if status_path is not None:
         pages[status_path] = STATUS_PAGE  # (the status page wins where both are set to one path)
     return pages
 
 
-def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None) -> Decision:
-    """What to do with ``view``; ``banned_until``: the end of a ban on the client (Unix time)."""
+def decide(
+    view: RequestView,
+    rules: Rulebook,
+    banned_until: float | None = None,
+    banned_by: str = "ban",
+    challenged_by: CompiledRule | None = None,
+) -> Decision:
+    """What to do with ``view``. What Shield knows of the client beyond the request comes
+    first: ``banned_until``, the end of a ban on it (Unix time) by ``banned_by``; and
+    ``challenged_by``, a rule that challenges this client whatever it asks (a CrowdSec
+    ``captcha`` decision) unless it holds a pass. Shield's own pages come before the challenge,
+    so a challenged client can post its solution."""
     if banned_until is not None:
-        return Banned(banned_until - rules.wall())
+        return Banned(banned_until - rules.wall(), banned_by)
     path = view.path
     page = rules.pages.get(path)
     if page is not None:
         return page
+    if challenged_by is not None and not _passes(view, rules):
+        return Challenged(challenged_by)
     policy = rules.policy
     if not policy.rules:
         return FORWARD_UNRULED
@@ -193,10 +214,7 @@ def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None
     elif action == "allow":
         decision = rule.forward
     elif action == "challenge":
-        passes = rules.passes
-        assert passes is not None
-        passed = passes(view.cookies.get(rules.challenge_cookie), view.client_key)
-        decision = rule.forward if passed else Challenged(rule)
+        decision = rule.forward if _passes(view, rules) else Challenged(rule)
     elif action == "block":
         decision = Blocked(rule)
     else:
@@ -204,6 +222,13 @@ def decide(view: RequestView, rules: Rulebook, banned_until: float | None = None
         retry_after = rule.config.retry_after or rules.default_retry_after
         decision = Closed(rule, action, "closed", message, retry_after)
     return decision if dry_runs is None else DryRuns(dry_runs, decision)
+
+
+def _passes(view: RequestView, rules: Rulebook) -> bool:
+    """Whether the client holds a valid challenge pass (the cookie ``challenge_cookie``)."""
+    passes = rules.passes
+    assert passes is not None
+    return passes(view.cookies.get(rules.challenge_cookie), view.client_key)
 
 
 def _closed_by_ctl(

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
+from operator import attrgetter
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qs
 
@@ -25,6 +26,7 @@ from shield.decide.header_memo import Memo
 from shield.decide.host import host_name
 from shield.decide.identity import Identity
 from shield.decide.matcher import CellMatch, MatchResult, compile_cell
+from shield.decide.network_facts import NO_NETWORKS, Directory
 from shield.decide.paths import fold_case
 from shield.decide.remembered import remember
 from shield.decide.trigger import Trigger
@@ -254,6 +256,7 @@ class CompiledRule:
         "key_parts",
         "methods",
         "name",
+        "networks",
         "outcome",
         "paths",
         "query_tests",
@@ -267,10 +270,13 @@ class CompiledRule:
         "user_agents",
     )
 
-    def __init__(self, rule: Rule, options: PolicyOptions) -> None:
+    def __init__(self, rule: Rule, options: PolicyOptions, networks: Directory = NO_NETWORKS) -> None:
+        """``networks``: where the network conditions and keys (asns, countries, client_lists,
+        key asn and country) learn what network a client is in."""
         match: Match = rule.match
         ci = options.case_insensitive_paths
         self.config = rule
+        self.networks = networks
         self.name = rule.name
         self.action = rule.action
         self.dry_run = rule.mode == "dry-run"
@@ -380,6 +386,7 @@ class CompiledRule:
             )
         if agents := self.user_agents:
             checks.append(_user_agent_check(agents))
+        checks.extend(_network_checks(match, self.networks))
         for name, spec in (match.headers or {}).items():
             why = f"header {name} is not {_describe(spec)}"
             test = _header_test(name, spec)
@@ -432,6 +439,12 @@ class CompiledRule:
                 parts.append("*")
             elif part == "user":
                 parts.append("u:" + view.identity.user if view.identity.user else view.client_key)
+            elif part == "asn":
+                asn = self.networks.facts(view.client_ip).asn
+                parts.append(f"asn:{asn}" if asn is not None else view.client_key)
+            elif part == "country":
+                country = self.networks.facts(view.client_ip).country
+                parts.append("cc:" + country if country is not None else view.client_key)
             else:
                 kind, _, name = part.partition(":")
                 value = view.headers.get(name) if kind == "header" else view.cookies.get(name)
@@ -563,6 +576,46 @@ def _header_test(name: str, test: ValueMatch) -> Callable[[RequestView], bool]:
     return lambda v: any(search(value) is not None for value in v.headers.getall(name, ()))
 
 
+# Each network condition: the fact of ``NetworkFacts`` it reads, and whether the client must
+# be among its values (asns) or not (not_asns).
+_NETWORK_CONDITIONS: Final = {
+    "asns": ("asn", True),
+    "not_asns": ("asn", False),
+    "countries": ("country", True),
+    "not_countries": ("country", False),
+    "client_lists": ("lists", True),
+    "not_client_lists": ("lists", False),
+}
+
+
+def _network_checks(match: Match, networks: Directory) -> list[Check]:
+    """The rule's conditions on the client's network (``shield.decide.network_facts``): its
+    ASN, country and address lists, each wanted or refused. An address no source knows is in
+    no ASN, country or list: ``asns`` fails for it and ``not_asns`` holds."""
+    checks: list[Check] = []
+    for field, (fact, wanted) in _NETWORK_CONDITIONS.items():
+        listed = getattr(match, field)
+        if listed is not None:
+            checks.append(_network_check(networks, field, listed, fact, wanted))
+    return checks
+
+
+def _network_check(networks: Directory, field: str, listed: list[Any], fact: str, wanted: bool) -> Check:
+    facts = networks.facts
+    values = frozenset(listed)
+    test: Test
+    if fact == "lists":  # the client's lists, a set: on one of ours?
+        test = lambda v: facts(v.client_ip).lists.isdisjoint(values) is not wanted  # noqa: E731
+    else:
+        read = attrgetter(fact)
+        test = lambda v: (read(facts(v.client_ip)) in values) is wanted  # noqa: E731
+    which = "none" if wanted else "one"
+    return Check(
+        test,
+        lambda v: f"client {v.client_ip} ({facts(v.client_ip).describe()}) is in {which} of {field} {listed}",
+    )
+
+
 def _host_sets(hosts: Sequence[str]) -> tuple[frozenset[str], tuple[str, ...]]:
     """Exact names, and ``*.example.com`` as the suffix ".example.com": any name below
     example.com (not itself)."""
@@ -602,9 +655,16 @@ class Cell(NamedTuple):
 class Policy:
     """The compiled rule list: ``match`` returns the rules that apply, in order."""
 
-    def __init__(self, rules: list[Rule], options: PolicyOptions, previous: Policy | None = None) -> None:
+    def __init__(
+        self,
+        rules: list[Rule],
+        options: PolicyOptions,
+        previous: Policy | None = None,
+        networks: Directory = NO_NETWORKS,
+    ) -> None:
         self.options = options
-        self.rules = tuple(CompiledRule(rule, options) for rule in rules)
+        self.networks = networks
+        self.rules = tuple(CompiledRule(rule, options, networks) for rule in rules)
         if previous is not None:
             self._keep_triggers(previous)
         methods = {m for r in self.rules if r.methods for m in r.methods}

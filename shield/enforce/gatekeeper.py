@@ -19,6 +19,7 @@ from shield.app.reload import PolicyHolder, Runtime
 from shield.clock import Clock, WallClock
 from shield.config.auth import Clients
 from shield.config.model import ShieldConfig
+from shield.config.rules import PolicyOptions, Rule
 from shield.decide.admission import priority_class
 from shield.decide.client_address import ClientResolver
 from shield.decide.client_caps import HeldPerClient
@@ -48,6 +49,7 @@ from shield.enforce import answers
 from shield.enforce.answers import Capped, Shed, ShieldAnswer, answer, ratelimit_lines
 from shield.enforce.ban_list import BanList
 from shield.enforce.challenge_gate import ChallengeGate
+from shield.enforce.crowdsec_bouncer import CrowdsecBouncer
 from shield.enforce.introspection import Introspector
 from shield.enforce.overload_gate import OverloadGate
 from shield.enforce.switches import Switches
@@ -100,9 +102,11 @@ class Gatekeeper:
         challenge: ChallengeGate | None = None,
         requests_per_client: HeldPerClient | None = None,
         wall: Clock | None = None,
+        crowdsec: CrowdsecBouncer | None = None,
     ) -> None:
         """``requests_per_client``: how many requests each client may have forwarded at once
-        (``limits.max_requests_per_client``; None: no cap)."""
+        (``limits.max_requests_per_client``; None: no cap). ``crowdsec``: the bouncer whose
+        decisions on client addresses apply before any rule."""
         self.holder = holder
         self.proxy = proxy
         self.limiter = state.memory
@@ -123,6 +127,9 @@ class Gatekeeper:
         self.bans = bans
         self.challenge = challenge
         self.requests_per_client = requests_per_client
+        self.crowdsec = crowdsec
+        # What a CrowdSec captcha decision is counted and debugged as: a challenge rule of its own.
+        self.crowdsec_rule = CompiledRule(Rule(name="crowdsec", action="challenge"), PolicyOptions())
         # The config in force and what ``decide`` needs of it, and its policy.debug_header.
         self._rulebook: tuple[Runtime, Rulebook]
         self.debug_header = False
@@ -143,6 +150,7 @@ class Gatekeeper:
                 runtime.policy,
                 runtime.status_path if self.status is not None else None,
                 challenge.path if challenge is not None else None,
+                challenges_without_rules=self.crowdsec is not None,
             ),
             challenge_cookie=challenge.cookie if challenge is not None else "",
             passes=challenge.passes if challenge is not None else None,
@@ -166,6 +174,8 @@ class Gatekeeper:
             self.challenge.follow(config.challenge)
         if self.bans is not None and config.bans is not None:
             self.bans.follow(config.bans)
+        if self.crowdsec is not None and config.crowdsec is not None:
+            self.crowdsec.follow(config.crowdsec)
 
     async def handle(self, request: Request) -> Reply:
         """Read the request as rules see it, decide (``shield.decide.decision``), act."""
@@ -199,7 +209,18 @@ class Gatekeeper:
         client = self.clients.resolve(request.remote or "unknown", headers)
         client_ip = client.ip
         ban = self.bans.banned(client.key) if self.bans is not None else None
-        if ban is not None:
+        banned_until = ban.until if ban is not None else None
+        banned_by = "ban"
+        challenged_by: CompiledRule | None = None
+        if self.crowdsec is not None and banned_until is None:
+            verdict = self.crowdsec.decisions.verdict(client_ip)
+            if verdict is None:
+                pass
+            elif verdict.type == "ban":
+                banned_until, banned_by = verdict.until, "crowdsec"
+            else:
+                challenged_by = self.crowdsec_rule
+        if banned_until is not None:
             identity = ANONYMOUS  # a ban is answered whoever the client says it is
         else:
             resolver = self.identities or runtime.identities
@@ -213,7 +234,7 @@ class Gatekeeper:
         request.client_ip = client_ip
         request.identity = identity
         request.client_key = client.key
-        decision = decide(request, rulebook, ban.until if ban is not None else None)
+        decision = decide(request, rulebook, banned_until, banned_by, challenged_by)
         if decision_listeners:
             for listener in decision_listeners:
                 listener(self, request, decision)
@@ -310,10 +331,9 @@ class Gatekeeper:
                         status_path=runtime.status_path if self.status is not None else None,
                     )
                     return self._refusal(request, closed)
-                case Banned(retry_after):
-                    assert self.bans is not None
-                    request.decided("ban", "ban", "banned", "anonymous")
-                    status = self.bans.config.answer
+                case Banned(retry_after, source):
+                    request.decided(source, "ban", "banned", "anonymous")
+                    status = self._ban_answer(source)
                     refusal = answers.banned(status=status, retry_after=retry_after, accept=_accept(request))
                     return self._refusal(request, refusal)
                 case ServeStatusPage():
@@ -323,6 +343,14 @@ class Gatekeeper:
                     return self._check_solution(request)
                 case _:
                     assert_never(decision)
+
+    def _ban_answer(self, source: str) -> int:
+        """The status of a ban by ``source``: Shield's own (``bans.answer``) or CrowdSec's."""
+        if source == "crowdsec":
+            assert self.crowdsec is not None
+            return self.crowdsec.config.answer
+        assert self.bans is not None
+        return self.bans.config.answer
 
     async def _throttle_shared(
         self,

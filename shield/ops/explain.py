@@ -151,6 +151,8 @@ def explained(
     who = f"{identity.label}" + (f" as {identity.user}" if identity.user else "")
     lines.append(f"identity: {who} ({identity.how})")
     lines.append(_client_text(config, peer, resolved))
+    if policy.networks.configured:
+        lines.append(f"network:  {policy.networks.facts(client_ip).describe()}")
     view = RequestView(
         method,
         match_path,
@@ -231,7 +233,10 @@ def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) ->
         policy,
         config.policy.default_retry_after,
         pages=decided.own_pages(
-            policy, config.status_page.path if config.status_page.enabled else None, challenge.path
+            policy,
+            config.status_page.path if config.status_page.enabled else None,
+            challenge.path,
+            challenges_without_rules=config.crowdsec is not None,
         ),
         challenge_cookie=challenge.cookie,
         passes=passes,

@@ -161,6 +161,8 @@ class ProxyStats:
         self.bans_issued = 0
         self.ctl_closed: Callable[[], list[str]] = list
         self.bans_active: Callable[[], int] = int
+        # the metrics of what Shield reads from outside (shield.ops.feed_metrics), this process's
+        self.feeds: Callable[[], Iterable[Metric]] = tuple
         # the other workers' latest snapshots (workers > 1); set by the runner
         self.peers: Callable[[], list[ProxyStats]] = _no_peers
 
@@ -332,6 +334,7 @@ class ShieldCollector(Collector):
             "Clients banned right now (as this process sees them).",
             value=own.bans_active(),
         )
+        yield from own.feeds()
 
 
 def _closed_gauge(workers: list[ProxyStats], ctl_closed: list[str]) -> Metric:

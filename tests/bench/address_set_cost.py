@@ -30,7 +30,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
-from shield.decide.address_set import AddressSet, load_list
+from shield.decide.address_set import AddressSet
+from shield.feeds.lists import load_list
 
 T = TypeVar("T")
 

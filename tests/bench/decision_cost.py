@@ -26,6 +26,7 @@ from shield.decide.identity import NoIdentity
 from shield.decide.paths import canonical_raw_path
 from shield.decide.policy import Policy, RequestView
 from shield.enforce.answers import ratelimit_lines
+from shield.feeds.network_feeds import NetworkFeeds
 from shield.http.target import request_target
 from shield.state.memory_throttle import MemoryLimiter
 
@@ -79,7 +80,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
         path = Path(tempfile.mkdtemp()) / "twenty.yaml"
         path.write_text(twenty_rules(), encoding="utf-8")
     config = load_config(path)
-    policy = Policy(config.rules, config.policy)
+    policy = Policy(config.rules, config.policy, networks=NetworkFeeds(config.geo, config.lists).directory)
     limiter = MemoryLimiter()
     clock = MonotonicClock()
     identities = NoIdentity()
@@ -102,7 +103,7 @@ def decider(path: Path | None = None) -> tuple[Decide, int, Path]:
             rule, rate = decision
             limit = limiter.hit(rule.state_key(view), rate, clock.now())
             verdict = after_throttle(rule, limit, deny_on_error=False)
-            return ratelimit_lines(limit) if verdict is rule.forward else verdict
+            return ratelimit_lines(limit, rule.name, rate) if verdict is rule.forward else verdict
         return decision
 
     return decide_one, len(config.rules), path
