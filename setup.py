@@ -25,6 +25,7 @@ COMPILED = [
     "shield/http/response.py",
     "shield/http/request_id.py",
     "shield/ops/observer.py",
+    "shield/ops/top.py",
     "shield/enforce/gatekeeper.py",
     "shield/enforce/answers.py",
     "shield/decide/client_address.py",

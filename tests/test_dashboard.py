@@ -35,8 +35,10 @@ import yaml
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from shield.app.server import Shield
 from shield.decide.challenge_tokens import solve
 from tests.conftest import MakeShield, free_port, url_of
+from tests.crowdsec_lapi import running_lapi
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +70,8 @@ SETTINGS: dict[str, Any] = {
 }
 LOAD = ["/", "/slow", "/api/register", "/internal/x", "/api/a", "/api/a", "/api/a", "/boom", "/signup/x"]
 BURST = 6
+CROWDSEC_BANNED = "192.0.2.66"
+CROWDSEC_CAPTCHA = "192.0.2.77"
 FLAP = 6
 _COMPARISON = re.compile(r"(?s)^(.*?\S)\s*(?:>=|<=|==|!=|>|<)\s*[-+0-9.e]+\s*$")
 
@@ -257,6 +261,7 @@ REACHED = {
     "challenges solved": 'sum(increase(shield_requests_total{rule="challenge", decision="passed"}[1m]))',
     "challenges refused": 'sum(increase(shield_requests_total{rule="challenge", decision="refused"}[1m]))',
     "shed requests": 'sum(increase(shield_requests_total{decision="shed"}[1m]))',
+    "crowdsec answers": 'sum(increase(shield_requests_total{rule="crowdsec"}[1m]))',
 }
 
 
@@ -274,16 +279,45 @@ async def not_reached(client: aiohttp.ClientSession, url: str) -> list[str]:
     return missing
 
 
+async def listed_clients(shield_url: str, stop: asyncio.Event) -> None:
+    """About five times a second a client CrowdSec banned, and one it sent to the captcha."""
+    async with aiohttp.ClientSession() as client:
+        while not stop.is_set():
+            for address in (CROWDSEC_BANNED, CROWDSEC_CAPTCHA):
+                async with client.get(shield_url + "/", headers={"X-Forwarded-For": address}) as response:
+                    await response.read()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+
+
 async def test_every_dashboard_query_and_alert_rule_returns_data_from_a_real_prometheus(
-    aiohttp_server: AiohttpServer, make_shield: MakeShield, tmp_path: Path
+    aiohttp_server: AiohttpServer, make_shield: MakeShield, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shield = await make_shield(await upstream_app(aiohttp_server), **SETTINGS)
+    async with running_lapi(tmp_path / "lapi") as lapi:
+        monkeypatch.setenv("SHIELD_TEST_CROWDSEC_KEY", await lapi.add_bouncer("shield"))
+        await lapi.add_decision(ip=CROWDSEC_BANNED, type="ban")
+        await lapi.add_decision(ip=CROWDSEC_CAPTCHA, type="captcha")
+        blocklist = tmp_path / "abusers.txt"
+        blocklist.write_text("203.0.113.0/24\n")
+        shield = await make_shield(
+            await upstream_app(aiohttp_server),
+            **SETTINGS,
+            # The load comes from 127.0.0.1 itself; the listed clients through it, as a proxy.
+            clients={"trusted_proxies": ["127.0.0.1/32"]},
+            crowdsec={"url": lapi.url, "api_key_env": "SHIELD_TEST_CROWDSEC_KEY", "poll": 1},
+            lists={"abusers": {"file": str(blocklist)}},
+        )
+        await scraped_by_prometheus(shield, tmp_path)
+
+
+async def scraped_by_prometheus(shield: Shield, tmp_path: Path) -> None:
     async with prometheus_scraping(shield.admin_port, tmp_path) as prometheus:
         stop = asyncio.Event()
         load = asyncio.create_task(drive(url_of(shield, ""), stop))
         others = [
             asyncio.create_task(flap(url_of(shield, ""), stop)),
             asyncio.create_task(solve_challenges(url_of(shield, ""), stop)),
+            asyncio.create_task(listed_clients(url_of(shield, ""), stop)),
         ]
         try:
             async with aiohttp.ClientSession() as client:

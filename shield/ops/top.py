@@ -176,10 +176,10 @@ class TopTables:
     def __init__(
         self,
         *,
+        clock: Callable[[], float],
         capacity: int = 64,
         slot_seconds: float = 15.0,
         slots: int = 60,
-        clock: Callable[[], float],
     ) -> None:
         if capacity < 1 or slot_seconds <= 0 or slots < 1:
             raise ValueError("capacity and slots must be at least 1, slot_seconds above 0")
