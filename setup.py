@@ -31,6 +31,7 @@ COMPILED = [
     "shield/decide/client_address.py",
     "shield/decide/paths.py",
     "shield/decide/policy.py",
+    "shield/decide/network_facts.py",
     "shield/decide/decision.py",
     "shield/decide/gcra.py",
     "shield/state/memory_throttle.py",

@@ -204,11 +204,6 @@ class Shield:
         closed = [(c.rule, c.message, c.until) for c in self.switches.closures()]
         return runtime_closures(self.holder.current.policy, closed)
 
-    def _network_of(self, client_ip: str) -> tuple[int | None, str | None]:
-        """The client's ASN and country for the top tables, as the rules in force see them."""
-        facts = self.holder.current.policy.networks.facts(client_ip)
-        return facts.asn, facts.country
-
     def _config_report(self) -> dict[str, Any]:
         holder = self.holder
         return {
@@ -281,8 +276,9 @@ class Shield:
             access_log=self.access_log,
             metrics=config.admin.request_metrics,
             top=self.top,
-            networks=self._network_of,
         )
+        if self.top is not None:
+            self.top.networks = gatekeeper.network_of  # (asked once per address and flush)
         self._server = Http1Server(
             observer.handle,
             header_timeout=config.timeouts.client_header,
@@ -362,10 +358,13 @@ class Shield:
                 await asyncio.sleep(1.0)
 
     async def _fold_metrics(self) -> None:
-        """Keep the per-request durations to one ``FOLD_INTERVAL`` of requests (``ProxyStats.fold``)."""
+        """Keep the per-request durations to one ``FOLD_INTERVAL`` of requests (``ProxyStats.fold``),
+        and the requests the top tables noted."""
         while True:
             await asyncio.sleep(FOLD_INTERVAL)
             self.stats.fold()
+            if self.top is not None:
+                self.top.flush()  # (the requests it noted since, into their slot)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, release all."""

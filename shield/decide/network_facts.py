@@ -49,7 +49,7 @@ UNKNOWN: Final = NetworkFacts(None, None, None, frozenset())
 class Directory:
     """``facts`` of an address from the lookups it was given, each address worked out once."""
 
-    __slots__ = ("_asn", "_country", "_known", "_lists")
+    __slots__ = ("_asn", "_country", "_known", "_lists", "configured")
 
     def __init__(
         self,
@@ -61,11 +61,8 @@ class Directory:
         self._country = country
         self._lists = tuple((lists or {}).items())
         self._known: dict[str, NetworkFacts] = {}
-
-    @property
-    def configured(self) -> bool:
-        """Whether any source was given (else every address is ``UNKNOWN``)."""
-        return self._asn is not None or self._country is not None or bool(self._lists)
+        # Whether any source was given (else every address is ``UNKNOWN``).
+        self.configured = asn is not None or country is not None or bool(self._lists)
 
     def facts(self, ip: str) -> NetworkFacts:
         facts = self._known.get(ip)

@@ -73,6 +73,7 @@ _DEFAULT_FORWARDED: Final = (
     (_DEFAULT, "allow", "forwarded", "anonymous"),
     (_DEFAULT, "allow", "forwarded", "authenticated"),
 )
+_NO_NETWORK: Final[tuple[int | None, str | None]] = (None, None)
 # The admission class of requests no rule matched, by ``identity.authenticated``.
 _DEFAULT_RANKS: Final = (priority_class("normal", False), priority_class("normal", True))
 
@@ -161,6 +162,15 @@ class Gatekeeper:
         # policy.debug_header: say in a header which rule decided (read by ``act``).
         self.debug_header = runtime.debug_header
         return rulebook
+
+    def network_of(self, client_ip: str) -> tuple[int | None, str | None]:
+        """The client's ASN and country as the rules in force see them (None: not known, or
+        no geo database), for the top tables."""
+        networks = self._rulebook[1].policy.networks
+        if not networks.configured:
+            return _NO_NETWORK
+        facts = networks.facts(client_ip)
+        return facts.asn, facts.country
 
     def _follow(self, config: ShieldConfig) -> None:
         """The live settings outside the rules (``shield.config.reloadable.LIVE``)."""

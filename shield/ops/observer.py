@@ -28,8 +28,6 @@ from shield.ops.metrics import ProxyStats
 from shield.ops.top import TopTables
 
 Handler = Callable[[Request], Awaitable[Reply]]
-# The client's (ASN, country), each None where unknown: the geo lookup, when geo is configured.
-Networks = Callable[[str], tuple[int | None, str | None]]
 
 # A case-insensitive multidict looks an istr up without folding it first.
 _REQUEST_ID: Final = istr("X-Request-ID")
@@ -67,7 +65,6 @@ class Observer:
         request_ids: RequestIds | None = None,
         metrics: bool = True,
         top: TopTables | None = None,
-        networks: Networks | None = None,
     ) -> None:
         self._handler = handler
         self._stats = stats
@@ -76,7 +73,6 @@ class Observer:
         self._ids = request_ids or RequestIds()
         self._metrics = metrics
         self._top = top
-        self._networks = networks
 
     async def handle(self, request: Request) -> Reply:
         """The listener's handler: give the request its id, run the gatekeeper, then count,
@@ -108,14 +104,12 @@ class Observer:
         return response
 
     def _count_top(self, top: TopTables, request: Request, labels: tuple[str, str, str, str]) -> None:
-        asn, country = (None, None) if self._networks is None else self._networks(request.client_ip)
         top.record(
             request.client_key,
+            request.client_ip,
             request.headers.get(_USER_AGENT),
             request.path,
             labels[0],
-            asn,
-            country,
             labels[2] not in NOT_REFUSED,
         )
 

@@ -57,6 +57,7 @@ def best_ns(run: Callable[[], None], count: int, repeat: int) -> float:
 
 def record_costs(repeat: int) -> list[tuple[str, float]]:
     top = TopTables(clock=time.monotonic)
+    top.networks = lambda ip: (64500, "DE")
     record = top.record
     n = 1_000_000
     same = ["203.0.113.7"] * n
@@ -75,7 +76,7 @@ def record_costs(repeat: int) -> list[tuple[str, float]]:
     def recording(keys: list[str], refused: bool) -> Callable[[], None]:
         def run() -> None:
             for ip in keys:
-                record(ip, UA, "/api/items", "api", 64500, "DE", refused)
+                record(ip, ip, UA, "/api/items", "api", refused)
 
         return run
 
@@ -118,7 +119,8 @@ async def observer_costs(repeat: int) -> list[tuple[str, float]]:
     rows = []
     for name, networks in (("no geo", None), ("geo callback", lambda ip: (64500, "DE"))):
         top = TopTables(clock=time.monotonic)
-        observer = Observer(never, stats=ProxyStats(), access_log=None, top=top, networks=networks)
+        top.networks = networks
+        observer = Observer(never, stats=ProxyStats(), access_log=None, top=top)
         rows.append(
             (f"observer: {name}", best_ns(counting(observer, top), n, repeat) - best_ns(bare, n, repeat))
         )
@@ -143,8 +145,9 @@ def held(fill: Callable[[TopTables, FakeClock], None]) -> tuple[int, int]:
 def rotating(n: int, spread: float) -> Callable[[TopTables, FakeClock], None]:
     def fill(top: TopTables, clock: FakeClock) -> None:
         step = spread / n
+        top.networks = lambda ip: (64500, "DE")
         for i in range(n):
-            top.record(address(i), UA, "/api/items", "api", 64500, "DE", i % 4 == 0)
+            top.record(address(i), address(i), UA, "/api/items", "api", i % 4 == 0)
             clock.advance(step)
 
     return fill
@@ -155,10 +158,12 @@ def worst(top: TopTables, clock: FakeClock) -> None:
     prune) with distinct keys of the longest length kept."""
     pad = "x" * MAX_KEY_LENGTH
     per_slot = 2 * 2 * top.capacity  # passed and refused tables: 2 x capacity keys each
+    top.networks = lambda key: (int(key[: key.index("x")]), key)  # a distinct ASN and country each
     for i in range((round(top.window_max / top.slot_seconds) + 1) * per_slot):
         key = f"{i}{pad}"[:MAX_KEY_LENGTH]
-        top.record(address(i), key, key, key, i, key, i % 2 == 0)
+        top.record(key, key, key, key, key, i % 2 == 0)
         if i % per_slot == per_slot - 1:
+            top.flush()
             clock.advance(top.slot_seconds)
 
 
