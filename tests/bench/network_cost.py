@@ -26,7 +26,7 @@ from tests.network_databases import write_asn_db, write_country_db
 
 EXTRA = {
     "asns condition": "  - name: hosting\n    match: { asns: [64500, 64501] }\n    action: block\n",
-    "countries condition": "  - name: far\n    match: { countries: [FR, US] }\n    action: block\n",
+    "countries condition": "  - name: far\n    match: { countries: [FR, NL] }\n    action: block\n",
     "client_lists condition (1M entries)": (
         "  - name: listed\n    match: { client_lists: [abusers] }\n    action: block\n"
     ),
