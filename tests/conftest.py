@@ -190,13 +190,14 @@ async def run_shield(tmp_path: Path) -> AsyncIterator[StartShield]:
     started: list[ShieldProcess] = []
     numbers = count(1)
 
-    async def start(upstream_url: str, extra: str = "") -> ShieldProcess:
+    async def start(upstream_url: str, extra: str = "", admin: str = "") -> ShieldProcess:
+        """``admin``: more keys of the admin section, e.g. ``ctl: {token_env: NAME}``."""
         port, admin_port = free_port(), free_port()
         number = next(numbers)
         config, log_path = tmp_path / f"shield-{number}.yaml", tmp_path / f"shield-{number}.log"
-        config.write_text(
-            f"listen: 127.0.0.1:{port}\nupstream: {upstream_url}\nadmin: {{listen: {admin_port}}}\n{extra}"
-        )
+        more = f", {admin}" if admin else ""
+        head = f"listen: 127.0.0.1:{port}\nupstream: {upstream_url}\n"
+        config.write_text(f"{head}admin: {{listen: {admin_port}{more}}}\n{extra}")
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shield", "run", "-c", str(config), stdout=log, stderr=log

@@ -38,7 +38,7 @@ from shield.ops.top import MAX_KEY_LENGTH, TopTables, merge, summarize
 from shield.state.connect import connect
 from shield.state.records import RedisChannel
 from shield.state.top_share import TopShare
-from tests.conftest import serve, shield_config, url_of
+from tests.conftest import StartShield, children_of, serve, shield_config, url_of
 from tests.redis_servers import SHARED_REDIS_URL
 
 TOKEN = "correct-horse-battery-staple"
@@ -436,6 +436,35 @@ async def test_the_cli_prints_an_aligned_table_or_the_json(
     assert code == 0 and answer["entries"] == [{"key": "bad-bot/1", "count": 3, "share": 1.0, "error": 0}]
     code, out = await asyncio.to_thread(run, "--by", "country")
     assert out.splitlines()[-1] == "no requests in the window"
+
+
+async def test_with_two_workers_and_memory_state_ctl_top_adds_up_both_workers(
+    upstream: str, run_shield: StartShield, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHIELD_TEST_CTL_TOKEN", TOKEN)
+    shield = await run_shield(upstream, "workers: 2\n", admin="ctl: {token_env: SHIELD_TEST_CTL_TOKEN}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while len(children_of(shield.pid)) < 2:
+        assert loop.time() < deadline, "the workers never came up"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # worker 1 has published its first stats
+    # A new connection per request, so SO_REUSEPORT spreads them over both workers.
+    sent = 40
+    for _ in range(sent):
+        async with aiohttp.ClientSession() as fresh, fresh.get(shield.url("/api/items")) as response:
+            assert response.status == 200
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as client:
+        while True:  # worker 1 publishes its stats, its slots with them, every second
+            async with client.get(shield.admin_url("/ctl/top?by=rule"), headers=headers) as response:
+                answer = await response.json()
+            if answer["requests"] == sent:
+                break
+            assert answer["requests"] < sent and loop.time() < deadline, answer
+            await asyncio.sleep(0.2)
+    assert answer["entries"] == [{"key": "default", "count": sent, "share": 1.0, "error": 0}]
+    assert len(answer["replicas"]) == 2  # this worker and the other one
 
 
 async def test_top_can_be_turned_off(

@@ -173,6 +173,8 @@ class Shield:
                 stats=self.stats,
                 interval=top.publish_interval,
             )
+            if self.channel is None:  # workers: N with memory state: worker 0 adds the others' up
+                self.stats.top_slots = self.top_share.wall_slots
 
     @property
     def port(self) -> int:

@@ -163,6 +163,9 @@ class ProxyStats:
         self.bans_active: Callable[[], int] = int
         # the metrics of what Shield reads from outside (shield.ops.feed_metrics), this process's
         self.feeds: Callable[[], Iterable[Metric]] = tuple
+        # this worker's top-table slots as [wall-clock end, snapshot] (shield.state.top_share),
+        # for worker 0's `ctl top` to add up
+        self.top_slots: Callable[[], list[list[Any]]] = list
         # the other workers' latest snapshots (workers > 1); set by the runner
         self.peers: Callable[[], list[ProxyStats]] = _no_peers
 
@@ -242,6 +245,7 @@ class ProxyStats:
             "auto_close_transitions": [[*labels, n] for labels, n in self.auto_close_transitions.items()],
             "closed_rules": [list(row) for row in self.closed_rules()],
             "bans_issued": self.bans_issued,
+            "top_slots": self.top_slots(),
             "buckets": list(DURATION_BUCKETS),
         }
 
@@ -276,6 +280,8 @@ class ProxyStats:
         closed = [(str(rule), str(source), bool(on)) for rule, source, on in data.get("closed_rules", [])]
         stats.closed_rules = lambda: closed
         stats.bans_issued = int(data.get("bans_issued", 0))
+        top_slots = list(data.get("top_slots", []))
+        stats.top_slots = lambda: top_slots
         return stats
 
 

@@ -6,8 +6,10 @@ longest window plus a slot: Redis forgets what no window can ask for. A sorted s
 keys by the wall-clock end of their slot, so a query reads only the slots that overlap its
 window (``ZRANGEBYSCORE``, then one ``MGET``) and the index is trimmed on every write.
 
-A query adds this replica's live tables to every other replica's slots from Redis. Another
-replica's current slot is up to ``interval`` old; slot ends are wall-clock, so replicas'
+A query adds this replica's live tables to every other replica's slots from Redis, and, with
+``workers: N``, to the other workers' (their stats snapshots carry their slots, ``wall_slots``,
+as they carry their counters to worker 0's /metrics). Another replica's current slot is up to
+``interval`` old (another worker's, a second); slot ends are wall-clock, so replicas'
 clock skew moves the window's edge by as much. If Redis fails the answer is this replica's
 alone, and says so (``partial``).
 
@@ -75,6 +77,9 @@ class TopShare:
         self._index = prefix + "slots"
         self._unpublished = tables.current_slot  # the oldest slot still to write (again)
         self._task: asyncio.Task[None] | None = None
+        # Snapshots of the slots that ended (``wall_slots``), and the first slot not among them.
+        self._settled: dict[int, list[Any]] = {}
+        self._settled_from = 0
 
     @property
     def _keep(self) -> float:
@@ -127,19 +132,47 @@ class TopShare:
     async def report(self, by: str, *, refused: bool, window: float, limit: int) -> SharedReport:
         """The top ``limit`` of ``by`` over every replica. ValueError for a bad query."""
         local = self.tables.report(by, refused=refused, window=window, limit=limit)
-        if self.channel is None:
+        # (With Redis every worker writes its own slots there: theirs come with the rest.)
+        workers = self._workers(window) if self.channel is None else []
+        if self.channel is None and not workers:
             return SharedReport(local, [self.replica], None)
         snapshots: list[Mapping[str, Any]] = [self.tables.snapshot(window)]
         try:
-            remote = await self._remote(window)
+            remote = await self._remote(window) if self.channel is not None else []
         except SharedStateError as error:
             return SharedReport(local, [self.replica], str(error))
         replicas = [self.replica]
-        for replica, snapshot in remote:
+        for replica, snapshot in [*workers, *remote]:
             snapshots.append(snapshot)
             if replica not in replicas:
                 replicas.append(replica)
         return SharedReport(summarize(snapshots, by, refused, limit), replicas, None)
+
+    def wall_slots(self) -> list[list[Any]]:
+        """This process's slots as ``[wall-clock end, snapshot]``, for its stats snapshot (each
+        second). A slot that ended never changes again: its snapshot is made once and kept
+        until no window can reach it."""
+        wall, current = self.wall.now(), self.tables.current_slot
+        live = []
+        for index, until_end, snapshot in self.tables.slot_snapshots(self._settled_from):
+            if index < current:
+                self._settled[index] = [wall + until_end, snapshot]
+            else:
+                live.append([wall + until_end, snapshot])
+        self._settled_from = current
+        for index in [i for i, (end, _) in self._settled.items() if end < wall - self._keep]:
+            del self._settled[index]
+        return [*self._settled.values(), *live]
+
+    def _workers(self, window: float) -> list[tuple[str, Mapping[str, Any]]]:
+        """The other workers' slots overlapping the last ``window`` seconds (``workers: N``)."""
+        start = self.wall.now() - window
+        found = []
+        for number, peer in enumerate(self.stats.peers(), start=1):
+            for end, snapshot in peer.top_slots():
+                if end > start:
+                    found.append((f"{self.replica} worker {number}", checked(snapshot)))
+        return found
 
     async def _remote(self, window: float) -> list[tuple[str, Mapping[str, Any]]]:
         """Other replicas' slots overlapping the last ``window`` seconds."""
