@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from shield.clock import FakeClock
 from shield.decide.decision import (
     Banned,
     Blocked,
@@ -24,6 +25,7 @@ from shield.decide.decision import (
     Decision,
     DryRuns,
     Forward,
+    Queue,
     ServeStatusPage,
     Throttle,
     Throttled,
@@ -50,6 +52,8 @@ def summary(decision: Decision, view: RequestView) -> tuple[Any, ...]:
             return (type(decision).__name__, rule.name)
         case Banned() | ServeStatusPage() | CheckSolution():
             return (type(decision).__name__,)
+        case Queue(rule, ticket):
+            return ("queue", rule.name, ticket)
 
 
 def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
@@ -64,7 +68,13 @@ def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
         return True
     rule = getattr(decision, "rule", None)
     config = gatekeeper.holder.current.config
-    return rule is not None and rule.action == "challenge" and not config.challenge.secret
+    if rule is None or rule.action not in ("challenge", "queue"):
+        return False
+    # Passes and queue cookies are checked with the challenge key (without one configured, each
+    # process makes its own, which explain cannot know) and against the wall clock (explain
+    # reads the real one; a test's Shield may run on a fake one).
+    fake_wall = isinstance(getattr(gatekeeper.wall, "__self__", None), FakeClock)
+    return not config.challenge.secret or (rule.action == "queue" and fake_wall)
 
 
 class Agreement:

@@ -34,6 +34,7 @@ from shield.enforce.crowdsec_bouncer import CrowdsecBouncer
 from shield.enforce.gatekeeper import Gatekeeper
 from shield.enforce.introspection import Introspector, introspection_cache
 from shield.enforce.overload_gate import OverloadGate
+from shield.enforce.queue_gate import QueueGate
 from shield.enforce.switches import Switches
 from shield.errors import UpstreamError
 from shield.http.connection import Http1Server
@@ -43,10 +44,12 @@ from shield.ops.ctl_api import CtlApi, build_ctl_app
 from shield.ops.feed_metrics import feed_metrics
 from shield.ops.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.ops.observer import Observer
+from shield.ops.queue_metrics import queue_metrics
 from shield.ops.status_page import StatusPage
 from shield.ops.top import TopTables
 from shield.state import StateBackend
 from shield.state.connect import connect
+from shield.state.queue_state import RedisQueues
 from shield.state.records import RecordStore, RedisChannel
 from shield.state.top_share import TopShare
 from shield.upstream.forward import ForwardSettings, Proxy, head_builder
@@ -141,6 +144,18 @@ class Shield:
             )
             self.bans = BanList(config.bans, store, wall=self.wall, stats=self.stats)
             self.stats.bans_active = lambda: len(store.live())
+        # The waiting rooms' shared lines (Redis state): a connection of their own, as the channel.
+        self.queues = (
+            RedisQueues(
+                connect(state.model_copy(update={"pool_size": 2})),
+                key_prefix=state.key_prefix,
+                timeout=state.timeout,
+                max_in_flight=2,
+                stats=self.stats,
+            )
+            if state.backend == "redis"
+            else None
+        )
         # CrowdSec's decisions, followed while Shield runs (started with the listeners).
         self.crowdsec = (
             CrowdsecBouncer(config.crowdsec, wall=self.wall.now) if config.crowdsec is not None else None
@@ -232,6 +247,8 @@ class Shield:
             await self.top_share.start()
         if self.bans is not None:
             await self.bans.store.start()
+        if self.queues is not None:
+            await self.queues.start()
         if self.crowdsec is not None:
             await self.crowdsec.start()  # (a Local API that does not answer is retried, not fatal)
         listener_tls = listener_ssl_context(config)
@@ -251,6 +268,16 @@ class Shield:
                 self.state.identity_cache(introspection_cache(introspection, self.clock)),
                 ssl_context=upstream_tls,
             )
+        challenge = ChallengeGate(config.challenge, wall=self.wall)
+        self.queue = QueueGate(
+            config.queue,
+            challenge=challenge,
+            wall=self.wall,
+            shared=self.queues,
+            on_error=config.state.on_error,
+            status_path=lambda: self.holder.current.status_path if self.status_page is not None else None,
+        )
+        self.stats.queues = queue_metrics(self.queue)
         gatekeeper = Gatekeeper(
             holder=self.holder,
             proxy=proxy,
@@ -264,10 +291,11 @@ class Shield:
             status=self.status_page,
             switches=self.switches,
             bans=self.bans,
-            challenge=ChallengeGate(config.challenge, wall=self.wall),
+            challenge=challenge,
             requests_per_client=cap_of(config.limits.max_requests_per_client),
             wall=self.wall,
             crowdsec=self.crowdsec,
+            queue=self.queue,
         )
         self.gatekeeper = gatekeeper
         self.stats.in_flight = self._in_flight
@@ -394,6 +422,8 @@ class Shield:
             await self.bans.store.close()
         if self.crowdsec is not None:
             await self.crowdsec.close()
+        if self.queues is not None:
+            await self.queues.close()
         if self.top_share is not None:
             await self.top_share.close()  # (its last write goes through the channel)
         if self.channel is not None:

@@ -22,6 +22,7 @@ from shield.config.overload import Overload, StatusPage
 from shield.config.rules import PolicyOptions, Rule
 from shield.config.state import StateConfig
 from shield.config.units import Duration, Size
+from shield.config.waiting_room import WaitingRoom
 
 
 def _split_host_port(value: str, default_host: str) -> tuple[str, int]:
@@ -279,6 +280,10 @@ class ShieldConfig(Section):
         None,
         description="Follow a CrowdSec Local API as a bouncer: its ban decisions answered as bans, "
         "its captcha decisions with the challenge page.",
+    )
+    queue: WaitingRoom = Field(
+        default_factory=WaitingRoom,
+        description="The waiting room of action: queue rules: refresh, ticket lifetime, draw limit, cookies.",
     )
     rules: list[Rule] = Field(default_factory=list, description="First match wins, top to bottom.")
     overload: Overload | None = Field(None, description="Priority load shedding (restart to change).")

@@ -30,6 +30,7 @@ LIVE: dict[str, str] = {
     "geo": "the databases; a database file that changes is re-read without a reload",
     "lists": "the lists and their files; a list file that changes is re-read without a reload",
     "crowdsec": "URL, key, poll interval, timeout and answer (turning it on or off: restart)",
+    "queue": "refresh, ticket lifetime, draw limit and cookies of the waiting room",
 }
 RESTART: dict[str, str] = {
     "listen": "the public socket",

@@ -249,18 +249,28 @@ def _key(value: object) -> object:
 ThrottleKey = Annotated[str | list[str], BeforeValidator(_key)]
 
 
+# The actions a rule key applies to (the rest: throttle).
+_ACTIONS_OF: dict[str, tuple[str, ...]] = {
+    "message": ("close", "queue"),
+    "retry_after": ("close",),
+    "burst": ("throttle", "queue"),
+    "admit": ("queue",),
+    "session": ("queue",),
+}
+
+
 class Rule(Section):
     name: str = Field(description="Unique; used in metrics, logs and `shield explain`.")
     match: Match = Field(default_factory=Match, description="Which requests the rule applies to.")
     for_: Literal["anonymous", "authenticated", "everyone"] = Field(
         "everyone", alias="for", description="Which clients the rule applies to."
     )
-    action: Literal["allow", "block", "close", "throttle", "challenge"]
+    action: Literal["allow", "block", "close", "throttle", "challenge", "queue"]
     mode: Literal["enforce", "dry-run"] = Field(
         "enforce", description="dry-run: decide, count and log, but forward; later rules still apply."
     )
-    # close
-    message: str | None = Field(None, description="close: the text shown to clients.")
+    # close, queue
+    message: str | None = Field(None, description="close, queue: the text shown to clients.")
     retry_after: Duration | None = Field(None, description="close: Retry-After, e.g. 10m.")
     # throttle
     limit: RuleLimit | None = Field(
@@ -268,13 +278,27 @@ class Rule(Section):
         description="throttle: N/second|minute|hour|day or N/10s, or "
         "{anonymous: LIMIT, authenticated: LIMIT}.",
     )
-    burst: int | None = Field(None, ge=1, description="throttle: requests allowed at once (default: N).")
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="throttle: requests allowed at once (default: N); queue: visitors let in at once "
+        "after a quiet spell (default: N).",
+    )
     key: ThrottleKey = Field(
         "ip",
         description="throttle: ip, user, route, asn, country, header:NAME, cookie:NAME or a list; "
         "a missing header, cookie, user, ASN or country is replaced by the client IP.",
     )
     count: Count | None = Field(None, description="throttle: charge only matching upstream answers.")
+    # queue
+    admit: LimitText | None = Field(
+        None,
+        description="queue: new visitors let in, N/PERIOD across all replicas (with Redis state), "
+        "first come first served; the rest wait in line.",
+    )
+    session: Duration | None = Field(
+        None, description="queue: how long an admitted visitor stays in without queueing again (15m)."
+    )
     # attack mode
     priority: Literal["critical", "normal", "low"] = Field(
         "normal",
@@ -295,22 +319,23 @@ class Rule(Section):
             raise ValueError("a rule name is 1-64 letters, digits, '_', '.', ':' or '-'")
         return value
 
-    @field_validator("limit", "burst", "count", "message", "retry_after")
+    @field_validator("limit", "burst", "count", "message", "retry_after", "admit", "session")
     @classmethod
     def _for_its_action(cls, value: object, info: ValidationInfo) -> object:
         # Field validators run in declaration order, so ``action`` is known here and the error
         # points at the offending key rather than at the whole rule.
         action = info.data.get("action")
-        only = "close" if info.field_name in ("message", "retry_after") else "throttle"
-        if value is not None and action is not None and action != only:
-            raise ValueError(f"'{info.field_name}' only applies to action: {only}, not {action}")
+        field = str(info.field_name)
+        allowed = _ACTIONS_OF.get(field, ("throttle",))
+        if value is not None and action is not None and action not in allowed:
+            raise ValueError(f"'{field}' only applies to action: {' or '.join(allowed)}, not {action}")
         return value
 
     @field_validator("auto_close")
     @classmethod
     def _auto_close_applies(cls, value: AutoClose | None, info: ValidationInfo) -> AutoClose | None:
         action, mode = info.data.get("action"), info.data.get("mode")
-        if value is not None and action in ("block", "close"):
+        if value is not None and action in ("block", "close", "queue"):
             raise ValueError(f"'auto_close' applies to action: allow or throttle, not {action}")
         if value is not None and mode == "dry-run":
             raise ValueError("'auto_close' does not apply to dry-run rules (they never answer)")
@@ -320,7 +345,14 @@ class Rule(Section):
     def _throttle_has_limit(self) -> Rule:
         if self.action == "throttle" and self.limit is None:
             raise ValueError("a throttle rule needs a limit, e.g. limit: 10/minute")
+        if self.action == "queue" and self.admit is None:
+            raise ValueError("a queue rule needs an admission rate, e.g. admit: 30/minute")
         return self
+
+    @property
+    def admission(self) -> Limit | None:
+        """queue: the rate new visitors are let in."""
+        return Limit(self.admit) if self.admit is not None else None
 
     @property
     def rate(self) -> Limit | None:

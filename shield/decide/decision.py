@@ -23,6 +23,10 @@ from typing import Final, NamedTuple, Protocol
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
 from shield.decide.gcra import Gcra, RateLimitResult
 from shield.decide.policy import CompiledRule, Policy, RequestView
+from shield.decide.queue_tickets import Ticket
+
+# What a client's cookies say of a queue rule (its name): admitted already, and the ticket held.
+QueueCookies = Callable[[str, RequestView], tuple[bool, Ticket | None]]
 
 
 class Forward(NamedTuple):
@@ -64,6 +68,15 @@ class Challenged(NamedTuple):
     """The proof-of-work page: a ``challenge`` rule and no valid pass."""
 
     rule: CompiledRule
+
+
+class Queue(NamedTuple):
+    """The waiting room of a ``queue`` rule, for a client not admitted yet: with the place in
+    line its cookie holds (``ticket``), or None to draw one. The queue state says whether its
+    turn has come (``Gatekeeper.act``)."""
+
+    rule: CompiledRule
+    ticket: Ticket | None
 
 
 class Closed(NamedTuple):
@@ -109,6 +122,7 @@ Decision = (
     | Unavailable
     | Blocked
     | Challenged
+    | Queue
     | Closed
     | Banned
     | ServeStatusPage
@@ -143,7 +157,7 @@ class Rulebook(NamedTuple):
     end at a wall time); ``pages`` are the paths Shield answers itself (``own_pages``);
     ``ctl_closed`` is the live table of ctl closures (read for emptiness, the common case) and
     ``ctl_closure`` looks one up; ``passes`` checks the challenge pass (the value of cookie
-    ``challenge_cookie``) for a client key."""
+    ``challenge_cookie``) for a client key; ``queue_cookies`` reads a queue rule's cookies."""
 
     policy: Policy
     default_retry_after: float
@@ -154,6 +168,7 @@ class Rulebook(NamedTuple):
     passes: Callable[[str | None, str], bool] | None = None
     ctl_closed: Mapping[str, object] = {}
     ctl_closure: Callable[[str], CtlClosure | None] = no_closure
+    queue_cookies: QueueCookies | None = None
 
 
 def own_pages(
@@ -217,6 +232,11 @@ def decide(
         decision = rule.forward if _passes(view, rules) else Challenged(rule)
     elif action == "block":
         decision = Blocked(rule)
+    elif action == "queue":
+        cookies = rules.queue_cookies
+        assert cookies is not None
+        admitted, ticket = cookies(rule.name, view)
+        decision = rule.forward if admitted else Queue(rule, ticket)
     else:
         message = rule.config.message or DEFAULT_CLOSE_MESSAGE
         retry_after = rule.config.retry_after or rules.default_retry_after

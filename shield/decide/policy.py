@@ -316,6 +316,7 @@ class CompiledRule:
         )
         outcome = {"allow": "forwarded", "block": "blocked", "close": "closed", "throttle": "throttled"}
         outcome["challenge"] = "challenged"
+        outcome["queue"] = "queued"
         self.outcome = outcome[rule.action]  # what an enforced match answers (a throttle may forward)
         self.checks = self._compile_checks()
         # The request counter's labels of a forwarded request, by ``identity.authenticated``:

@@ -67,8 +67,10 @@ class ChallengeGate:
 
     def _take(self, config: Challenge) -> None:
         self.config = config
+        # The key that signs passes, and the waiting room's tickets (shield.enforce.queue_gate).
+        self.key = config.secret or self._random_key
         self.challenger = Challenger(
-            config.secret or self._random_key,
+            self.key,
             difficulty=config.difficulty,
             solve_within=config.solve_within,
             pass_for=config.pass_for,

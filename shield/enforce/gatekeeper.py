@@ -32,6 +32,7 @@ from shield.decide.decision import (
     Decision,
     DryRuns,
     Forward,
+    Queue,
     Rulebook,
     ServeStatusPage,
     Throttle,
@@ -52,6 +53,7 @@ from shield.enforce.challenge_gate import ChallengeGate
 from shield.enforce.crowdsec_bouncer import CrowdsecBouncer
 from shield.enforce.introspection import Introspector
 from shield.enforce.overload_gate import OverloadGate
+from shield.enforce.queue_gate import QueueGate
 from shield.enforce.switches import Switches
 from shield.http.connection import Reply, Request, Written
 from shield.http.headers import identity_lines
@@ -104,6 +106,7 @@ class Gatekeeper:
         requests_per_client: HeldPerClient | None = None,
         wall: Clock | None = None,
         crowdsec: CrowdsecBouncer | None = None,
+        queue: QueueGate | None = None,
     ) -> None:
         """``requests_per_client``: how many requests each client may have forwarded at once
         (``limits.max_requests_per_client``; None: no cap). ``crowdsec``: the bouncer whose
@@ -129,6 +132,7 @@ class Gatekeeper:
         self.challenge = challenge
         self.requests_per_client = requests_per_client
         self.crowdsec = crowdsec
+        self.queue = queue
         # What a CrowdSec captcha decision is counted and debugged as: a challenge rule of its own.
         self.crowdsec_rule = CompiledRule(Rule(name="crowdsec", action="challenge"), PolicyOptions())
         # The config in force and what ``decide`` needs of it, and its policy.debug_header.
@@ -157,6 +161,7 @@ class Gatekeeper:
             passes=challenge.passes if challenge is not None else None,
             ctl_closed=switches.local if switches is not None else {},
             ctl_closure=switches.closure if switches is not None else no_closure,
+            queue_cookies=self.queue.read if self.queue is not None else None,
         )
         self._rulebook = (runtime, rulebook)
         # policy.debug_header: say in a header which rule decided (read by ``act``).
@@ -186,6 +191,8 @@ class Gatekeeper:
             self.bans.follow(config.bans)
         if self.crowdsec is not None and config.crowdsec is not None:
             self.crowdsec.follow(config.crowdsec)
+        if self.queue is not None:
+            self.queue.follow(config.queue)
 
     async def handle(self, request: Request) -> Reply:
         """Read the request as rules see it, decide (``shield.decide.decision``), act."""
@@ -326,6 +333,8 @@ class Gatekeeper:
                         self._debug(rule, "challenged"),
                     )
                     return self._refusal(request, page)
+                case Queue():
+                    return self._queue(request, decision, target, upstream)
                 case Closed(rule, action, why, message, retry_after):
                     request.decided(rule.name, action, "closed", request.identity.label)
                     runtime = self.holder.current
@@ -353,6 +362,20 @@ class Gatekeeper:
                     return self._check_solution(request)
                 case _:
                     assert_never(decision)
+
+    async def _queue(self, request: Request, decision: Queue, target: bytes, upstream: Upstream) -> Reply:
+        """``act`` for the waiting room: the client's turn has come (forward, with the admission
+        cookie), or the waiting page (``shield.enforce.queue_gate``)."""
+        assert self.queue is not None
+        rule = decision.rule
+        outcome, entered = await self.queue.enter(request, decision)
+        if isinstance(entered, bytes):
+            extra = entered + (_forwarded_line(rule) if self.debug_header else b"")
+            return await self._forward(request, target, extra, rule, upstream)
+        request.decided(rule.name, rule.action, outcome, request.identity.label)
+        if self.debug_header:
+            entered.headers["X-Shield-Rule"] = f"{rule.name}; {outcome}"
+        return self._refusal(request, entered)
 
     def _ban_answer(self, source: str) -> int:
         """The status of a ban by ``source``: Shield's own (``bans.answer``) or CrowdSec's."""

@@ -24,6 +24,7 @@ from shield.decide.credentials import Authenticator, cookie_value
 from shield.decide.identity import Identity, IdentityResolver, NoIdentity
 from shield.decide.paths import UnsafePath, canonical_raw_path
 from shield.decide.policy import CompiledRule, Policy, RequestView
+from shield.decide.queue_tickets import QueueTickets, Ticket
 from shield.http.target import request_target
 
 
@@ -91,6 +92,9 @@ def _action_text(rule: CompiledRule, default_retry_after: float) -> str:
         return f"throttle {config.limit_text}, burst {rule.rate.burst}, key {config.key}{counting}"
     if rule.action == "challenge":
         return "challenge (proof-of-work page until a pass cookie is earned; JSON clients get 429)"
+    if rule.action == "queue":
+        session = int(config.session or 900)
+        return f"queue (waiting room: {config.admit} let in, first come first served; in for {session}s)"
     return {"allow": "allow (forward, skip later rules)", "block": "block (403)"}[rule.action]
 
 
@@ -210,6 +214,11 @@ class _CtlSaid(NamedTuple):
     until: float
 
 
+def _ago(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
+
+
 def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) -> decided.Rulebook:
     """The running Shield's rulebook, as far as its config and ctl status tell."""
     challenge = config.challenge
@@ -229,6 +238,17 @@ def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) ->
         bound = binding(client_key, challenge.ipv4_prefix)
         return challenger is not None and challenger.passes(cookie, bound, time.time())
 
+    # The waiting room's cookies are signed with the same key (none configured: none checks).
+    tickets = QueueTickets(challenge.secret, ticket_for=config.queue.ticket_for) if challenge.secret else None
+
+    def queue_cookies(rule: str, view: RequestView) -> tuple[bool, Ticket | None]:
+        if tickets is None:
+            return False, None
+        names = (config.queue.session_cookie, config.queue.ticket_cookie)
+        return tickets.read(
+            view.cookies, rule, binding(view.client_key, challenge.ipv4_prefix), time.time(), names
+        )
+
     return decided.Rulebook(
         policy,
         config.policy.default_retry_after,
@@ -242,6 +262,7 @@ def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) ->
         passes=passes,
         ctl_closed=closures,
         ctl_closure=lambda name: _CtlSaid(closures[name], time.time()) if name in closures else None,
+        queue_cookies=queue_cookies,
     )
 
 
@@ -254,6 +275,8 @@ def _decision_text(decision: decided.Decision, view: RequestView, config: Shield
             if rule is None:
                 return "decision: forward to the upstream (no rule matched)"
             passed = " (its challenge pass is valid)" if rule.action == "challenge" else ""
+            if rule.action == "queue":
+                passed = " (admitted from its waiting room: the admission cookie is valid)"
             return f"decision: forwarded by rule {rule.name!r}{passed}"
         case decided.Throttle(rule, rate):
             identity = view.identity
@@ -268,6 +291,17 @@ def _decision_text(decision: decided.Decision, view: RequestView, config: Shield
             return f"decision: closed (503) by rule {rule.name!r}'s auto-close trigger"
         case decided.Closed(rule) | decided.Blocked(rule) | decided.Challenged(rule):
             return f"decision: {rule.outcome} by rule {rule.name!r}"
+        case decided.Queue(rule, ticket):
+            admit = rule.config.admit
+            held = (
+                f"its ticket, number {ticket.number}, drawn {_ago(time.time() - ticket.issued)} ago"
+                if ticket is not None
+                else "no ticket yet: it draws one, at the back of the line"
+            )
+            return (
+                f"decision: waiting room of rule {rule.name!r} ({admit} let in): {held}; its place "
+                "and wait depend on the line as it stands (`shield ctl status` shows the line)"
+            )
         case decided.ServeStatusPage():
             return (
                 f"decision: Shield answers its status page ({config.status_page.path}); no rule is consulted"

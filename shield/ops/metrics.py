@@ -163,6 +163,8 @@ class ProxyStats:
         self.bans_active: Callable[[], int] = int
         # the metrics of what Shield reads from outside (shield.ops.feed_metrics), this process's
         self.feeds: Callable[[], Iterable[Metric]] = tuple
+        # the waiting room's (shield.ops.queue_metrics), this process's
+        self.queues: Callable[[], Iterable[Metric]] = tuple
         # this worker's top-table slots as [wall-clock end, snapshot] (shield.state.top_share),
         # for worker 0's `ctl top` to add up
         self.top_slots: Callable[[], list[list[Any]]] = list
@@ -341,6 +343,7 @@ class ShieldCollector(Collector):
             value=own.bans_active(),
         )
         yield from own.feeds()
+        yield from own.queues()
 
 
 def _closed_gauge(workers: list[ProxyStats], ctl_closed: list[str]) -> Metric:
