@@ -79,8 +79,13 @@ def test_messages_a_user_needs() -> None:
     assert "duplicate rule name 'api' (also rules[1] 'api')" in text
     assert "invalid YAML" in text
     assert "rules[1] 'registration-closed'.action: 'shut' is not one of allow, block, close" in text
-    assert "rules[1] 'scrapers'.action: 'blok' is not one of allow, block, close, throttle, challenge, queue" in text
-    assert "'blok' is not one of allow, block, close, throttle, challenge, queue (did you mean 'block'?)" in text
+    assert (
+        "rules[1] 'scrapers'.action: 'blok' is not one of allow, block, close, throttle, challenge, queue"
+        in text
+    )
+    assert (
+        "'blok' is not one of allow, block, close, throttle, challenge, queue (did you mean 'block'?)" in text
+    )
     warnings = expected_lines(CONFIGS / "good" / "shadowed.yaml")
     assert [w.split(": ", 1)[1].split(":")[0] for w in warnings] == ["warning"] * 4
     assert "rules[2] 'login' can never match: rules[1] 'api' comes first" in warnings[0]
@@ -155,7 +160,14 @@ def test_schema_describes_rules() -> None:
         "key",
         "count",
     }
-    assert rule["properties"]["action"]["enum"] == ["allow", "block", "close", "throttle", "challenge", "queue"]
+    assert rule["properties"]["action"]["enum"] == [
+        "allow",
+        "block",
+        "close",
+        "throttle",
+        "challenge",
+        "queue",
+    ]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
