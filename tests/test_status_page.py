@@ -81,6 +81,7 @@ async def test_answers_json_to_api_clients(
                     "until": None,
                 }
             ],
+            "queued": [],
         }
 
 

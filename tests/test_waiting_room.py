@@ -274,3 +274,32 @@ async def test_the_metrics_say_who_waits_who_got_in_and_how_long_it_took(
         'shield_requests_total{action="queue",decision="queued",identity="anonymous",rule="registration"}'
         in metrics
     )
+
+
+async def test_the_status_page_lists_busy_features_and_their_wait(
+    upstream: str, settings: dict[str, Any], started: list[Shield]
+) -> None:
+    wall = FakeClock(NOW)
+    rule = {**REGISTRATION, "public_name": "Sign-up"}
+    shield = await start(
+        started, upstream, wall, **{**settings, "rules": [rule]}, status_page={"enabled": True}
+    )
+    visitors = [Visitor(shield, f"192.0.2.{n}") for n in range(1, 6)]
+    client = Visitor(shield, "192.0.2.200")
+    try:
+        _, text, _ = await client.visit(path="/status", Accept="application/json")
+        assert json.loads(text)["queued"] == []
+        for visitor in visitors:
+            await visitor.visit()
+        _, text, _ = await client.visit(path="/status", Accept="application/json")
+        status = json.loads(text)
+        # Three in line at one a 10 s: the back of the line waits 30 s. No rule names or rates.
+        assert status["status"] == "degraded"
+        assert status["queued"] == [
+            {"name": "Sign-up", "message": REGISTRATION["message"], "wait_seconds": 30}
+        ]
+        _, page, _ = await client.visit(path="/status")
+        assert "Sign-up" in page and "wait in line, about 30 seconds" in page and "registration" not in page
+    finally:
+        for visitor in (*visitors, client):
+            await visitor.close()

@@ -45,7 +45,7 @@ from shield.ops.feed_metrics import feed_metrics
 from shield.ops.metrics import FOLD_INTERVAL, ProxyStats, build_registry
 from shield.ops.observer import Observer
 from shield.ops.queue_metrics import queue_metrics
-from shield.ops.status_page import StatusPage
+from shield.ops.status_page import Queued, StatusPage
 from shield.ops.top import TopTables
 from shield.state import StateBackend
 from shield.state.connect import connect
@@ -171,7 +171,8 @@ class Shield:
         self.introspector: Introspector | None = None
         self.auto_close = AutoCloseWatch(self.holder, self.clock, self.stats)
         # Where /status reads closures from; `shield ctl` switches will add a source here.
-        self.status_page = StatusPage([self._rule_closures, self._ctl_closures])
+        self.queue: QueueGate | None = None  # (made at start, with the gatekeeper)
+        self.status_page = StatusPage([self._rule_closures, self._ctl_closures], queues=self._queued)
         log_settings = config.access_log
         self.access_log = AccessLog(self.stats, sample=log_settings.sample) if log_settings.enabled else None
         top = config.top
@@ -216,6 +217,15 @@ class Shield:
 
     def _rule_closures(self) -> list[Closure]:
         return policy_closures(self.holder.current.policy, self.clock.now(), time.time())
+
+    def _queued(self) -> list[Queued]:
+        """The waiting rooms with someone in line, as the status page shows them."""
+        if self.queue is None:
+            return []
+        return [
+            Queued(rule.config.public_name or rule.name, rule.config.message or "", wait)
+            for rule, wait in self.queue.rules_waiting(self.holder.current.policy.rules)
+        ]
 
     def _ctl_closures(self) -> list[Closure]:
         closed = [(c.rule, c.message, c.until) for c in self.switches.closures()]
