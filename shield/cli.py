@@ -3,7 +3,7 @@
 shield run   --config FILE       serve
 shield check --config FILE       validate; exit 1 listing FILE:LINE:COL: message per problem
 shield demo                      the demo service with Shield in front of it
-shield ctl -c FILE status|close|open|bans|unban   runtime overrides through the admin listener
+shield ctl -c FILE status|close|queue|open|bans|unban   runtime overrides through the admin listener
 shield ctl -c FILE top [--by ip] [--refused]      who is hitting Shield right now
 """
 
@@ -25,6 +25,7 @@ from shield.ops.top import DIMENSIONS
 
 if TYPE_CHECKING:
     from shield.app.reload import Runtime
+    from shield.decide.decision import CtlQueue
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
@@ -112,8 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config, config_path=args.config, worker=args.worker, stats_dir=args.stats_dir)
 
 
-def _ctl_closures(config: ShieldConfig) -> dict[str, str] | None:
-    """The running Shield's ctl closures (rule -> description), or None if it cannot be asked."""
+def _ctl_overrides(config: ShieldConfig) -> tuple[dict[str, str], dict[str, CtlQueue]] | None:
+    """The running Shield's ctl closures (rule -> description) and ctl waiting rooms (rule ->
+    the waiting room), or None if it cannot be asked."""
+    from shield.config.rules import parse_limit
+    from shield.decide.decision import CtlQueue
     from shield.ops import ctl_client
 
     assert config.admin.ctl is not None
@@ -123,7 +127,12 @@ def _ctl_closures(config: ShieldConfig) -> dict[str, str] | None:
         )
     except ctl_client.CtlError:
         return None
-    return {c["rule"]: f"{c['message']!r} for {c['remaining']:.0f}s more" for c in answer["closures"]}
+    closures = {c["rule"]: f"{c['message']!r} for {c['remaining']:.0f}s more" for c in answer["closures"]}
+    queues = {
+        q["rule"]: CtlQueue(q["rule"], q["admit"], *parse_limit(q["admit"]), q["message"], q["until"])
+        for q in answer.get("queues", [])
+    }
+    return closures, queues
 
 
 def _admin_url(config: ShieldConfig) -> str:
@@ -139,7 +148,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if runtime is None:
         return 1
     config = runtime.config
-    closures = _ctl_closures(config) if config.admin.ctl is not None else None
+    overrides = _ctl_overrides(config) if config.admin.ctl is not None else None
+    closures, queues = overrides if overrides is not None else (None, None)
     try:
         lines, _ = explained(
             config,
@@ -149,6 +159,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             args.ip,
             cookie_args=args.cookie,
             closures=closures,
+            queues=queues,
             ctl=config.admin.ctl is not None,
             policy=runtime.policy,
         )
@@ -211,6 +222,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         match args.ctl_command:
             case "close":
                 lines = ctl_client.close(base, token, args.rule, args.duration, args.message)
+            case "queue":
+                lines = ctl_client.queue(base, token, args.rule, args.admit, args.duration, args.message)
             case "open":
                 lines = ctl_client.open_(base, token, args.rule)
             case "bans":
@@ -298,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ctl = commands.add_parser(
-        "ctl", help="close or open rules for a while, list or lift bans, status, top offenders"
+        "ctl", help="close, queue or open rules for a while, list or lift bans, status, top offenders"
     )
     ctl.add_argument("-c", "--config", default=None, help="the config file (admin address and ctl token)")
     ctl.add_argument("--admin", default=None, help="the admin listener's URL, e.g. http://127.0.0.1:9090")
@@ -310,12 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--for", dest="duration", default=None, help="e.g. 30m (default: admin.ctl.default_duration)"
     )
     close.add_argument("--message", default=None, help="the text shown to clients")
-    reopen = actions.add_parser("open", help="lift a ctl closure")
+    queue = actions.add_parser("queue", help="put a rule's requests through a waiting room for a while")
+    queue.add_argument("rule")
+    queue.add_argument(
+        "--admit", required=True, help="new visitors let in, across every replica with Redis, e.g. 20/minute"
+    )
+    queue.add_argument(
+        "--for", dest="duration", default=None, help="e.g. 1h (default: admin.ctl.default_duration)"
+    )
+    queue.add_argument("--message", default=None, help="the text the waiting page shows")
+    reopen = actions.add_parser("open", help="lift a ctl closure or waiting room")
     reopen.add_argument("rule")
     actions.add_parser("bans", help="list banned clients")
     unban = actions.add_parser("unban", help="lift a client's ban")
     unban.add_argument("client", help="an IP address (or IPv6 prefix) as `ctl bans` lists it")
-    actions.add_parser("status", help="ctl closures, file closures, bans")
+    actions.add_parser("status", help="ctl closures and waiting rooms, the file's, bans")
     top = actions.add_parser("top", help="the heaviest clients, networks, agents, paths or rules right now")
     top.add_argument("--by", choices=DIMENSIONS, default="ip", help="what to rank (default: ip)")
     top.add_argument(

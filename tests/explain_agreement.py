@@ -5,8 +5,9 @@ identity itself) and ends in the same ``decide``; ``comparing_every_decision`` l
 gatekeeper's ``decision_listeners`` so that each decision the proxy makes is compared with
 explain's for the same request. What explain cannot know by design is left out, each for its
 reason: bans and auto-close states (runtime state of the running Shield), identities from
-introspection (explain makes no call), and challenge passes when no key is configured (each
-process makes its own).
+introspection (explain makes no call), challenge passes and queue cookies when no key is
+configured (each process makes its own), and queue cookies when the Shield runs on a fake wall
+clock (explain reads the real one).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def summary(decision: Decision, view: RequestView) -> tuple[Any, ...]:
             return (type(decision).__name__, rule.name)
         case Banned() | ServeStatusPage() | CheckSolution():
             return (type(decision).__name__,)
-        case Queue(rule, ticket):
-            return ("queue", rule.name, ticket)
+        case Queue(rule, ticket, ctl):
+            return ("queue", rule.name, ticket, None if ctl is None else (ctl.count, ctl.period, ctl.message))
 
 
 def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
@@ -68,13 +69,17 @@ def _beyond_explain(gatekeeper: Gatekeeper, decision: Decision) -> bool:
         return True
     rule = getattr(decision, "rule", None)
     config = gatekeeper.holder.current.config
-    if rule is None or rule.action not in ("challenge", "queue"):
+    if rule is None:
+        return False
+    switches = gatekeeper.switches
+    queued = rule.action == "queue" or (switches is not None and switches.queued(rule.name) is not None)
+    if rule.action != "challenge" and not queued:
         return False
     # Passes and queue cookies are checked with the challenge key (without one configured, each
     # process makes its own, which explain cannot know) and against the wall clock (explain
     # reads the real one; a test's Shield may run on a fake one).
     fake_wall = isinstance(getattr(gatekeeper.wall, "__self__", None), FakeClock)
-    return not config.challenge.secret or (rule.action == "queue" and fake_wall)
+    return not config.challenge.secret or (queued and fake_wall)
 
 
 class Agreement:
@@ -103,6 +108,7 @@ class Agreement:
         runtime = gatekeeper.holder.current
         switches = gatekeeper.switches
         closures = {c.rule: c.message for c in switches.closures()} if switches is not None else {}
+        queues = {q.rule: q for q in switches.queues()} if switches is not None else {}
         headers = [f"{name}: {value}" for name, value in request.headers.items()]
         if "Host" not in request.headers:
             headers.append("Host:")  # explain would otherwise assume one
@@ -114,6 +120,7 @@ class Agreement:
             request.remote or "unknown",
             identities=gatekeeper.identities or runtime.identities,
             closures=closures,
+            queues=queues,
             ctl=switches is not None,
             policy=self.policy_of(runtime.config, runtime.policy.networks),
         )

@@ -146,7 +146,7 @@ async def test_a_closed_rule_answers_its_page_until_opened_and_shows_everywhere(
 
     assert await ctl(shield, "POST", "/rules/register/open") == (
         200,
-        {"opened": "register", "was_closed": True},
+        {"opened": "register", "was_closed": True, "was_queued": False},
     )
     assert await post(shield, "/api/register") == (200, "upstream")
     assert await metric(shield, "shield_rule_closed") == {(("rule", "file-closed"), ("source", "file")): 1.0}
@@ -292,12 +292,14 @@ async def test_explain_shows_an_active_closure_or_says_closures_are_runtime_only
     assert lines[-1] == "decision: closed (503) by ctl on rule 'register'"
     await ctl(shield, "POST", "/rules/register/open")
     lines = await asyncio.to_thread(explain, shield.admin_port)
-    assert lines[-2] == "overrides: no ctl closure applies (closed by ctl: none)"
+    assert lines[-2] == (
+        "overrides: no ctl closure or waiting room applies (closed by ctl: none; queued by ctl: none)"
+    )
 
     port = shield.admin_port
     await shield.stop(grace=0.1)
     shields.remove(shield)
     lines = await asyncio.to_thread(explain, port)
     assert lines[-2].startswith(
-        "overrides: ctl closures are runtime-only and the admin listener did not answer"
+        "overrides: ctl closures and waiting rooms are runtime-only and the admin listener did not answer"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
 from shield.config.rules import DEFAULT_CLOSE_MESSAGE
@@ -70,13 +71,30 @@ class Challenged(NamedTuple):
     rule: CompiledRule
 
 
+@dataclass(frozen=True, slots=True)
+class CtlQueue:
+    """A rule ``shield ctl queue`` put in a waiting room until ``until`` (Unix seconds): ``count``
+    new visitors let in per ``period`` seconds (as many at once after a quiet spell), as the
+    operator wrote it (``admit``); ``message`` is the waiting page's ("": the rule's or the
+    default)."""
+
+    rule: str
+    admit: str
+    count: int
+    period: float
+    message: str
+    until: float
+
+
 class Queue(NamedTuple):
-    """The waiting room of a ``queue`` rule, for a client not admitted yet: with the place in
-    line its cookie holds (``ticket``), or None to draw one. The queue state says whether its
-    turn has come (``Gatekeeper.act``)."""
+    """The waiting room of a rule, for a client not admitted yet: with the place in line its
+    cookie holds (``ticket``), or None to draw one. The queue state says whether its turn has
+    come (``Gatekeeper.act``). ``ctl``: the waiting room ``shield ctl queue`` put the rule in,
+    whose pace replaces the rule's ``admit`` (None: a ``queue`` rule's own)."""
 
     rule: CompiledRule
     ticket: Ticket | None
+    ctl: CtlQueue | None = None
 
 
 class Closed(NamedTuple):
@@ -150,14 +168,21 @@ def no_closure(name: str) -> CtlClosure | None:
     return None
 
 
+def no_queue(name: str) -> CtlQueue | None:
+    """The ctl queue lookup where there is no ctl: no rule is queued."""
+    return None
+
+
 class Rulebook(NamedTuple):
     """What decisions need besides the request, one per config in force.
 
     ``now`` is the monotonic clock triggers run on, ``wall`` Unix time (bans and ctl closures
     end at a wall time); ``pages`` are the paths Shield answers itself (``own_pages``);
     ``ctl_closed`` is the live table of ctl closures (read for emptiness, the common case) and
-    ``ctl_closure`` looks one up; ``passes`` checks the challenge pass (the value of cookie
-    ``challenge_cookie``) for a client key; ``queue_cookies`` reads a queue rule's cookies."""
+    ``ctl_closure`` looks one up, as ``ctl_queued`` and ``ctl_queue`` for ``shield ctl queue``
+    (the gatekeeper gives one table for both: ctl's switches); ``passes`` checks the challenge
+    pass (the value of cookie ``challenge_cookie``) for a client key; ``queue_cookies`` reads
+    a waiting room's cookies."""
 
     policy: Policy
     default_retry_after: float
@@ -168,6 +193,8 @@ class Rulebook(NamedTuple):
     passes: Callable[[str | None, str], bool] | None = None
     ctl_closed: Mapping[str, object] = {}
     ctl_closure: Callable[[str], CtlClosure | None] = no_closure
+    ctl_queued: Mapping[str, object] = {}
+    ctl_queue: Callable[[str], CtlQueue | None] = no_queue
     queue_cookies: QueueCookies | None = None
 
 
@@ -200,7 +227,10 @@ def decide(
     first: ``banned_until``, the end of a ban on it (Unix time) by ``banned_by``; and
     ``challenged_by``, a rule that challenges this client whatever it asks (a CrowdSec
     ``captcha`` decision) unless it holds a pass. Shield's own pages come before the challenge,
-    so a challenged client can post its solution."""
+    so a challenged client can post its solution.
+
+    ctl's overrides come before the rule's own action: a ctl closure of the deciding rule or of
+    a dry-run rule met before it, then a ctl queue of the deciding rule (``_queued_by_ctl``)."""
     if banned_until is not None:
         return Banned(banned_until - rules.wall(), banned_by)
     path = view.path
@@ -221,6 +251,12 @@ def decide(
         decision: Decision = closed
     elif rule is None:
         decision = FORWARD_UNRULED
+    elif (
+        rules.ctl_queued
+        and (queued := rules.ctl_queue(rule.name)) is not None
+        and (waiting := _queued_by_ctl(view, rules, rule, queued)) is not None
+    ):
+        decision = waiting
     elif (trigger := rule.trigger) is not None and trigger.hit(now := rules.now()):
         message = trigger.config.message or DEFAULT_CLOSE_MESSAGE
         decision = Closed(rule, rule.action, "auto-closed", message, trigger.retry_after(now))
@@ -263,6 +299,28 @@ def _closed_by_ctl(
                 candidate, "ctl-close", "closed by ctl", closure.message, closure.until - rules.wall()
             )
     return None
+
+
+def _queued_by_ctl(view: RequestView, rules: Rulebook, rule: CompiledRule, queued: CtlQueue) -> Queue | None:
+    """The waiting room ``shield ctl queue`` put ``rule`` in, for a client not admitted yet; None
+    lets the rule's own action decide: for a client admitted (a throttle still counts its
+    requests, from the one after it walked in; a challenge still asks for its pass), and for one
+    the rule refuses anyway (a block or close
+    rule, an auto-close in force, a challenge without a pass: a place in line would only lead
+    to the refusal, and the challenge first keeps scripts from taking the places). A ctl queue
+    adds a gate; it never lets in what the rule keeps out."""
+    action = rule.action
+    if action == "block" or action == "close":
+        return None
+    trigger = rule.trigger
+    if trigger is not None and trigger.update(rules.now()):
+        return None
+    if action == "challenge" and not _passes(view, rules):
+        return None
+    cookies = rules.queue_cookies
+    assert cookies is not None
+    admitted, ticket = cookies(rule.name, view)
+    return None if admitted else Queue(rule, ticket, queued)
 
 
 def after_throttle(rule: CompiledRule, limit: RateLimitResult | None, deny_on_error: bool) -> Decision:

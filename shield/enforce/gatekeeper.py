@@ -41,6 +41,7 @@ from shield.decide.decision import (
     after_throttle,
     decide,
     no_closure,
+    no_queue,
     own_pages,
 )
 from shield.decide.identity import ANONYMOUS, IdentityResolver, NoIdentity
@@ -133,6 +134,11 @@ class Gatekeeper:
         self.requests_per_client = requests_per_client
         self.crowdsec = crowdsec
         self.queue = queue
+        if queue is not None and switches is not None:
+            # Where the waiting room and ctl's switches meet: the gate paces the lines of rules
+            # ``ctl queue`` put in one, and ``ctl status`` shows those lines.
+            queue.ctl_queue = switches.queued
+            switches.waiting = queue.waiting
         # What a CrowdSec captcha decision is counted and debugged as: a challenge rule of its own.
         self.crowdsec_rule = CompiledRule(Rule(name="crowdsec", action="challenge"), PolicyOptions())
         # The config in force and what ``decide`` needs of it, and its policy.debug_header.
@@ -161,6 +167,9 @@ class Gatekeeper:
             passes=challenge.passes if challenge is not None else None,
             ctl_closed=switches.local if switches is not None else {},
             ctl_closure=switches.closure if switches is not None else no_closure,
+            # (one table for both: ctl's switches, closures and queues alike)
+            ctl_queued=switches.local if switches is not None else {},
+            ctl_queue=switches.queued if switches is not None else no_queue,
             queue_cookies=self.queue.read if self.queue is not None else None,
         )
         self._rulebook = (runtime, rulebook)
@@ -365,16 +374,18 @@ class Gatekeeper:
 
     async def _queue(self, request: Request, decision: Queue, target: bytes, upstream: Upstream) -> Reply:
         """``act`` for the waiting room: the client's turn has come (forward, with the admission
-        cookie), or the waiting page (``shield.enforce.queue_gate``)."""
+        cookie), or the waiting page (``shield.enforce.queue_gate``). The metrics call a ctl
+        queue's answers ``ctl-queue``, as they call a ctl closure's ``ctl-close``."""
         assert self.queue is not None
         rule = decision.rule
         outcome, entered = await self.queue.enter(request, decision)
         if isinstance(entered, bytes):
             extra = entered + (_forwarded_line(rule) if self.debug_header else b"")
             return await self._forward(request, target, extra, rule, upstream)
-        request.decided(rule.name, rule.action, outcome, request.identity.label)
+        by_ctl = decision.ctl is not None
+        request.decided(rule.name, "ctl-queue" if by_ctl else rule.action, outcome, request.identity.label)
         if self.debug_header:
-            entered.headers["X-Shield-Rule"] = f"{rule.name}; {outcome}"
+            entered.headers["X-Shield-Rule"] = f"{rule.name}; {outcome}{' by ctl' if by_ctl else ''}"
         return self._refusal(request, entered)
 
     def _ban_answer(self, source: str) -> int:

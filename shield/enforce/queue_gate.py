@@ -12,6 +12,10 @@ replica admits from the one line) and answers:
   comes with its cookie;
 - a client drawing tickets faster than ``queue.draw_limit``: 429, and no new place.
 
+The rate is the rule's ``admit`` (its ``burst`` at once after a quiet spell), or, for a rule
+``shield ctl queue`` put in a waiting room, the pace the operator gave (as many at once): any
+rule can queue, and the line is the rule's either way.
+
 The estimate: ``(ticket - admitted up to) / rate``. Tickets of visitors who gave up are passed
 over as the line advances at the admit rate whether or not they come back, so nobody behind
 them waits longer for them; the price is paid in admissions: a ticket abandoned is a place
@@ -33,7 +37,7 @@ from shield.clock import Clock
 from shield.config.rules import parse_limit
 from shield.config.state import OnStateError
 from shield.config.waiting_room import WaitingRoom
-from shield.decide.decision import Queue
+from shield.decide.decision import CtlQueue, Queue, no_queue
 from shield.decide.gcra import Gcra
 from shield.decide.policy import CompiledRule, RequestView
 from shield.decide.queue_tickets import QueueTickets, Ticket, cookie_name
@@ -81,6 +85,8 @@ class QueueGate:
         self.standings: dict[str, QueueStanding] = {}
         self._signer: QueueTickets | None = None
         self._signer_of: tuple[bytes, float] = (b"", 0.0)
+        # The waiting rooms ``shield ctl queue`` opened (``Switches.queued``), for ``rules_waiting``.
+        self.ctl_queue: Callable[[str], CtlQueue | None] = no_queue
         self.follow(config)
 
     def follow(self, config: WaitingRoom) -> None:
@@ -109,11 +115,8 @@ class QueueGate:
     async def enter(self, request: Request, decision: Queue) -> tuple[str, ShieldAnswer | bytes]:
         """``("admitted", Set-Cookie lines for the forward)`` or ``(outcome, Shield's answer)``:
         ``queued`` (the waiting page), ``throttled`` (too many tickets), ``error`` (no state)."""
-        rule, ticket = decision
-        rate = rule.config.admission
-        assert rate is not None
-        per_second = rate.count / rate.period
-        burst = rule.config.burst or rate.count
+        rule, ticket, ctl = decision
+        per_second, burst = _pace(rule, ctl)
         now = self.wall.now()
         bound = self.challenge.bound(request.client_key)
         tickets = self._tickets()
@@ -153,7 +156,9 @@ class QueueGate:
             position=ahead,
             wait=wait,
             refresh=max(1.0, min(wait, self.config.refresh)),
-            message=rule.config.message or "Lots of people want in right now. Thank you for waiting.",
+            message=(ctl.message if ctl is not None else "")
+            or rule.config.message
+            or "Lots of people want in right now. Thank you for waiting.",
             title=rule.config.public_name,
             accept=accept,
             status_path=self.status_path(),
@@ -199,17 +204,30 @@ class QueueGate:
         return {rule: float(max(0, s.issued - math.floor(s.admitted))) for rule, s in self.standings.items()}
 
     def rules_waiting(self, rules: tuple[CompiledRule, ...]) -> list[tuple[CompiledRule, float]]:
-        """The queue rules of ``rules`` with someone in line, and the wait at the back of it."""
+        """The rules of ``rules`` in a waiting room (queue rules, and those ``shield ctl queue``
+        put in one) with someone in line, and the wait at the back of it."""
         found = []
         for rule in rules:
             standing = self.standings.get(rule.name)
-            rate = rule.config.admission
-            if rule.action != "queue" or standing is None or rate is None:
+            if standing is None or rule.dry_run:
+                continue
+            ctl = self.ctl_queue(rule.name)
+            if ctl is None and rule.action != "queue":
                 continue
             behind = standing.issued - math.floor(standing.admitted)
             if behind > 0:
-                found.append((rule, behind * rate.period / rate.count))
+                found.append((rule, behind / _pace(rule, ctl)[0]))
         return found
+
+
+def _pace(rule: CompiledRule, ctl: CtlQueue | None) -> tuple[float, int]:
+    """Admissions a second and how many at once after a quiet spell: ``ctl``'s (as many at once
+    as it lets in per period), else the queue rule's ``admit`` and ``burst``."""
+    if ctl is not None:
+        return ctl.count / ctl.period, ctl.count
+    rate = rule.config.admission
+    assert rate is not None
+    return rate.count / rate.period, rule.config.burst or rate.count
 
 
 def _set_cookie(name: str, value: str, max_age: int, secure: bool) -> bytes:

@@ -1,10 +1,11 @@
-"""The ctl API on the admin listener: close and open rules for a while, list and lift bans, status,
-and the top offenders of the last minutes (``GET /ctl/top``, read-only).
+"""The ctl API on the admin listener: close, queue and open rules for a while, list and lift bans,
+status, and the top offenders of the last minutes (``GET /ctl/top``, read-only).
 
 Mounted at ``/ctl/`` only when ``admin.ctl`` names a token; every call must carry it as
 ``Authorization: Bearer TOKEN`` (compared in constant time). Answers are JSON. The rule file
-stays the source of truth: only rules it names can be closed, a closure always ends, and
-``open`` removes ctl closures only (a rule the file closes stays closed).
+stays the source of truth: only rules it names can be closed or queued, a closure or a waiting
+room always ends, and ``open`` removes ctl's own only (a rule the file closes stays closed, a
+rule the file queues stays queued at its own rate).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from aiohttp.typedefs import Middleware
 
 from shield.app.reload import PolicyHolder
 from shield.config.units import parse_duration
+from shield.decide.decision import CtlQueue
+from shield.decide.policy import CompiledRule
 from shield.enforce.ban_list import BanList
 from shield.enforce.switches import Closure, Switches
 from shield.ops.top import TopEntry
@@ -73,6 +76,33 @@ def closure_record(closure: Closure, now: float) -> dict[str, Any]:
     }
 
 
+def queue_record(queue: CtlQueue, now: float, waiting: float) -> dict[str, Any]:
+    """A ctl waiting room as ``ctl status`` lists it: with the visitors in its line as this
+    process last saw it (an estimate, those who gave up included) and the wait at its back."""
+    return {
+        "rule": queue.rule,
+        "admit": queue.admit,
+        "message": queue.message,
+        "source": "ctl",
+        "until": queue.until,
+        "remaining": round(max(0.0, queue.until - now), 1),
+        "waiting": waiting,
+        "wait_seconds": round(waiting * queue.period / queue.count, 1),
+    }
+
+
+def _file_queue(rule: CompiledRule, waiting: float) -> dict[str, Any]:
+    """A queue rule of the file as ``ctl status`` lists it, with its line (as ``queue_record``)."""
+    rate = rule.config.admission
+    assert rate is not None
+    return {
+        "rule": rule.name,
+        "admit": rate.text,
+        "waiting": waiting,
+        "wait_seconds": round(waiting * rate.period / rate.count, 1),
+    }
+
+
 def _rule_names(api: CtlApi) -> list[str]:
     return [rule.name for rule in api.holder.current.policy.rules]
 
@@ -84,16 +114,23 @@ def _unknown_rule(api: CtlApi, name: str) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     api = request.app[CTL]
-    now = api.switches.wall.now()
+    switches = api.switches
+    now = switches.wall.now()
     runtime = api.holder.current
+    waiting = switches.waiting()
+    enforced = [r for r in runtime.policy.rules if not r.dry_run]
     return _json(
         200,
         {
             "state": api.state,
             "scope": "every replica" if api.state == "redis" else "this process only",
             "config_version": runtime.version,
-            "closures": [closure_record(c, now) for c in api.switches.closures()],
-            "closed_by_file": [r.name for r in runtime.policy.rules if r.action == "close" and not r.dry_run],
+            "closures": [closure_record(c, now) for c in switches.closures()],
+            "closed_by_file": [r.name for r in enforced if r.action == "close"],
+            "queues": [queue_record(q, now, waiting.get(q.rule, 0.0)) for q in switches.queues()],
+            "queued_by_file": [
+                _file_queue(r, waiting.get(r.name, 0.0)) for r in enforced if r.action == "queue"
+            ],
             "bans": {"enabled": api.bans is not None, "active": len(api.bans.bans()) if api.bans else 0},
         },
     )
@@ -123,21 +160,62 @@ async def close_rule(request: web.Request) -> web.Response:
     return _json(200, {"closed": closure_record(closure, api.switches.wall.now())})
 
 
+async def queue_rule(request: web.Request) -> web.Response:
+    """``{"admit": "20/minute", "for": "1h", "message": ...}``: the rule's matching requests go
+    through a waiting room letting ``admit`` in, until it ends or ``open`` lifts it."""
+    api = request.app[CTL]
+    name = request.match_info["rule"]
+    rule = next((r for r in api.holder.current.policy.rules if r.name == name), None)
+    if rule is None:
+        return _unknown_rule(api, name)
+    if rule.dry_run:
+        return _json(409, {"error": f"rule {name!r} runs in dry-run: it never answers, so it cannot queue"})
+    if rule.action in ("block", "close"):
+        verb = "blocks" if rule.action == "block" else "closes"
+        return _json(
+            409,
+            {"error": f"rule {name!r} {verb} every request it matches: a waiting room would lead nowhere"},
+        )
+    try:
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        admit = body.get("admit")
+        if not isinstance(admit, str):
+            raise ValueError("admit is required: the visitors let in, e.g. 20/minute")
+        duration = body.get("for")
+        seconds = None if duration is None else parse_duration(duration)
+        message = body.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ValueError("message must be a string")
+        queue = await api.switches.queue(name, admit, seconds, message)
+    except json.JSONDecodeError:
+        return _json(400, {"error": "the body must be JSON"})
+    except ValueError as error:
+        return _json(400, {"error": str(error)})
+    except SharedStateError as error:
+        return _json(503, {"error": f"queued on this replica only: {error}"})
+    now = api.switches.wall.now()
+    return _json(200, {"queued": queue_record(queue, now, api.switches.waiting().get(name, 0.0))})
+
+
 async def open_rule(request: web.Request) -> web.Response:
     api = request.app[CTL]
     name = request.match_info["rule"]
     known = name in _rule_names(api)
-    if not known and api.switches.closure(name) is None:
+    if not known and api.switches.closure(name) is None and api.switches.queued(name) is None:
         return _unknown_rule(api, name)
     try:
-        removed = await api.switches.open(name)
+        opened = await api.switches.open(name)
     except SharedStateError as error:
         return _json(503, {"error": f"opened on this replica only: {error}"})
-    if not removed and any(r.name == name and r.action == "close" for r in api.holder.current.policy.rules):
+    if not any(opened) and any(
+        r.name == name and r.action == "close" for r in api.holder.current.policy.rules
+    ):
         return _json(
             409, {"error": f"rule {name!r} is closed by the rule file; ctl only lifts its own closures"}
         )
-    return _json(200, {"opened": name, "was_closed": removed})
+    return _json(200, {"opened": name, "was_closed": opened.closed, "was_queued": opened.queued})
 
 
 async def list_bans(request: web.Request) -> web.Response:
@@ -222,6 +300,7 @@ def build_ctl_app(api: CtlApi) -> web.Application:
     app[CTL] = api
     app.router.add_get("/status", status)
     app.router.add_post("/rules/{rule}/close", close_rule)
+    app.router.add_post("/rules/{rule}/queue", queue_rule)
     app.router.add_post("/rules/{rule}/open", open_rule)
     app.router.add_get("/bans", list_bans)
     app.router.add_delete("/bans/{client:.+}", lift_ban)

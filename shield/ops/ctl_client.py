@@ -63,9 +63,25 @@ def close(base: str, token: str, rule: str, duration: str | None, message: str |
     return [f"closed {closed['rule']} {_when(closed['until'], closed['remaining'])}: {closed['message']!r}"]
 
 
+def queue(
+    base: str, token: str, rule: str, admit: str, duration: str | None, message: str | None
+) -> list[str]:
+    body = {"admit": admit, "for": duration, "message": message}
+    queued = call(base, token, "POST", f"/rules/{quote(rule, safe='')}/queue", body)["queued"]
+    said = repr(queued["message"]) if queued["message"] else "the rule's or the default waiting page message"
+    return [
+        f"queued {queued['rule']} at {queued['admit']} {_when(queued['until'], queued['remaining'])}: {said}"
+    ]
+
+
 def open_(base: str, token: str, rule: str) -> list[str]:
     answer = call(base, token, "POST", f"/rules/{quote(rule, safe='')}/open")
-    return [f"opened {rule}" if answer["was_closed"] else f"{rule} had no ctl closure; nothing changed"]
+    closed, queued = answer["was_closed"], answer.get("was_queued", False)
+    if closed and queued:
+        return [f"opened {rule}: its ctl closure and its ctl waiting room are lifted"]
+    if queued:
+        return [f"opened {rule}: its ctl waiting room is lifted"]
+    return [f"opened {rule}" if closed else f"{rule} had no ctl closure or waiting room; nothing changed"]
 
 
 def bans(base: str, token: str) -> list[str]:
@@ -95,9 +111,31 @@ def status(base: str, token: str) -> list[str]:
     else:
         lines.append("closed by ctl: none")
     lines.append(f"closed by the rule file: {', '.join(answer['closed_by_file']) or 'none'}")
+    queues = answer.get("queues", [])
+    if queues:
+        lines.append("queued by ctl (temporary waiting rooms):")
+        for q in queues:
+            line = f"  {q['rule']:<24} {q['admit']} {_when(q['until'], q['remaining'])}, {_line(q)}"
+            lines.append(line + (f": {q['message']!r}" if q["message"] else ""))
+    else:
+        lines.append("queued by ctl: none")
+    by_file = answer.get("queued_by_file", [])
+    if by_file:
+        lines.append("queued by the rule file:")
+        lines.extend(f"  {q['rule']:<24} {q['admit']}, {_line(q)}" for q in by_file)
+    else:
+        lines.append("queued by the rule file: none")
     ban_info = answer["bans"]
     lines.append(f"bans: {ban_info['active']} active" if ban_info["enabled"] else "bans: not enabled")
     return lines
+
+
+def _line(queue: dict[str, Any]) -> str:
+    """The line of a waiting room as this replica last saw it."""
+    waiting = int(queue["waiting"])
+    if not waiting:
+        return "nobody waiting"
+    return f"{waiting} waiting (about {queue['wait_seconds']:.0f}s at the back)"
 
 
 def top_answer(base: str, token: str, by: str, refused: bool, window: str, limit: int) -> dict[str, Any]:

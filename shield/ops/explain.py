@@ -2,8 +2,8 @@
 
 Runs the same code as the proxy: path canonicalization, the client address, the identity
 check, and the decision itself (``shield.decide.decision.decide``, with the status page, the
-challenge and ctl closures as the running Shield has them), so the decision it prints is the
-proxy's. The per-rule lines say why each rule before the deciding one did not apply.
+challenge, ctl closures and ctl waiting rooms as the running Shield has them), so the decision
+it prints is the proxy's. The per-rule lines say why each rule before the deciding one did not apply.
 """
 
 from __future__ import annotations
@@ -109,12 +109,14 @@ def explained(
     closures: dict[str, str] | None = None,
     ctl: bool = False,
     policy: Policy | None = None,
+    queues: dict[str, decided.CtlQueue] | None = None,
 ) -> tuple[list[str], decided.Decision | None]:
     """The lines ``shield explain`` prints, and the decision they end with (None: refused before
     any rule, 400); ``client_ip`` is the TCP peer.
 
-    With ``ctl`` (the config enables the ctl API) the runtime closures are shown: ``closures``
-    maps each closed rule to a description, None when the running Shield could not be asked.
+    With ``ctl`` (the config enables the ctl API) the runtime overrides are shown: ``closures``
+    maps each closed rule to a description, None when the running Shield could not be asked;
+    ``queues`` each rule ``ctl queue`` put in a waiting room to that waiting room.
     ``policy``: the config's rules, compiled already (compiled here when None)."""
     headers = parse_header_args(header_args)
     cookies = parse_cookie_args(cookie_args or [])
@@ -189,22 +191,32 @@ def explained(
             continue
         lines.append(f"{label} MATCH: {_action_text(rule, retry)}")
         deciding = rule
+    queues = queues or {}
     if ctl:
         if closures is None:
             lines.append(
-                "overrides: ctl closures are runtime-only and the admin listener did not answer; "
-                "`shield ctl status` lists them"
+                "overrides: ctl closures and waiting rooms are runtime-only and the admin listener "
+                "did not answer; `shield ctl status` lists them"
             )
         else:
             closed = next((rule for rule in matched if rule.name in closures), None)
+            queued = queues.get(deciding.name) if deciding is not None else None
             if closed is not None:
                 lines.append(f"override: rule {closed.name!r} is closed by ctl: {closures[closed.name]}")
-            else:
+            elif queued is not None:
+                said = f": {queued.message!r}" if queued.message else ""
                 lines.append(
-                    f"overrides: no ctl closure applies (closed by ctl: {', '.join(closures) or 'none'})"
+                    f"override: rule {queued.rule!r} is queued by ctl at {queued.admit} "
+                    f"for {max(0.0, queued.until - time.time()):.0f}s more{said}"
                 )
-    decision = decided.decide(view, _rulebook(config, policy, closures or {}))
-    return [*lines, _decision_text(decision, view, config)], decision
+            else:
+                closed_text, queued_text = ", ".join(closures) or "none", ", ".join(queues) or "none"
+                lines.append(
+                    "overrides: no ctl closure or waiting room applies "
+                    f"(closed by ctl: {closed_text}; queued by ctl: {queued_text})"
+                )
+    decision = decided.decide(view, _rulebook(config, policy, closures or {}, queues))
+    return [*lines, _decision_text(decision, view, config, queues)], decision
 
 
 class _CtlSaid(NamedTuple):
@@ -219,7 +231,9 @@ def _ago(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
 
 
-def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) -> decided.Rulebook:
+def _rulebook(
+    config: ShieldConfig, policy: Policy, closures: dict[str, str], queues: dict[str, decided.CtlQueue]
+) -> decided.Rulebook:
     """The running Shield's rulebook, as far as its config and ctl status tell."""
     challenge = config.challenge
     # With no configured key a pass cannot be checked here (each process makes its own key).
@@ -262,20 +276,24 @@ def _rulebook(config: ShieldConfig, policy: Policy, closures: dict[str, str]) ->
         passes=passes,
         ctl_closed=closures,
         ctl_closure=lambda name: _CtlSaid(closures[name], time.time()) if name in closures else None,
+        ctl_queued=queues,
+        ctl_queue=queues.get,
         queue_cookies=queue_cookies,
     )
 
 
-def _decision_text(decision: decided.Decision, view: RequestView, config: ShieldConfig) -> str:
+def _decision_text(
+    decision: decided.Decision, view: RequestView, config: ShieldConfig, queues: dict[str, decided.CtlQueue]
+) -> str:
     """The last line of ``explain``: what Shield does, as ``decide`` said."""
     match decision:
         case decided.DryRuns(_, then):
-            return _decision_text(then, view, config)
+            return _decision_text(then, view, config, queues)
         case decided.Forward(rule, _):
             if rule is None:
                 return "decision: forward to the upstream (no rule matched)"
             passed = " (its challenge pass is valid)" if rule.action == "challenge" else ""
-            if rule.action == "queue":
+            if rule.action == "queue" or rule.name in queues:
                 passed = " (admitted from its waiting room: the admission cookie is valid)"
             return f"decision: forwarded by rule {rule.name!r}{passed}"
         case decided.Throttle(rule, rate):
@@ -291,8 +309,8 @@ def _decision_text(decision: decided.Decision, view: RequestView, config: Shield
             return f"decision: closed (503) by rule {rule.name!r}'s auto-close trigger"
         case decided.Closed(rule) | decided.Blocked(rule) | decided.Challenged(rule):
             return f"decision: {rule.outcome} by rule {rule.name!r}"
-        case decided.Queue(rule, ticket):
-            admit = rule.config.admit
+        case decided.Queue(rule, ticket, ctl):
+            admit = f"queued by ctl, {ctl.admit}" if ctl is not None else rule.config.admit
             held = (
                 f"its ticket, number {ticket.number}, drawn {_ago(time.time() - ticket.issued)} ago"
                 if ticket is not None
