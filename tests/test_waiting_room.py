@@ -303,3 +303,63 @@ async def test_the_status_page_lists_busy_features_and_their_wait(
     finally:
         for visitor in (*visitors, client):
             await visitor.close()
+
+
+async def test_with_challenge_first_a_visitor_solves_then_queues(
+    upstream: str, settings: dict[str, Any], started: list[Shield]
+) -> None:
+    from shield.decide.challenge_tokens import solve
+    from tests.test_challenge import form_fields
+
+    wall = FakeClock(NOW)
+    rule = {**REGISTRATION, "challenge_first": True}
+    shield = await start(
+        started,
+        upstream,
+        wall,
+        **{**settings, "rules": [rule], "challenge": {**settings["challenge"], "difficulty": 8}},
+    )
+    script, person = Visitor(shield, "198.51.100.1"), Visitor(shield, "198.51.100.2")
+    try:
+        # A client that does not solve the puzzle gets the challenge page, and no ticket.
+        status, page, _ = await script.visit(Accept="text/html")
+        assert status == 429 and "crypto.subtle.digest" in page
+        assert script.cookie("shield_ticket_registration") is None
+        # One that solves it walks in on the line's burst, as any visitor would.
+        fields = form_fields((await person.visit(Accept="text/html"))[1])
+        fields["counter"] = solve(fields["token"], 8)
+        async with person.session.post(
+            url_of(shield, "/.shield/challenge"),
+            data=fields,
+            headers={XFF: person.address},
+            allow_redirects=False,
+        ) as solved:
+            assert solved.status == 303
+        assert (await person.visit())[:2] == (200, "upstream /signup/form")
+    finally:
+        for visitor in (script, person):
+            await visitor.close()
+
+
+async def test_one_network_cannot_fill_the_line_with_draw_limit_per_asn(
+    upstream: str, settings: dict[str, Any], started: list[Shield], tmp_path: Any
+) -> None:
+    from tests.network_databases import write_asn_db
+
+    wall = FakeClock(NOW)
+    geo = {"asn_db": str(write_asn_db(tmp_path / "asn.mmdb"))}
+    shield = await start(
+        started, upstream, wall, **settings, geo=geo, queue={"draw_limit_per_asn": "3/minute"}
+    )
+    # A provider's addresses, one ticket each (as a rotating flood draws): three between them.
+    hosting = [Visitor(shield, f"203.0.113.{n}") for n in range(1, 7)]
+    elsewhere = Visitor(shield, "198.51.100.9")  # another network
+    try:
+        answers = [await v.visit(Accept="application/json") for v in hosting]
+        said = ["in" if status == 200 else json.loads(text)["error"] for status, text, _ in answers]
+        # Two on the burst, one in line, then no more places for that network.
+        assert said == ["in", "in", "queued", *["Too many tickets drawn: keep the one you have."] * 3]
+        assert await position(elsewhere) == 1  # behind the provider's one place, not refused
+    finally:
+        for visitor in (*hosting, elsewhere):
+            await visitor.close()

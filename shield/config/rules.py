@@ -256,6 +256,7 @@ _ACTIONS_OF: dict[str, tuple[str, ...]] = {
     "burst": ("throttle", "queue"),
     "admit": ("queue",),
     "session": ("queue",),
+    "challenge_first": ("queue",),
 }
 
 
@@ -299,6 +300,11 @@ class Rule(Section):
     session: Duration | None = Field(
         None, description="queue: how long an admitted visitor stays in without queueing again (15m)."
     )
+    challenge_first: bool | None = Field(
+        None,
+        description="queue: visitors solve the challenge page before they draw a ticket, so a "
+        "script that cannot solve it never takes a place in line.",
+    )
     # attack mode
     priority: Literal["critical", "normal", "low"] = Field(
         "normal",
@@ -319,7 +325,9 @@ class Rule(Section):
             raise ValueError("a rule name is 1-64 letters, digits, '_', '.', ':' or '-'")
         return value
 
-    @field_validator("limit", "burst", "count", "message", "retry_after", "admit", "session")
+    @field_validator(
+        "limit", "burst", "count", "message", "retry_after", "admit", "session", "challenge_first"
+    )
     @classmethod
     def _for_its_action(cls, value: object, info: ValidationInfo) -> object:
         # Field validators run in declaration order, so ``action`` is known here and the error

@@ -31,6 +31,12 @@ class WaitingRoom(Section):
         description="Tickets one client (its address, IPv4 by challenge.ipv4_prefix) may draw: a "
         "client that drops its cookie to draw again goes to the back, and cannot flood the line.",
     )
+    draw_limit_per_asn: LimitText | None = Field(
+        None,
+        description="Tickets all the clients of one network (ASN, from geo.asn_db) may draw between "
+        "them, e.g. 100/minute: a flood rotating through a provider's addresses cannot fill the "
+        "line. Clients of no known network are held to draw_limit alone.",
+    )
     ticket_cookie: str = Field(
         "shield_ticket", pattern=r"^[A-Za-z0-9_-]{1,48}$", description="Ticket cookie name (per rule)."
     )

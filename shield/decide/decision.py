@@ -272,7 +272,12 @@ def decide(
         cookies = rules.queue_cookies
         assert cookies is not None
         admitted, ticket = cookies(rule.name, view)
-        decision = rule.forward if admitted else Queue(rule, ticket)
+        if admitted:
+            decision = rule.forward
+        elif rule.config.challenge_first and not _passes(view, rules):
+            decision = Challenged(rule)  # (solve, then queue: a script never takes a place)
+        else:
+            decision = Queue(rule, ticket)
     else:
         message = rule.config.message or DEFAULT_CLOSE_MESSAGE
         retry_after = rule.config.retry_after or rules.default_retry_after
@@ -315,7 +320,7 @@ def _queued_by_ctl(view: RequestView, rules: Rulebook, rule: CompiledRule, queue
     trigger = rule.trigger
     if trigger is not None and trigger.update(rules.now()):
         return None
-    if action == "challenge" and not _passes(view, rules):
+    if (action == "challenge" or rule.config.challenge_first) and not _passes(view, rules):
         return None
     cookies = rules.queue_cookies
     assert cookies is not None

@@ -693,7 +693,7 @@ class Policy:
         self.known: dict[tuple[str, str], CellMatch] = {}
         self.case_insensitive = options.case_insensitive_paths
         self.has_dry_run = any(r.dry_run for r in self.rules)
-        self.has_challenge = any(r.action == "challenge" for r in self.rules)
+        self.has_challenge = any(r.action == "challenge" or r.config.challenge_first for r in self.rules)
 
     def _keep_triggers(self, previous: Policy) -> None:
         """An auto-close trigger survives a reload while its rule's name and auto_close stay the same."""

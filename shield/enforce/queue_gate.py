@@ -94,6 +94,8 @@ class QueueGate:
         self.config = config
         count, period = parse_limit(config.draw_limit)
         self.draw_rate = Gcra(count, period, None)
+        per_asn = config.draw_limit_per_asn
+        self.draw_rate_per_asn = Gcra(*parse_limit(per_asn), None) if per_asn is not None else None
 
     def _tickets(self) -> QueueTickets:
         """The signer, under the challenge's key: the one replicas share (or this process's
@@ -124,7 +126,7 @@ class QueueGate:
         drawn: str | None = None
         try:
             if ticket is None:
-                if not self.draws.hit(f"{rule.name}|{bound}", self.draw_rate, now).allowed:
+                if not self._may_draw(rule, request.client_ip, bound, now):
                     return "throttled", _too_many_tickets(accept)
                 number, standing = await self._draw(rule.name, per_second, burst, now)
                 ticket = Ticket(number, now)
@@ -171,6 +173,17 @@ class QueueGate:
                 secure=request.secure,
             )
         return "queued", page
+
+    def _may_draw(self, rule: CompiledRule, client_ip: str, bound: str, now: float) -> bool:
+        """Whether this client may draw a ticket now: within ``draw_limit``, and its network
+        (when ``draw_limit_per_asn`` is set and the geo database knows it) within that."""
+        if not self.draws.hit(f"{rule.name}|{bound}", self.draw_rate, now).allowed:
+            return False
+        per_asn = self.draw_rate_per_asn
+        if per_asn is None:
+            return True
+        asn = rule.networks.facts(client_ip).asn
+        return asn is None or self.draws.hit(f"{rule.name}|asn:{asn}", per_asn, now).allowed
 
     async def _draw(self, name: str, rate: float, burst: int, now: float) -> tuple[int, QueueStanding]:
         """A new ticket from the shared line, or this process's (memory state, or Redis away
