@@ -113,9 +113,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config, config_path=args.config, worker=args.worker, stats_dir=args.stats_dir)
 
 
-def _ctl_overrides(config: ShieldConfig) -> tuple[dict[str, str], dict[str, CtlQueue]] | None:
-    """The running Shield's ctl closures (rule -> description) and ctl waiting rooms (rule ->
-    the waiting room), or None if it cannot be asked."""
+def _ctl_overrides(
+    config: ShieldConfig,
+) -> tuple[dict[str, str], dict[str, CtlQueue], dict[str, int]] | None:
+    """The running Shield's ctl closures (rule -> description), ctl waiting rooms (rule -> the
+    waiting room) and the lines of every waiting room (rule -> the last ticket let in), or None
+    if it cannot be asked."""
     from shield.config.rules import parse_limit
     from shield.decide.decision import CtlQueue
     from shield.ops import ctl_client
@@ -132,7 +135,12 @@ def _ctl_overrides(config: ShieldConfig) -> tuple[dict[str, str], dict[str, CtlQ
         q["rule"]: CtlQueue(q["rule"], q["admit"], *parse_limit(q["admit"]), q["message"], q["until"])
         for q in answer.get("queues", [])
     }
-    return closures, queues
+    lines = {
+        q["rule"]: int(q["admitted_up_to"])
+        for q in [*answer.get("queues", []), *answer.get("queued_by_file", [])]
+        if q.get("admitted_up_to") is not None
+    }
+    return closures, queues, lines
 
 
 def _admin_url(config: ShieldConfig) -> str:
@@ -149,7 +157,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 1
     config = runtime.config
     overrides = _ctl_overrides(config) if config.admin.ctl is not None else None
-    closures, queues = overrides if overrides is not None else (None, None)
+    closures, queues, queue_lines = overrides if overrides is not None else (None, None, None)
     try:
         lines, _ = explained(
             config,
@@ -162,6 +170,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             queues=queues,
             ctl=config.admin.ctl is not None,
             policy=runtime.policy,
+            queue_lines=queue_lines,
         )
     except ValueError as error:
         print(f"shield explain: {error}", file=sys.stderr)

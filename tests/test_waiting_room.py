@@ -363,3 +363,48 @@ async def test_one_network_cannot_fill_the_line_with_draw_limit_per_asn(
     finally:
         for visitor in (*hosting, elsewhere):
             await visitor.close()
+
+
+async def test_explain_says_where_a_ticket_stands_in_the_running_line(
+    upstream: str,
+    settings: dict[str, Any],
+    started: list[Shield],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import contextlib
+    import io
+
+    import yaml
+
+    from shield import cli
+
+    monkeypatch.setenv("SHIELD_TEST_CTL", "walkthrough-ctl-token")
+    admin = {"listen": {"host": "127.0.0.1", "port": 0}, "ctl": {"token_env": "SHIELD_TEST_CTL"}}
+    shield = Shield(shield_config(upstream, **settings, admin=admin))  # the real clock, as explain's
+    await shield.start()
+    started.append(shield)
+    visitors = [Visitor(shield, f"198.51.100.{n}") for n in range(1, 6)]
+    try:
+        for visitor in visitors:
+            await visitor.visit()
+        ticket = visitors[4].cookie("shield_ticket_registration")
+        assert ticket is not None and ticket.startswith("5.")
+    finally:
+        for visitor in visitors:
+            await visitor.close()
+    path = tmp_path / "shield.yaml"
+    admin["listen"] = {"host": "127.0.0.1", "port": shield.admin_port}
+    path.write_text(yaml.safe_dump({"upstream": upstream, "admin": admin, **settings}))
+
+    def explain(cookie: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            args = ["explain", "-c", str(path), "GET", "/signup/form", "--ip", "198.51.100.5"]
+            assert cli.main([*args, "--cookie", cookie]) == 0
+        return out.getvalue()
+
+    said = await asyncio.to_thread(explain, f"shield_ticket_registration={ticket}")
+    assert "its ticket, number 5" in said
+    assert "2 ahead of it, as the running Shield last saw the line (up to ticket 2 let in)" in said

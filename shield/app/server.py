@@ -308,6 +308,11 @@ class Shield:
             queue=self.queue,
         )
         self.gatekeeper = gatekeeper
+        # Where the waiting room and ctl's switches meet: the gate paces the lines of rules
+        # ``ctl queue`` put in one, and ``ctl status`` shows those lines.
+        self.queue.ctl_queue = self.switches.queued
+        self.switches.waiting = self.queue.waiting
+        self.switches.admitted = self.queue.admitted_up_to
         self.stats.in_flight = self._in_flight
         limits = config.limits
         observer = Observer(

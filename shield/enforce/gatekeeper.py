@@ -134,11 +134,6 @@ class Gatekeeper:
         self.requests_per_client = requests_per_client
         self.crowdsec = crowdsec
         self.queue = queue
-        if queue is not None and switches is not None:
-            # Where the waiting room and ctl's switches meet: the gate paces the lines of rules
-            # ``ctl queue`` put in one, and ``ctl status`` shows those lines.
-            queue.ctl_queue = switches.queued
-            switches.waiting = queue.waiting
         # What a CrowdSec captcha decision is counted and debugged as: a challenge rule of its own.
         self.crowdsec_rule = CompiledRule(Rule(name="crowdsec", action="challenge"), PolicyOptions())
         # The config in force and what ``decide`` needs of it, and its policy.debug_header.

@@ -216,6 +216,11 @@ class QueueGate:
         estimate: it counts those who gave up too)."""
         return {rule: float(max(0, s.issued - math.floor(s.admitted))) for rule, s in self.standings.items()}
 
+    def admitted_up_to(self) -> dict[str, int]:
+        """Rule -> the last ticket its line has let in, as this process last saw it (``shield
+        explain`` turns a ticket into a place with it)."""
+        return {rule: math.floor(s.admitted) for rule, s in self.standings.items()}
+
     def rules_waiting(self, rules: tuple[CompiledRule, ...]) -> list[tuple[CompiledRule, float]]:
         """The rules of ``rules`` in a waiting room (queue rules, and those ``shield ctl queue``
         put in one) with someone in line, and the wait at the back of it."""

@@ -71,6 +71,8 @@ class Switches:
         # Rule -> visitors in its line, as this process last saw it: the waiting room's
         # (``QueueGate.waiting``), which the gatekeeper hands over where both meet.
         self.waiting: Callable[[], Mapping[str, float]] = dict
+        # Rule -> the last ticket its line let in (``QueueGate.admitted_up_to``), likewise.
+        self.admitted: Callable[[], Mapping[str, int]] = dict
 
     @property
     def local(self) -> dict[str, Record]:

@@ -76,10 +76,12 @@ def closure_record(closure: Closure, now: float) -> dict[str, Any]:
     }
 
 
-def queue_record(queue: CtlQueue, now: float, waiting: float) -> dict[str, Any]:
+def queue_record(queue: CtlQueue, now: float, waiting: float, admitted: int | None = None) -> dict[str, Any]:
     """A ctl waiting room as ``ctl status`` lists it: with the visitors in its line as this
-    process last saw it (an estimate, those who gave up included) and the wait at its back."""
+    process last saw it (an estimate, those who gave up included), the wait at its back and the
+    last ticket let in (None: no line seen yet)."""
     return {
+        "admitted_up_to": admitted,
         "rule": queue.rule,
         "admit": queue.admit,
         "message": queue.message,
@@ -91,11 +93,12 @@ def queue_record(queue: CtlQueue, now: float, waiting: float) -> dict[str, Any]:
     }
 
 
-def _file_queue(rule: CompiledRule, waiting: float) -> dict[str, Any]:
+def _file_queue(rule: CompiledRule, waiting: float, admitted: int | None) -> dict[str, Any]:
     """A queue rule of the file as ``ctl status`` lists it, with its line (as ``queue_record``)."""
     rate = rule.config.admission
     assert rate is not None
     return {
+        "admitted_up_to": admitted,
         "rule": rule.name,
         "admit": rate.text,
         "waiting": waiting,
@@ -118,6 +121,7 @@ async def status(request: web.Request) -> web.Response:
     now = switches.wall.now()
     runtime = api.holder.current
     waiting = switches.waiting()
+    admitted = switches.admitted()
     enforced = [r for r in runtime.policy.rules if not r.dry_run]
     return _json(
         200,
@@ -127,9 +131,14 @@ async def status(request: web.Request) -> web.Response:
             "config_version": runtime.version,
             "closures": [closure_record(c, now) for c in switches.closures()],
             "closed_by_file": [r.name for r in enforced if r.action == "close"],
-            "queues": [queue_record(q, now, waiting.get(q.rule, 0.0)) for q in switches.queues()],
+            "queues": [
+                queue_record(q, now, waiting.get(q.rule, 0.0), admitted.get(q.rule))
+                for q in switches.queues()
+            ],
             "queued_by_file": [
-                _file_queue(r, waiting.get(r.name, 0.0)) for r in enforced if r.action == "queue"
+                _file_queue(r, waiting.get(r.name, 0.0), admitted.get(r.name))
+                for r in enforced
+                if r.action == "queue"
             ],
             "bans": {"enabled": api.bans is not None, "active": len(api.bans.bans()) if api.bans else 0},
         },

@@ -110,13 +110,15 @@ def explained(
     ctl: bool = False,
     policy: Policy | None = None,
     queues: dict[str, decided.CtlQueue] | None = None,
+    queue_lines: dict[str, int] | None = None,
 ) -> tuple[list[str], decided.Decision | None]:
     """The lines ``shield explain`` prints, and the decision they end with (None: refused before
     any rule, 400); ``client_ip`` is the TCP peer.
 
     With ``ctl`` (the config enables the ctl API) the runtime overrides are shown: ``closures``
     maps each closed rule to a description, None when the running Shield could not be asked;
-    ``queues`` each rule ``ctl queue`` put in a waiting room to that waiting room.
+    ``queues`` each rule ``ctl queue`` put in a waiting room to that waiting room;
+    ``queue_lines`` each waiting room's last ticket let in, so a ticket's place can be said.
     ``policy``: the config's rules, compiled already (compiled here when None)."""
     headers = parse_header_args(header_args)
     cookies = parse_cookie_args(cookie_args or [])
@@ -216,7 +218,7 @@ def explained(
                     f"(closed by ctl: {closed_text}; queued by ctl: {queued_text})"
                 )
     decision = decided.decide(view, _rulebook(config, policy, closures or {}, queues))
-    return [*lines, _decision_text(decision, view, config, queues)], decision
+    return [*lines, _decision_text(decision, view, config, queues, queue_lines or {})], decision
 
 
 class _CtlSaid(NamedTuple):
@@ -283,12 +285,16 @@ def _rulebook(
 
 
 def _decision_text(
-    decision: decided.Decision, view: RequestView, config: ShieldConfig, queues: dict[str, decided.CtlQueue]
+    decision: decided.Decision,
+    view: RequestView,
+    config: ShieldConfig,
+    queues: dict[str, decided.CtlQueue],
+    queue_lines: dict[str, int],
 ) -> str:
     """The last line of ``explain``: what Shield does, as ``decide`` said."""
     match decision:
         case decided.DryRuns(_, then):
-            return _decision_text(then, view, config, queues)
+            return _decision_text(then, view, config, queues, queue_lines)
         case decided.Forward(rule, _):
             if rule is None:
                 return "decision: forward to the upstream (no rule matched)"
@@ -311,15 +317,23 @@ def _decision_text(
             return f"decision: {rule.outcome} by rule {rule.name!r}"
         case decided.Queue(rule, ticket, ctl):
             admit = f"queued by ctl, {ctl.admit}" if ctl is not None else rule.config.admit
-            held = (
-                f"its ticket, number {ticket.number}, drawn {_ago(time.time() - ticket.issued)} ago"
-                if ticket is not None
-                else "no ticket yet: it draws one, at the back of the line"
-            )
-            return (
-                f"decision: waiting room of rule {rule.name!r} ({admit} let in): {held}; its place "
-                "and wait depend on the line as it stands (`shield ctl status` shows the line)"
-            )
+            if ticket is None:
+                return (
+                    f"decision: waiting room of rule {rule.name!r} ({admit} let in): no ticket yet: "
+                    "it draws one, at the back of the line"
+                )
+            held = f"its ticket, number {ticket.number}, drawn {_ago(time.time() - ticket.issued)} ago"
+            let_in = queue_lines.get(rule.name)
+            if let_in is None:
+                where = "its place depends on the line as it stands (`shield ctl status` shows the line)"
+            elif ticket.number <= let_in:
+                where = "its turn has come: the next request walks in"
+            else:
+                where = (
+                    f"{ticket.number - let_in - 1} ahead of it, as the running Shield last saw the "
+                    f"line (up to ticket {let_in} let in)"
+                )
+            return f"decision: waiting room of rule {rule.name!r} ({admit} let in): {held}; {where}"
         case decided.ServeStatusPage():
             return (
                 f"decision: Shield answers its status page ({config.status_page.path}); no rule is consulted"
