@@ -167,6 +167,7 @@ async def test_an_allow_rule_queued_by_ctl_admits_at_the_rate_until_opened(
     )
     assert status == 200
     assert body["queued"] == {
+        "admitted_up_to": None,  # (no line seen yet)
         "rule": "register",
         "admit": "2/minute",
         "message": "Busy: you are in line.",
