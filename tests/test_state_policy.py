@@ -96,6 +96,15 @@ def test_workers_with_memory_state_and_a_throttle_are_refused_at_the_workers_lin
     assert "4 times its limit" in message
 
 
+def test_workers_with_memory_state_and_a_waiting_room_are_refused_too() -> None:
+    queue = (
+        "rules:\n  - name: registration\n    match: { paths: [/signup] }\n"
+        "    action: queue\n    admit: 30/minute\n"
+    )
+    message = check(CONFIG + "workers: 2\n" + queue)
+    assert "queue rule 'registration' would let 2 times its admit rate through" in message
+
+
 @pytest.mark.parametrize(
     "accepted",
     [

@@ -408,3 +408,27 @@ async def test_explain_says_where_a_ticket_stands_in_the_running_line(
     said = await asyncio.to_thread(explain, f"shield_ticket_registration={ticket}")
     assert "its ticket, number 5" in said
     assert "2 ahead of it, as the running Shield last saw the line (up to ticket 2 let in)" in said
+
+
+async def test_a_dry_run_queue_counts_who_would_have_waited_and_lets_everyone_in(
+    upstream: str, settings: dict[str, Any], started: list[Shield]
+) -> None:
+    wall = FakeClock(NOW)
+    rule = {**REGISTRATION, "mode": "dry-run"}
+    shield = await start(started, upstream, wall, **{**settings, "rules": [rule]})
+    visitors = [Visitor(shield, f"192.0.2.{n}") for n in range(1, 6)]
+    try:
+        seen = [await visitor.visit() for visitor in visitors]
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
+        ):
+            metrics = await response.text()
+    finally:
+        for visitor in visitors:
+            await visitor.close()
+    # Everyone reached the form, without a ticket; past the burst of 2, three would have waited.
+    assert [(status, text) for status, text, _ in seen] == [(200, "upstream /signup/form")] * 5
+    assert all(visitor.cookie("shield_ticket") is None for visitor in visitors)
+    assert 'shield_dry_run_decisions_total{decision="queued",rule="registration"} 3.0' in metrics
+    assert 'shield_dry_run_decisions_total{decision="forwarded",rule="registration"} 2.0' in metrics

@@ -284,16 +284,19 @@ def _unnamed_on_status_page(config: ShieldConfig) -> list[Finding]:
 
 
 def per_worker_limits(config: ShieldConfig) -> list[Finding]:
-    """Workers with memory state count apart, so each would let the whole limit through."""
+    """Workers with memory state count apart, so each would let the whole limit through (a
+    throttle's limit, a waiting room's admit rate: each worker keeps its own line)."""
     state = config.state
-    throttles = [rule.name for rule in config.rules if rule.action == "throttle"]
-    if config.workers == 1 or state.backend != "memory" or state.per_worker_limits or not throttles:
+    counted = [rule for rule in config.rules if rule.action in ("throttle", "queue")]
+    if config.workers == 1 or state.backend != "memory" or state.per_worker_limits or not counted:
         return []
+    rule = counted[0]
+    what = "its limit" if rule.action == "throttle" else "its admit rate"
     return [
         Finding(
             ("workers",),
             f"workers: {config.workers} with state.backend: memory gives each worker its own "
-            f"counters, so throttle rule {throttles[0]!r} would let {config.workers} times its limit "
+            f"counters, so {rule.action} rule {rule.name!r} would let {config.workers} times {what} "
             "through; use state.backend: redis, or set state.per_worker_limits: true to accept it",
         )
     ]

@@ -241,6 +241,7 @@ def first_segments(patterns: list[str] | None, *, case_insensitive: bool) -> fro
 class CompiledRule:
     __slots__ = (
         "action",
+        "admission",
         "authenticated",
         "by_ip",
         "checks",
@@ -303,6 +304,9 @@ class CompiledRule:
         )
         # Indexed by ``identity.authenticated``: (anonymous rate, authenticated rate).
         self.rates = (self.rate, other)
+        # queue: the admit rate as a bucket, for a dry run's estimate of who would have waited.
+        admit = rule.admission
+        self.admission = Gcra(admit.count, admit.period, rule.burst) if admit is not None else None
         self.key_parts = tuple(rule.key if isinstance(rule.key, list) else [rule.key])
         self.by_ip = self.key_parts == _BY_IP
         self.count_statuses = frozenset(rule.count.status) if rule.count else None

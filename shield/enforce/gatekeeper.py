@@ -539,6 +539,11 @@ class Gatekeeper:
                 assert rate is not None
                 result = self.limiter.hit(rule.state_key(request), rate, self.now())
                 self._record_dry_run(rule, request, "forwarded" if result.allowed else "throttled")
+            elif (admission := rule.admission) is not None:
+                # A queue in dry-run draws no tickets (they would move the real line): a request
+                # past the admit rate, all clients together, is one that would have waited.
+                result = self.limiter.hit(rule.state_prefix + "dry-run queue", admission, self.now())
+                self._record_dry_run(rule, request, "forwarded" if result.allowed else "queued")
             else:
                 self._record_dry_run(rule, request, rule.outcome)
 
@@ -551,6 +556,11 @@ class Gatekeeper:
                 result = await self.shared.decide(rule.state_key(request), rate)
                 self._record_dry_run(
                     rule, request, "throttled" if result and not result.allowed else "forwarded"
+                )
+            elif (admission := rule.admission) is not None:  # (as in _record_dry_runs)
+                result = await self.shared.decide(rule.state_prefix + "dry-run queue", admission)
+                self._record_dry_run(
+                    rule, request, "queued" if result and not result.allowed else "forwarded"
                 )
             else:
                 self._record_dry_run(rule, request, rule.outcome)
