@@ -21,10 +21,13 @@ class Ctl(Section):
     token_env: str | None = Field(None, description="Environment variable holding the ctl token.")
     token_file: str | None = Field(None, description="File holding the ctl token.")
     default_duration: Duration = Field(
-        3600.0, gt=0, description="How long `ctl close` lasts when --for is not given."
+        3600.0, gt=0, description="How long `ctl close` and `ctl queue` last when --for is not given."
     )
     max_duration: Duration = Field(
-        86400.0, gt=0, description="The longest a ctl closure may last: nothing stays closed by accident."
+        86400.0,
+        gt=0,
+        description="The longest a ctl closure or waiting room may last: nothing stays closed or "
+        "queued by accident.",
     )
 
     _token: bytes = PrivateAttr(b"")

@@ -89,7 +89,8 @@ class Admin(Section):
         10.0, description="Report ready after this long even if the upstream never answered."
     )
     ctl: Ctl | None = Field(
-        None, description="The ctl API (/ctl/...): close and open rules, list and lift bans. Off without it."
+        None,
+        description="The ctl API (/ctl/...): close, queue and open rules, list and lift bans, top offenders. Off without it.",
     )
     request_metrics: bool = Field(
         True,
