@@ -90,7 +90,8 @@ class Admin(Section):
     )
     ctl: Ctl | None = Field(
         None,
-        description="The ctl API (/ctl/...): close, queue and open rules, list and lift bans, top offenders. Off without it.",
+        description="The ctl API (/ctl/...): close, queue and open rules, list and lift bans, top "
+        "offenders. Off without it.",
     )
     request_metrics: bool = Field(
         True,
