@@ -262,15 +262,35 @@ async def test_the_rules_own_action_still_applies_to_those_let_in(
     for rule in ("search", "forum"):
         assert (await ctl(shield, "POST", f"/rules/{rule}/queue", {"admit": "1/minute"}))[0] == 200
     walker, waiter, reader = crowd(visitors, shield, 3)
-    # The throttle still counts the requests of a visitor let in: 3 a minute (from its second
-    # request: the one that walks in is the waiting room's).
+    # The throttle still counts the requests of a visitor let in, the one that walks in too:
+    # 3 a minute.
     statuses = [(await walker.visit("/search", accept="application/json"))[0] for _ in range(5)]
-    assert statuses == [200, 200, 200, 200, 429]
+    assert statuses == [200, 200, 200, 429, 429]
     assert await waiter.place("/search") == 0
     # A challenge still asks for its pass first: no place in line for a client without one.
     status, page = await reader.visit("/forum")
     assert status == 429 and "crypto.subtle.digest" in page
     assert reader.cookie("shield_ticket_forum") is None
+
+
+async def test_a_throttle_refusing_the_walk_in_leaves_the_visitor_admitted(
+    shields: list[Shield], upstream: str, token_env: str, visitors: list[Visitor]
+) -> None:
+    wall = FakeClock(NOW)
+    shield = await start(shields, upstream, token_env, wall)
+    (visitor,) = crowd(visitors, shield, 1)
+    # The visitor spends its throttle bucket (3 a minute) before ctl puts the rule in a queue.
+    assert [(await visitor.visit("/search"))[0] for _ in range(3)] == [200] * 3
+    assert (await ctl(shield, "POST", "/rules/search/queue", {"admit": "1/minute"}))[0] == 200
+    # Its turn comes at once (the line is empty) but the throttle refuses that request: a 429 of
+    # the throttle's, and the admission kept, so the next request is the throttle's again and
+    # not the waiting room's.
+    status, text = await visitor.visit("/search", accept="application/json")
+    assert status == 429 and json.loads(text)["error"] == "Too many requests."
+    assert visitor.cookie("shield_admitted_search") is not None
+    status, text = await visitor.visit("/search", accept="application/json")
+    assert status == 429 and json.loads(text)["error"] == "Too many requests."
+    assert visitor.cookie("shield_ticket_search") is None  # never drew a second ticket
 
 
 async def test_a_queue_rule_of_the_file_takes_the_ctl_pace(

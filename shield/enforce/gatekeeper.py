@@ -44,6 +44,7 @@ from shield.decide.decision import (
     no_queue,
     own_pages,
 )
+from shield.decide.gcra import RateLimitResult
 from shield.decide.identity import ANONYMOUS, IdentityResolver, NoIdentity
 from shield.decide.paths import UnsafePath, canonical_raw_path
 from shield.decide.policy import CompiledRule, RequestView
@@ -54,7 +55,7 @@ from shield.enforce.challenge_gate import ChallengeGate
 from shield.enforce.crowdsec_bouncer import CrowdsecBouncer
 from shield.enforce.introspection import Introspector
 from shield.enforce.overload_gate import OverloadGate
-from shield.enforce.queue_gate import QueueGate
+from shield.enforce.queue_gate import Admission, QueueGate
 from shield.enforce.switches import Switches
 from shield.http.connection import Reply, Request, Written
 from shield.http.headers import identity_lines
@@ -374,14 +375,46 @@ class Gatekeeper:
         assert self.queue is not None
         rule = decision.rule
         outcome, entered = await self.queue.enter(request, decision)
-        if isinstance(entered, bytes):
-            extra = entered + (_forwarded_line(rule) if self.debug_header else b"")
+        if isinstance(entered, Admission):
+            if decision.ctl is not None and rule.throttles:
+                return await self._throttled_walk_in(request, rule, entered, target, upstream)
+            extra = entered.lines + (_forwarded_line(rule) if self.debug_header else b"")
             return await self._forward(request, target, extra, rule, upstream)
         by_ctl = decision.ctl is not None
         request.decided(rule.name, "ctl-queue" if by_ctl else rule.action, outcome, request.identity.label)
         if self.debug_header:
             entered.headers["X-Shield-Rule"] = f"{rule.name}; {outcome}{' by ctl' if by_ctl else ''}"
         return self._refusal(request, entered)
+
+    async def _throttled_walk_in(
+        self, request: Request, rule: CompiledRule, admission: Admission, target: bytes, upstream: Upstream
+    ) -> Reply:
+        """A visitor let in from the waiting room ``ctl queue`` put a throttle rule in: the
+        request that walks in is the throttle's to judge, as the ones after it are. Refused, it
+        keeps its admission (its place is used; the 429 says when to come back)."""
+        rate = rule.rates[request.identity.authenticated]
+        assert rate is not None
+        key = rule.state_key(request)
+        charge = rule.count_statuses is None
+        limit: RateLimitResult | None
+        if self.shared is not None:
+            limit = await self.shared.decide(key, rate, 1 if charge else 0)
+        elif charge:
+            limit = self.limiter.hit(key, rate, self.now())
+        else:
+            limit = self.limiter.peek(key, rate, self.now())
+        verdict = after_throttle(rule, limit, self.deny_on_state_error)
+        if verdict is not rule.forward:
+            refused = await self._done(self.act(request, verdict, target, upstream))
+            if isinstance(refused, ShieldAnswer):
+                refused.cookies.extend(admission.cookies)
+            return refused
+        extra = admission.lines + (b"" if limit is None else ratelimit_lines(limit, rule.name, rate))
+        if self.debug_header:
+            extra += _forwarded_line(rule)
+        if not charge:
+            return await self._forward_counted(request, rule, extra, target, upstream)
+        return await self._forward(request, target, extra, rule, upstream)
 
     def _ban_answer(self, source: str) -> int:
         """The status of a ban by ``source``: Shield's own (``bans.answer``) or CrowdSec's."""

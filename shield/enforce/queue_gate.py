@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from http.cookies import SimpleCookie
-from typing import Final
+from typing import Final, NamedTuple
 
 from shield.clock import Clock
 from shield.config.rules import parse_limit
@@ -114,7 +114,7 @@ class QueueGate:
         bound = self.challenge.bound(view.client_key)
         return self._tickets().read(view.cookies, rule, bound, self.wall.now(), names)
 
-    async def enter(self, request: Request, decision: Queue) -> tuple[str, ShieldAnswer | bytes]:
+    async def enter(self, request: Request, decision: Queue) -> tuple[str, ShieldAnswer | Admission]:
         """``("admitted", Set-Cookie lines for the forward)`` or ``(outcome, Shield's answer)``:
         ``queued`` (the waiting page), ``throttled`` (too many tickets), ``error`` (no state)."""
         rule, ticket, ctl = decision
@@ -137,21 +137,25 @@ class QueueGate:
             if self.on_error == "deny":
                 log.debug("queue %s: the shared line did not answer: %s", rule.name, error)
                 return "error", answers.unavailable(accept=accept, extra={})
-            return "admitted", b""  # on_error: allow lets the visitor in (a local line is local's)
+            return "admitted", Admission([])  # on_error: allow lets the visitor in (no cookie)
         self.standings[rule.name] = standing
         if ticket.number <= standing.admitted:
             self.admitted[rule.name] += 1
             self._wait_of(rule.name).observe_all([max(0.0, now - ticket.issued)])
             session = rule.config.session or DEFAULT_SESSION
-            lines = _set_cookie(
-                cookie_name(self.config.session_cookie, rule.name),
-                tickets.admission(rule.name, bound, now, session),
-                int(session),
-                request.secure,
-            )
+            cookies = [
+                _set_cookie(
+                    cookie_name(self.config.session_cookie, rule.name),
+                    tickets.admission(rule.name, bound, now, session),
+                    int(session),
+                    request.secure,
+                )
+            ]
             if decision.ticket is not None:  # the ticket has served: gone from the browser
-                lines += _set_cookie(cookie_name(self.config.ticket_cookie, rule.name), "", 0, request.secure)
-            return "admitted", lines
+                cookies.append(
+                    _set_cookie(cookie_name(self.config.ticket_cookie, rule.name), "", 0, request.secure)
+                )
+            return "admitted", Admission(cookies)
         ahead = max(0, ticket.number - math.floor(standing.admitted) - 1)
         wait = (ticket.number - standing.admitted) / per_second
         page = queued(
@@ -248,9 +252,19 @@ def _pace(rule: CompiledRule, ctl: CtlQueue | None) -> tuple[float, int]:
     return rate.count / rate.period, rule.config.burst or rate.count
 
 
-def _set_cookie(name: str, value: str, max_age: int, secure: bool) -> bytes:
-    """A ``Set-Cookie`` header line for a forwarded answer (Shield's own answers use
-    ``ShieldAnswer.set_cookie``)."""
+class Admission(NamedTuple):
+    """A visitor let in: the cookies to set (``Set-Cookie`` values), on the forwarded answer
+    (``lines``) or on Shield's own (``ShieldAnswer.cookies``)."""
+
+    cookies: list[str]
+
+    @property
+    def lines(self) -> bytes:
+        return b"".join(b"Set-Cookie: " + cookie.encode("latin-1") + b"\r\n" for cookie in self.cookies)
+
+
+def _set_cookie(name: str, value: str, max_age: int, secure: bool) -> str:
+    """A ``Set-Cookie`` value (Shield's own answers have ``ShieldAnswer.set_cookie`` too)."""
     jar: SimpleCookie = SimpleCookie()
     jar[name] = value
     morsel = jar[name]
@@ -259,7 +273,7 @@ def _set_cookie(name: str, value: str, max_age: int, secure: bool) -> bytes:
     morsel["samesite"] = "Lax"
     morsel["httponly"] = True
     morsel["secure"] = secure
-    return b"Set-Cookie: " + morsel.OutputString().encode("latin-1") + b"\r\n"
+    return morsel.OutputString()
 
 
 def _too_many_tickets(accept: str | None) -> ShieldAnswer:
