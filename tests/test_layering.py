@@ -41,7 +41,15 @@ IO_LIBRARIES = {
     "threading",
 }
 # Shield's own packages that do I/O: a pure module outside decide/ may not lean on them either.
-IO_PACKAGES = ("shield.enforce", "shield.upstream", "shield.app", "shield.ops", "shield.demo", "shield.state")
+IO_PACKAGES = (
+    "shield.enforce",
+    "shield.upstream",
+    "shield.app",
+    "shield.ops",
+    "shield.demo",
+    "shield.state",
+    "shield.feeds",
+)
 PURE_OUTSIDE_IO_PACKAGES = {"shield.state.breaker", "shield.state.overlimit", "shield.ops.explain"}
 
 
