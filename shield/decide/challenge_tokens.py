@@ -17,6 +17,15 @@ import ipaddress
 import secrets
 
 MAX_COUNTER_DIGITS = 20
+# A Unix time in whole seconds, as the tokens carry it (13 digits last until the year 318857).
+MAX_TIME_DIGITS = 13
+
+
+def whole_number(text: str, digits: int) -> bool:
+    """Whether ``text`` is a number ``int()`` reads: ASCII digits only (``str.isdigit`` takes
+    '²' too, which ``int`` refuses) and at most ``digits`` of them (past 4,300 ``int`` refuses
+    as well): a cookie is the client's to write, and neither may become a 500."""
+    return 0 < len(text) <= digits and text.isascii() and text.isdigit()
 
 
 def binding(client_key: str, ipv4_prefix: int) -> str:
@@ -74,14 +83,14 @@ class Challenger:
     def check_solution(self, token: str, counter: str, bound_to: str, now: float) -> str | None:
         """None when ``counter`` solves a puzzle issued to ``bound_to`` and not expired; else why not."""
         parts = token.split(".")
-        if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
+        if len(parts) != 4 or not whole_number(parts[0], MAX_TIME_DIGITS) or not whole_number(parts[1], 3):
             return "malformed puzzle"
         expires, difficulty, salt, signature = parts
         if not hmac.compare_digest(signature, self._sign("puzzle", bound_to, expires, difficulty, salt)):
             return "puzzle not issued to this client"
         if int(expires) < now:
             return "puzzle expired"
-        if not counter.isdigit() or len(counter) > MAX_COUNTER_DIGITS:
+        if not whole_number(counter, MAX_COUNTER_DIGITS):
             return "malformed solution"
         if not solves(token, counter, int(difficulty)):
             return "wrong solution"
@@ -96,6 +105,6 @@ class Challenger:
         if not cookie:
             return False
         expires, _, signature = cookie.partition(".")
-        if not expires.isdigit() or int(expires) < now:
+        if not whole_number(expires, MAX_TIME_DIGITS) or int(expires) < now:
             return False
         return hmac.compare_digest(signature, self._sign("pass", bound_to, expires))

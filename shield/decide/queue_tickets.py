@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Final, NamedTuple
 
+from shield.decide.challenge_tokens import MAX_TIME_DIGITS, whole_number
+
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TICKET_DIGITS: Final = 18
 
@@ -56,7 +58,7 @@ class QueueTickets:
         if len(parts) != 3:
             return None
         number, issued, signature = parts
-        if not (number.isdigit() and issued.isdigit()) or len(number) > MAX_TICKET_DIGITS:
+        if not (whole_number(number, MAX_TICKET_DIGITS) and whole_number(issued, MAX_TIME_DIGITS)):
             return None
         if not hmac.compare_digest(signature, self._sign("ticket", rule, bound_to, number, issued)):
             return None
@@ -73,7 +75,7 @@ class QueueTickets:
         if not cookie:
             return False
         expires, _, signature = cookie.partition(".")
-        if not expires.isdigit() or int(expires) < now:
+        if not whole_number(expires, MAX_TIME_DIGITS) or int(expires) < now:
             return False
         return hmac.compare_digest(signature, self._sign("admitted", rule, bound_to, expires))
 
