@@ -4,12 +4,13 @@ an exception (an exception is a 500 on the request path)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shield.decide.challenge_tokens import Challenger
@@ -25,6 +26,9 @@ ANY_COOKIE = st.one_of(SHAPED, st.text(max_size=60))
 
 
 @given(ANY_COOKIE)
+@example("0.0.0.\x80")  # a signature that is not ASCII: compare_digest refuses it with a TypeError
+@example("\xb2.abc")
+@settings(max_examples=500, deadline=None)
 def test_checking_a_pass_never_raises(cookie: str) -> None:
     challenger = Challenger(KEY, difficulty=8, solve_within=60, pass_for=60)
     assert challenger.passes(cookie, "192.0.2.1", 1_800_000_000.0) is False
@@ -32,6 +36,9 @@ def test_checking_a_pass_never_raises(cookie: str) -> None:
 
 
 @given(ANY_COOKIE)
+@example("1.1.\x80")
+@example("\x80.\x80")
+@settings(max_examples=500, deadline=None)
 def test_checking_a_ticket_or_an_admission_never_raises(cookie: str) -> None:
     tickets = QueueTickets(KEY, ticket_for=3600)
     assert tickets.admitted(cookie, "signup", "192.0.2.1", 1_800_000_000.0) is False
@@ -65,3 +72,14 @@ async def test_a_pass_or_ticket_a_client_made_up_gets_the_page_not_a_500(
         ):
             async with client.get(url_of(shield, path), headers={"Cookie": cookie}) as response:
                 assert response.status in (200, 429), (path, response.status)  # the page, refused
+    # Bytes that are not ASCII in a signature, as a raw client sends them.
+    for path, cookie in (
+        (b"/forum", b"shield_pass=9.\xb2\xb2"),
+        (b"/signup", b"shield_admitted_signup=9.\xe9"),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+        writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: shop\r\nCookie: " + cookie + b"\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] in (b"200", b"429", b"400"), (path, status_line)

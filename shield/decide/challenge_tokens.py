@@ -39,6 +39,13 @@ def binding(client_key: str, ipv4_prefix: int) -> str:
     return client_key
 
 
+def same_signature(given: str, expected: str) -> bool:
+    """``hmac.compare_digest`` of a signature a client sent with the one expected: in constant
+    time, and a plain no for text that is not ASCII (which ``compare_digest`` refuses with a
+    TypeError: a 500 on the request path)."""
+    return given.isascii() and hmac.compare_digest(given, expected)
+
+
 def leading_zero_bits(digest: bytes) -> int:
     bits = 0
     for byte in digest:
@@ -86,7 +93,7 @@ class Challenger:
         if len(parts) != 4 or not whole_number(parts[0], MAX_TIME_DIGITS) or not whole_number(parts[1], 3):
             return "malformed puzzle"
         expires, difficulty, salt, signature = parts
-        if not hmac.compare_digest(signature, self._sign("puzzle", bound_to, expires, difficulty, salt)):
+        if not same_signature(signature, self._sign("puzzle", bound_to, expires, difficulty, salt)):
             return "puzzle not issued to this client"
         if int(expires) < now:
             return "puzzle expired"
@@ -107,4 +114,4 @@ class Challenger:
         expires, _, signature = cookie.partition(".")
         if not whole_number(expires, MAX_TIME_DIGITS) or int(expires) < now:
             return False
-        return hmac.compare_digest(signature, self._sign("pass", bound_to, expires))
+        return same_signature(signature, self._sign("pass", bound_to, expires))

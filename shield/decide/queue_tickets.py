@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Final, NamedTuple
 
-from shield.decide.challenge_tokens import MAX_TIME_DIGITS, whole_number
+from shield.decide.challenge_tokens import MAX_TIME_DIGITS, same_signature, whole_number
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TICKET_DIGITS: Final = 18
@@ -60,7 +60,7 @@ class QueueTickets:
         number, issued, signature = parts
         if not (whole_number(number, MAX_TICKET_DIGITS) and whole_number(issued, MAX_TIME_DIGITS)):
             return None
-        if not hmac.compare_digest(signature, self._sign("ticket", rule, bound_to, number, issued)):
+        if not same_signature(signature, self._sign("ticket", rule, bound_to, number, issued)):
             return None
         if not 0 <= now - int(issued) <= self.ticket_for:
             return None
@@ -77,7 +77,7 @@ class QueueTickets:
         expires, _, signature = cookie.partition(".")
         if not whole_number(expires, MAX_TIME_DIGITS) or int(expires) < now:
             return False
-        return hmac.compare_digest(signature, self._sign("admitted", rule, bound_to, expires))
+        return same_signature(signature, self._sign("admitted", rule, bound_to, expires))
 
     def read(
         self, cookies: Mapping[str, str], rule: str, bound_to: str, now: float, names: tuple[str, str]
