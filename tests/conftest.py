@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -82,6 +83,30 @@ async def make_shield() -> AsyncIterator[MakeShield]:
     yield make
     for shield in started:
         await shield.stop(grace=1.0)
+
+
+# Debian's chromium, for the browser tests (scripts/test.sh installs it).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's chromium, headless, through Playwright (no browser download)."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        await browser.close()
+
+
+async def metrics_text(shield: Shield) -> str:
+    """What Prometheus reads from the admin listener of ``shield``."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
+    ):
+        return await response.text()
 
 
 @pytest.fixture

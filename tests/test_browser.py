@@ -4,10 +4,8 @@ status page and the challenge page as a user sees them (screenshots kept in the 
 
 from __future__ import annotations
 
-import shutil
 import struct
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import MakeShield, serve, url_of
+from tests.conftest import CHROMIUM, MakeShield, serve, url_of
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
 MESSAGE = "Registration is paused while we deal with a flood of sign-ups."
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        await browser.close()
 
 
 async def welcome(request: web.Request) -> web.Response:

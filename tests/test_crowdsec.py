@@ -618,7 +618,7 @@ async def test_shield_answers_crowdsec_bans_and_challenges_its_captchas(
 
     from shield.app.server import Shield
     from shield.decide.challenge_tokens import solve
-    from tests.conftest import serve, shield_config, url_of
+    from tests.conftest import metrics_text, serve, shield_config, url_of
     from tests.test_challenge import form_fields
 
     async def ok(request: web.Request) -> web.Response:
@@ -667,11 +667,7 @@ async def test_shield_answers_crowdsec_bans_and_challenges_its_captchas(
             jar.clear()
             await lapi.delete_decisions(ip="192.0.2.1")
             await eventually("192.0.2.1", 200)
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
-        ):
-            metrics = await response.text()
+        metrics = await metrics_text(shield)
         counted = {
             line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
             for line in metrics.splitlines()

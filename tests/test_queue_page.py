@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.enforce.queue_page import queued
 from shield.http.answer import ShieldAnswer
-from tests.test_browser import CHROMIUM, distinct_rows
+from tests.conftest import CHROMIUM
+from tests.test_browser import distinct_rows
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 MESSAGE = "Sign-ups are open again! So many of you came at once that we let people in in turn."
@@ -171,16 +171,6 @@ def test_the_status_page_is_linked_when_it_is_on() -> None:
 # In the browser.
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        await browser.close()
 
 
 def as_response(answer: ShieldAnswer) -> web.Response:

@@ -17,7 +17,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from shield.app.server import Shield
 from shield.clock import FakeClock
-from tests.conftest import serve, shield_config, url_of
+from tests.conftest import metrics_text, serve, shield_config, url_of
 
 NOW = 1_800_000_000.0
 SECRET = "test-queue-signing-key-" * 3
@@ -258,11 +258,7 @@ async def test_the_metrics_say_who_waits_who_got_in_and_how_long_it_took(
         wall.advance(25)
         for visitor in visitors:
             await visitor.visit()  # two more in: they waited 25 s
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
-        ):
-            metrics = await response.text()
+        metrics = await metrics_text(shield)
     finally:
         for visitor in visitors:
             await visitor.close()
@@ -419,11 +415,7 @@ async def test_a_dry_run_queue_counts_who_would_have_waited_and_lets_everyone_in
     visitors = [Visitor(shield, f"192.0.2.{n}") for n in range(1, 6)]
     try:
         seen = [await visitor.visit() for visitor in visitors]
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(f"http://127.0.0.1:{shield.admin_port}/metrics") as response,
-        ):
-            metrics = await response.text()
+        metrics = await metrics_text(shield)
     finally:
         for visitor in visitors:
             await visitor.close()

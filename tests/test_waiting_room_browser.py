@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import MakeShield, serve, url_of
-from tests.test_browser import CHROMIUM, distinct_rows
+from tests.conftest import CHROMIUM, MakeShield, serve, url_of
+from tests.test_browser import distinct_rows
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
@@ -41,16 +41,6 @@ OTHERS = 4  # the first walks in on the burst; three abandoned tickets stay ahea
 # second apart. Arriving a quarter second in keeps each load well inside one place's second.
 ARRIVE_AFTER = 0.25
 WITHIN = 20.0
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture
