@@ -50,6 +50,19 @@ class RedisChannel:
     async def close(self) -> None:
         await self.connection.close()  # with a Sentinel-discovered client, its Sentinels too
 
+    async def pipeline(self, build: Callable[[Any], Any], *, stats: ProxyStats, what: str) -> list[Any]:
+        """The replies of the commands ``build`` puts on a pipeline, sent in one round trip, one
+        call at a time and within ``timeout``; a failure is counted in ``stats`` and raised as
+        ``SharedStateError`` saying ``what`` was being done."""
+        try:
+            async with self.lock, asyncio.timeout(self.timeout):
+                pipe = self.client.pipeline(transaction=False)
+                build(pipe)
+                return list(await pipe.execute())
+        except _FAILURES as exc:
+            stats.state_errors["redis"] += 1
+            raise SharedStateError(f"redis did not {what}: {exc!r}") from exc
+
 
 class SharedStateError(Exception):
     """Redis did not take a change; it applies to this replica only."""
@@ -149,16 +162,8 @@ class RecordStore:
         return int(replies[0])
 
     async def _call(self, build: Callable[[Any], Any]) -> list[Any]:
-        shared = self.shared
-        assert shared is not None
-        try:
-            async with shared.lock, asyncio.timeout(shared.timeout):
-                pipe = shared.client.pipeline(transaction=False)
-                build(pipe)
-                return list(await pipe.execute())
-        except _FAILURES as exc:
-            self.stats.state_errors["redis"] += 1
-            raise SharedStateError(f"redis did not take the change: {exc!r}") from exc
+        assert self.shared is not None
+        return await self.shared.pipeline(build, stats=self.stats, what="take the change")
 
     async def start(self) -> None:
         if self.shared is None:

@@ -195,13 +195,5 @@ class TopShare:
         return found
 
     async def _call(self, build: Callable[[Any], Any]) -> list[Any]:
-        channel = self.channel
-        assert channel is not None
-        try:
-            async with channel.lock, asyncio.timeout(channel.timeout):
-                pipe = channel.client.pipeline(transaction=False)
-                build(pipe)
-                return list(await pipe.execute())
-        except _FAILURES as exc:
-            self.stats.state_errors["redis"] += 1
-            raise SharedStateError(f"redis did not answer for the top tables: {exc!r}") from exc
+        assert self.channel is not None
+        return await self.channel.pipeline(build, stats=self.stats, what="answer for the top tables")
