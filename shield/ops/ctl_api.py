@@ -151,14 +151,7 @@ async def close_rule(request: web.Request) -> web.Response:
     if name not in _rule_names(api):
         return _unknown_rule(api, name)
     try:
-        body = await request.json() if request.can_read_body else {}
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
-        duration = body.get("for")
-        seconds = None if duration is None else parse_duration(duration)
-        message = body.get("message")
-        if message is not None and not isinstance(message, str):
-            raise ValueError("message must be a string")
+        _, seconds, message = await _override(request)
         closure = await api.switches.close(name, seconds, message)
     except json.JSONDecodeError:
         return _json(400, {"error": "the body must be JSON"})
@@ -167,6 +160,19 @@ async def close_rule(request: web.Request) -> web.Response:
     except SharedStateError as error:
         return _json(503, {"error": f"closed on this replica only: {error}"})
     return _json(200, {"closed": closure_record(closure, api.switches.wall.now())})
+
+
+async def _override(request: web.Request) -> tuple[dict[str, Any], float | None, str | None]:
+    """The body of a ``close`` or ``queue`` call, its ``for`` (seconds; None: the default) and
+    its ``message``; ValueError (or JSONDecodeError) for a body that is not one."""
+    body = await request.json() if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    duration = body.get("for")
+    message = body.get("message")
+    if message is not None and not isinstance(message, str):
+        raise ValueError("message must be a string")
+    return body, None if duration is None else parse_duration(duration), message
 
 
 async def queue_rule(request: web.Request) -> web.Response:
@@ -186,17 +192,10 @@ async def queue_rule(request: web.Request) -> web.Response:
             {"error": f"rule {name!r} {verb} every request it matches: a waiting room would lead nowhere"},
         )
     try:
-        body = await request.json() if request.can_read_body else {}
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
+        body, seconds, message = await _override(request)
         admit = body.get("admit")
         if not isinstance(admit, str):
             raise ValueError("admit is required: the visitors let in, e.g. 20/minute")
-        duration = body.get("for")
-        seconds = None if duration is None else parse_duration(duration)
-        message = body.get("message")
-        if message is not None and not isinstance(message, str):
-            raise ValueError("message must be a string")
         queue = await api.switches.queue(name, admit, seconds, message)
     except json.JSONDecodeError:
         return _json(400, {"error": "the body must be JSON"})
