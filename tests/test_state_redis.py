@@ -612,3 +612,37 @@ async def test_fifty_concurrent_clients_share_redis_calls(
     assert decisions == 50
     print(f"\n50 concurrent decisions in {calls:.0f} Redis calls: {decisions / calls:.1f} per call")
     assert decisions / calls > 1
+
+
+async def test_a_client_key_of_undecodable_bytes_is_counted_and_spoils_no_other_decision(
+    upstream: Upstream,
+    make_shield: MakeShield,
+    shared_redis: RedisServer,
+    prefix: str,
+    client: aiohttp.ClientSession,
+) -> None:
+    """An attacker's header of bytes that are not UTF-8 becomes a key like any other: it must not
+    fail the Redis call it shares with honest clients' decisions (on_error: deny would 503 them)."""
+    state = redis_state(shared_redis.url, prefix, on_error="deny")
+    shield = await make_shield(upstream.url, state=state, rules=[throttle("5/minute")])
+    await hit(client, url_of(shield, "/api/items"), "warmup")
+
+    async def hostile() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", shield.port)
+        writer.write(b"GET /api/items HTTP/1.1\r\nHost: x\r\nX-Client: \xff\xfe\r\nConnection: close\r\n\r\n")
+        status_line = await reader.readline()
+        writer.close()
+        return int(status_line.split()[1])
+
+    honest = [hit(client, url_of(shield, "/api/items"), f"client-{i}") for i in range(20)]
+    status, *replies = await asyncio.gather(hostile(), *honest)
+    assert status == 200
+    assert {reply.status for reply in replies} == {200}
+    assert {reply.remaining for reply in replies} == {4}
+    raw = Redis(port=shared_redis.port)  # keys as bytes: one of them is not UTF-8
+    try:
+        keys = [key async for key in raw.scan_iter(match=prefix + "*")]
+    finally:
+        await raw.aclose()
+    assert len(keys) == 22  # warmup, the hostile client and the 20 honest ones
+    assert prefix.encode() + b"t:{api|5/60.0/5|h:\xff\xfe}" in keys

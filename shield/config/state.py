@@ -96,7 +96,11 @@ class StateConfig(Section):
     )
     connect_timeout: Duration = Field(0.5, gt=0, description="Connecting to Redis.")
     pool_size: int = Field(
-        4, ge=1, le=64, description="Redis connections; concurrent decisions are batched onto them."
+        4,
+        ge=1,
+        le=64,
+        description="Redis connections for throttle decisions, which are batched onto them "
+        "(the other shared state has a pool of as many).",
     )
     breaker: Breaker = Field(default_factory=Breaker)
     per_worker_limits: bool = Field(

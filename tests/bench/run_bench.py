@@ -938,7 +938,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for other processes to leave the cores idle",
     )
     parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of target shield+redis"
+        "--redis-url",
+        default="own",
+        help="the Redis of target shield+redis: 'own' (the default) starts a redis-server pinned "
+        "to the load core, as the upstream is, so Redis's own work does not land on the proxy's "
+        "core (in production it runs on another machine); or the URL of one already running",
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="the JSON results")
     parser.add_argument(
@@ -985,6 +989,11 @@ def start_servers(
     wait_ready(upstream, upstream_url)
     urls["direct"] = upstream_url
 
+    redis_url = args.redis_url
+    if "shield+redis" in args.target_list and redis_url == "own":
+        redis_url = start_redis(tools, procs, root, load_cpu)
+        meta["redis"] = redis_url
+
     for target, name in NGINX_PROXIES.items():
         if target not in args.target_list:
             continue
@@ -1017,9 +1026,14 @@ def start_servers(
             continue
         port, admin_port = free_port(), free_port()
         conf = root / f"{target}.yaml"
-        redis_url = args.redis_url if target == "shield+redis" else None
         conf.write_text(
-            shield_config(port, admin_port, upstream_port, rules=target in WITH_RULES, redis_url=redis_url)
+            shield_config(
+                port,
+                admin_port,
+                upstream_port,
+                rules=target in WITH_RULES,
+                redis_url=redis_url if target == "shield+redis" else None,
+            )
         )
         if target in WITH_RULES:
             check = subprocess.run([shield, "check", "-c", str(conf)], capture_output=True, text=True)
@@ -1045,6 +1059,30 @@ def start_servers(
         shields[target] = server
         meta["commands"][target] = shlex.join(argv)
     return urls, shields, admin_urls
+
+
+def start_redis(tools: dict[str, str], procs: Processes, root: Path, cpu: str) -> str:
+    """A redis-server of this run's own, on the load core, keeping nothing on disk."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("redis-server not found: install redis-server, or pass --redis-url URL")
+    port = free_port()
+    argv = [tools["taskset"], "-c", cpu, server, "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(root)]
+    redis = procs.start("redis", argv, root / "redis.out")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not redis.alive():
+            raise BenchError(f"redis-server exited; its log:\n{redis.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(16).startswith(b"+PONG"):
+                    return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"redis-server on port {port} did not answer PING")
 
 
 def bench(
