@@ -35,6 +35,9 @@ COMPILED = [
     "shield/decide/decision.py",
     "shield/decide/gcra.py",
     "shield/state/memory_throttle.py",
+    "shield/state/overlimit.py",
+    "shield/state/breaker.py",
+    "shield/state/redis_throttle.py",
     "shield/upstream/pool.py",
     "shield/upstream/forward.py",
 ]
