@@ -19,11 +19,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection as RedisConnection
 
 from shield.app.server import Shield
-from shield.state.redis_throttle import SCRIPT_SHA, RedisThrottle
+from shield.state.redis_throttle import SCRIPT_SHA, RedisThrottle, _evalsha_command
 from tests.conftest import MakeShield, StartShield, serve, url_of
 from tests.redis_servers import RedisServer
 
@@ -646,3 +649,13 @@ async def test_a_client_key_of_undecodable_bytes_is_counted_and_spoils_no_other_
         await raw.aclose()
     assert len(keys) == 22  # warmup, the hostile client and the 20 honest ones
     assert prefix.encode() + b"t:{api|5/60.0/5|h:\xff\xfe}" in keys
+
+
+@given(keys=st.lists(st.binary(max_size=300), min_size=1, max_size=40), args=st.binary(max_size=2000))
+def test_the_script_call_is_framed_byte_for_byte_as_redis_py_would_frame_it(
+    keys: list[bytes], args: bytes
+) -> None:
+    """The throttle frames its EVALSHA itself (one join, not a Python step per argument): the
+    bytes on the wire must be the ones redis-py's own packing gives, for any keys."""
+    packed = b"".join(RedisConnection().pack_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, args))
+    assert _evalsha_command(keys, args) == packed
