@@ -7,8 +7,10 @@ Run by hand from the repository root (pytest never collects this directory)::
 
 It starts an nginx upstream (core 1); nginx as a reverse proxy, the same nginx with a per-IP rate
 check that never triggers, HAProxy with such a check, Shield and Shield with 20 rules (all on core 0),
-then runs wrk (core 1) against each of them and against the upstream directly, interleaved round by
-round, and prints medians and ratios. Every process it starts is stopped on exit, error or Ctrl-C.
+the 20 rules with Redis state (a redis-server of its own on core 1) and with two workers (both
+cores), then runs wrk (core 1) against each of them and against the upstream directly, interleaved
+round by round, and prints medians, ratios and each proxy's CPU time per request. Every process
+it starts is stopped on exit, error or Ctrl-C.
 See tests/bench/README.md.
 """
 
@@ -46,12 +48,23 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 PATHS: dict[str, int] = {"/2b": 2, "/16k": 16384}  # benchmark path -> body size
-TARGETS = ("direct", "nginx", "nginx+limit", "haproxy", "shield", "shield+rules", "shield+redis")
+TARGETS = (
+    "direct",
+    "nginx",
+    "nginx+limit",
+    "haproxy",
+    "shield",
+    "shield+rules",
+    "shield+redis",
+    "shield+workers",
+)
 # nginx proxy targets -> the name of their config, logs and temp directory.
 NGINX_PROXIES = {"nginx": "nginx-proxy", "nginx+limit": "nginx-limit"}
-SHIELDS = ("shield", "shield+rules", "shield+redis")
-# The same 20 rules, with throttle state in Redis (the one at --redis-url) instead of memory.
-WITH_RULES = ("shield+rules", "shield+redis")
+SHIELDS = ("shield", "shield+rules", "shield+redis", "shield+workers")
+# The same 20 rules, with throttle state in Redis (the one at --redis-url) instead of memory, or
+# with `workers: 2` (memory state, each worker counting alone), allowed on both cores.
+WITH_RULES = ("shield+rules", "shield+redis", "shield+workers")
+WORKERS = {"shield+workers": 2}
 RULE_COUNT = 20
 OTHER_LOAD_LIMIT = 10.0  # % of a core used by processes we did not start: "the machine is not quiet"
 
@@ -530,7 +543,12 @@ LAST_RULE = "everything-else"
 
 
 def shield_config(
-    port: int, admin_port: int, upstream_port: int, rules: bool, redis_url: str | None = None
+    port: int,
+    admin_port: int,
+    upstream_port: int,
+    rules: bool,
+    redis_url: str | None = None,
+    workers: int = 1,
 ) -> str:
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
@@ -542,6 +560,9 @@ def shield_config(
         assert len(config["rules"]) == RULE_COUNT and config["rules"][-1]["name"] == LAST_RULE
     if redis_url is not None:
         config["state"] = {"backend": "redis", "url": redis_url, "key_prefix": f"bench:{os.getpid()}:"}
+    if workers > 1:
+        config["workers"] = workers
+        config["state"] = {"backend": "memory", "per_worker_limits": True}  # the throttle never triggers
     text: str = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
     return text
 
@@ -563,6 +584,10 @@ class WrkResult:
     cpu_load_pct: float = float("nan")
     # The largest share of either core used by processes this benchmark did not start, in %.
     cpu_other_pct: float = float("nan")
+    # CPU time (user + system) of the target's processes per request, in µs: all of a proxy's
+    # processes (nginx's master and worker, Shield's workers), whichever core they ran on. Not
+    # counted: the kernel's loopback work done in softirq on no process's account.
+    proxy_cpu_us: float = float("nan")
 
 
 # Process groups of everything this run started (and its own, which holds wrk). CPU time used by
@@ -570,6 +595,8 @@ class WrkResult:
 # (Comparing a core's busy time with our processes' time does not work: the kernel charges loopback
 # TCP processing to softirq, not to the processes, and that is a quarter to half of a core here.)
 OUR_GROUPS: set[int] = set()
+# The process group of each target's proxy, for its CPU time per request.
+TARGET_GROUPS: dict[str, int] = {}
 
 
 @dataclass
@@ -577,6 +604,7 @@ class CpuSample:
     cores: dict[int, tuple[int, int]]  # cpu -> (busy, total) ticks, from /proc/stat
     others: dict[int, tuple[int, int]]  # pid -> (cpu, ticks) of user processes we did not start
     uptime: float  # seconds since boot, in clock ticks
+    groups: dict[int, int]  # process group we started -> CPU ticks of its processes alive now
 
 
 def cpu_sample() -> CpuSample:
@@ -590,15 +618,19 @@ def cpu_sample() -> CpuSample:
                 cores[int(name[3:])] = (total - values[3] - values[4], total)
     uptime = float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
     others: dict[int, tuple[int, int]] = {}
+    groups: Counter[int] = Counter()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(stat.parent.name)
             fields = stat.read_text().rpartition(")")[2].split()
             # After "(comm)": state ppid pgrp ... utime(12) stime(13) ... processor(37).
-            if pid != 2 and int(fields[1]) != 2 and int(fields[2]) not in OUR_GROUPS:
+            ticks = int(fields[11]) + int(fields[12])
+            if int(fields[2]) in OUR_GROUPS:
+                groups[int(fields[2])] += ticks
+            elif pid != 2 and int(fields[1]) != 2:
                 # The processor it last ran on: exact for pinned processes, a guess for the rest.
-                others[pid] = (int(fields[36]), int(fields[11]) + int(fields[12]))
-    return CpuSample(cores, others, uptime)
+                others[pid] = (int(fields[36]), ticks)
+    return CpuSample(cores, others, uptime, dict(groups))
 
 
 def busy_pct(before: CpuSample, after: CpuSample, cpu: int) -> float:
@@ -709,6 +741,7 @@ def run_wrk(
     url: str,
     duration: float,
     wait: bool = True,
+    group: int | None = None,
 ) -> WrkResult:
     argv = wrk_argv(args, tools, url, duration)
     before = wait_quiet(args, label) if wait else cpu_sample()
@@ -720,6 +753,9 @@ def run_wrk(
     result.cpu_proxy_pct = busy_pct(before, after, args.proxy_cpu)
     result.cpu_load_pct = busy_pct(before, after, args.load_cpu)
     result.cpu_other_pct = other_pct(before, after, (args.proxy_cpu, args.load_cpu))
+    if group is not None and group in before.groups and group in after.groups and result.requests:
+        ticks = after.groups[group] - before.groups[group]
+        result.proxy_cpu_us = ticks / os.sysconf("SC_CLK_TCK") / result.requests * 1e6
     if result.cpu_other_pct > OTHER_LOAD_LIMIT:
         print(f"warning: {label}: other processes used {result.cpu_other_pct:.0f}% of a core", flush=True)
     problems = []
@@ -824,6 +860,7 @@ def summarize(runs: dict[str, dict[str, list[WrkResult]]]) -> dict[str, dict[str
                 "cpu_proxy_pct": median([r.cpu_proxy_pct for r in results]),
                 "cpu_load_pct": median([r.cpu_load_pct for r in results]),
                 "cpu_other_pct_max": max(r.cpu_other_pct for r in results),
+                "proxy_cpu_us": median([r.proxy_cpu_us for r in results]),
                 "rps_spread_pct": 100 * (max(rps) - min(rps)) / median(rps) if rps else float("nan"),
                 "rounds": [asdict(r) for r in results],
             }
@@ -847,7 +884,7 @@ def fmt_ratio(value: float | None) -> str:
 def print_table(summary: dict[str, dict[str, dict[str, Any]]], proxy_cpu: int, load_cpu: int) -> None:
     header = (
         *("path", "target", "req/s", "spread", "p50", "p99", "rps/nginx", "rps/direct", "p99/nginx"),
-        *(f"cpu{proxy_cpu}", f"cpu{load_cpu}", "other"),
+        *(f"cpu{proxy_cpu}", f"cpu{load_cpu}", "other", "cpu/req"),
     )
     rows: list[tuple[str, ...]] = [header]
     for path, by_target in summary.items():
@@ -866,6 +903,7 @@ def print_table(summary: dict[str, dict[str, dict[str, Any]]], proxy_cpu: int, l
                     f"{row['cpu_proxy_pct']:.0f}%",
                     f"{row['cpu_load_pct']:.0f}%",
                     f"{row['cpu_other_pct_max']:.0f}%",
+                    "-" if row["proxy_cpu_us"] != row["proxy_cpu_us"] else f"{row['proxy_cpu_us']:.1f}us",
                 )
             )
     widths = [max(len(line[i]) for line in rows) for i in range(len(header))]
@@ -1003,6 +1041,7 @@ def start_servers(
         nginx_argv = [tools["nginx"], "-p", str(root), "-e", str(root / f"{name}-error.log"), "-c", str(conf)]
         argv = [tools["taskset"], "-c", proxy_cpu, *nginx_argv]
         proxy = procs.start(f"{target} proxy", argv, root / f"{name}.out")
+        TARGET_GROUPS[target] = proxy.proc.pid
         urls[target] = f"http://127.0.0.1:{port}"
         wait_ready(proxy, urls[target])
         meta["commands"][target] = shlex.join(argv)
@@ -1015,6 +1054,7 @@ def start_servers(
         # -db: in the foreground, one process, so stopping its group stops it.
         argv = [tools["taskset"], "-c", proxy_cpu, tools["haproxy"], "-db", "-f", str(conf)]
         proxy = procs.start("haproxy", argv, root / "haproxy.out")
+        TARGET_GROUPS["haproxy"] = proxy.proc.pid
         urls["haproxy"] = f"http://127.0.0.1:{port}"
         wait_ready(proxy, urls["haproxy"])
         meta["commands"]["haproxy"] = shlex.join(argv)
@@ -1033,6 +1073,7 @@ def start_servers(
                 upstream_port,
                 rules=target in WITH_RULES,
                 redis_url=redis_url if target == "shield+redis" else None,
+                workers=WORKERS.get(target, 1),
             )
         )
         if target in WITH_RULES:
@@ -1051,8 +1092,12 @@ def start_servers(
             if explain.returncode == 0:
                 print(f"shield explain GET /2b:\n{explain.stdout.rstrip()}")
             meta["rules_config"] = conf.read_text()
-        argv = [tools["taskset"], "-c", proxy_cpu, shield, "--log-level", "WARNING", "run", "-c", str(conf)]
+        # Several workers get both cores (one core would only time-share them); wrk and the upstream
+        # stay pinned to the load core, so there the workers compete with them.
+        cpus = proxy_cpu if target not in WORKERS else f"{proxy_cpu},{load_cpu}"
+        argv = [tools["taskset"], "-c", cpus, shield, "--log-level", "WARNING", "run", "-c", str(conf)]
         server = procs.start(target, argv, root / f"{target}.out")
+        TARGET_GROUPS[target] = server.proc.pid
         urls[target] = f"http://127.0.0.1:{port}"
         admin_urls[target] = f"http://127.0.0.1:{admin_port}"
         wait_ready(server, urls[target])
@@ -1110,12 +1155,20 @@ def bench(
                         if not server.alive():
                             raise BenchError(f"{server.name} died; its log:\n{server.log_tail()}")
                     label = f"round {round_no + 1}/{args.rounds} {path} {target}"
-                    result = run_wrk(args, tools, label, urls[target] + path, args.duration)
+                    result = run_wrk(
+                        args,
+                        tools,
+                        label,
+                        urls[target] + path,
+                        args.duration,
+                        group=TARGET_GROUPS.get(target),
+                    )
                     runs[path][target].append(result)
                     print(
                         f"{label:<34} {result.rps:>10,.0f} req/s  p50 {fmt_ms(result.p50_ms):>8}  "
                         f"p99 {fmt_ms(result.p99_ms):>8}  cpu{args.proxy_cpu} {result.cpu_proxy_pct:3.0f}%  "
-                        f"cpu{args.load_cpu} {result.cpu_load_pct:3.0f}%  other {result.cpu_other_pct:2.0f}%",
+                        f"cpu{args.load_cpu} {result.cpu_load_pct:3.0f}%  other {result.cpu_other_pct:2.0f}%"
+                        f"  {result.proxy_cpu_us:5.1f} us/req",
                         flush=True,
                     )
 
