@@ -78,6 +78,11 @@ _DEFAULT_FORWARDED: Final = (
     (_DEFAULT, "allow", "forwarded", "authenticated"),
 )
 _NO_NETWORK: Final[tuple[int | None, str | None]] = (None, None)
+# Names from modules mypyc does not compile (or values made at import) bound as Finals: a C
+# static each, where the imported name is a module-dict lookup on every request.
+_HOST: Final = hdrs.HOST
+_ANONYMOUS: Final = ANONYMOUS
+_NO_IDENTITY: Final = NoIdentity
 # The admission class of requests no rule matched, by ``identity.authenticated``.
 _DEFAULT_RANKS: Final = (priority_class("normal", False), priority_class("normal", True))
 
@@ -205,7 +210,7 @@ class Gatekeeper:
         if method == "CONNECT":
             return answer(405, "CONNECT is not allowed.")
         headers = request.headers
-        host = headers.get(hdrs.HOST)
+        host = headers.get(_HOST)
         target = request.target
         # find(), not ``in``: bytes.__contains__ first tries its argument as an integer and pays
         # for a TypeError on every request.
@@ -243,10 +248,10 @@ class Gatekeeper:
             else:
                 challenged_by = self.crowdsec_rule
         if banned_until is not None:
-            identity = ANONYMOUS  # a ban is answered whoever the client says it is
+            identity = _ANONYMOUS  # a ban is answered whoever the client says it is
         else:
             resolver = self.identities or runtime.identities
-            identity = ANONYMOUS if type(resolver) is NoIdentity else resolver.identify(headers, client_ip)
+            identity = _ANONYMOUS if type(resolver) is _NO_IDENTITY else resolver.identify(headers, client_ip)
             if self.introspector is not None and not identity.authenticated:
                 identity = await self.introspector.identify(headers, identity)
         # The request as rules see it (a ``Request`` is a ``RequestView``: method and headers set).

@@ -157,6 +157,9 @@ _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE
 # Header name as the client spelled it -> as text: names repeat from request to request.
 # Header name as the client spelled it -> its text, and its lower-cased form when it is one
 # of the SINGLETON_HEADERS (else None): names repeat from request to request.
+# multidict's classes as C statics once compiled (an imported name is a module-dict lookup).
+_HEADERS: Final = CIMultiDict
+_HEADERS_VIEW: Final = CIMultiDictProxy
 _NAMES: Final[dict[bytes, tuple[str, bytes | None]]] = {}
 _REMEMBERED_NAMES: Final = 1024
 _REMEMBERED_NAME: Final = 64
@@ -833,7 +836,7 @@ class Http1Connection(WriteFlow):
             url,
             version,
             raw,
-            CIMultiDictProxy(CIMultiDict(pairs)),  # type: ignore[arg-type]  # no None left
+            _HEADERS_VIEW(_HEADERS(pairs)),  # type: ignore[arg-type]  # no None left
             keep_alive,
             content_length,
             RequestBody(self) if chunked or content_length else EMPTY_BODY,

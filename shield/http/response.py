@@ -27,7 +27,14 @@ _STATUS_LINES: Final = {
 
 
 # What ``response_bytes`` does with an upstream header, by its name as sent.
-_COPY, _DATE, _SERVER, _LENGTH, _CONNECTION, _CODING, _DROP = range(7)
+# (Each a Final of its own, a C constant once compiled: see headers.py.)
+_COPY: Final = 0
+_DATE: Final = 1
+_SERVER: Final = 2
+_LENGTH: Final = 3
+_CONNECTION: Final = 4
+_CODING: Final = 5
+_DROP: Final = 6
 # The upstream's headers Shield reads, by their lower-cased name: dropped ones, and kept ones.
 _DROPPED_KINDS: Final = {
     b"content-length": _LENGTH,

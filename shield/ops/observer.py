@@ -14,8 +14,8 @@ counted in ``shield_requests_total``; they are logged with rule and decision nul
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import Final
 
 from multidict import istr
@@ -32,6 +32,8 @@ Handler = Callable[[Request], Awaitable[Reply]]
 # A case-insensitive multidict looks an istr up without folding it first.
 _REQUEST_ID: Final = istr("X-Request-ID")
 _USER_AGENT: Final = istr("User-Agent")
+# A C static once compiled, where ``from time import perf_counter`` is a module-dict lookup per call.
+_perf_counter: Final = time.perf_counter
 
 # What nginx logs for a client that went away before its answer was ready.
 CLIENT_CLOSED: Final = 499
@@ -77,13 +79,13 @@ class Observer:
     async def handle(self, request: Request) -> Reply:
         """The listener's handler: give the request its id, run the gatekeeper, then count,
         time and log the answer, as far as ``metrics`` and the access log are on."""
-        started = perf_counter()
+        started = _perf_counter()
         request.id_line = self._ids.line_of(request.headers.get(_REQUEST_ID))
         try:
             response = await self._handler(request)
         except asyncio.CancelledError:
             if self._log is not None and self._log.sampled():
-                self._write_log(request, CLIENT_CLOSED, 0, perf_counter() - started)
+                self._write_log(request, CLIENT_CLOSED, 0, _perf_counter() - started)
             raise
         labels = request.labels
         if labels is not None and self._metrics:
@@ -93,14 +95,14 @@ class Observer:
                 durations = self._durations.get(labels)
                 if durations is None:
                     durations = self._stats.durations_of(labels)
-                durations.append(perf_counter() - started)
+                durations.append(_perf_counter() - started)
         if self._top is not None and labels is not None:
             self._count_top(self._top, request, labels)
         if not isinstance(response, Written):
             response.headers["X-Request-ID"] = request.request_id
         if self._log is not None and self._log.sampled():
             size = body_size(response, request)
-            self._write_log(request, response.status, size, perf_counter() - started)
+            self._write_log(request, response.status, size, _perf_counter() - started)
         return response
 
     def _count_top(self, top: TopTables, request: Request, labels: tuple[str, str, str, str]) -> None:
