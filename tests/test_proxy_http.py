@@ -685,6 +685,30 @@ async def test_head_keeps_content_length_sends_no_body_and_the_connection_stays_
     assert [r.line for r in upstream.requests] == [b"HEAD /movie HTTP/1.1", b"GET /next HTTP/1.1"]
 
 
+@pytest.mark.parametrize("size", [4095, 4096, 16384, 200_000])
+async def test_an_answer_of_any_size_reaches_the_client_byte_for_byte_and_the_connection_goes_on(
+    raw_upstream: StartUpstream, make_shield: MakeShield, size: int
+) -> None:
+    """Small answers go out joined to their head, large ones beside it (one writev): the client
+    must not tell the two apart, nor where the next answer starts."""
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    _, shield = await proxied(
+        raw_upstream,
+        make_shield,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s"
+        % (size, body),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+    )
+
+    async with connect(shield) as (reader, writer):
+        writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = await read_response(reader)
+        following = await read_response(reader)
+
+    assert (first.status, first.header(b"Content-Length"), first.body) == (200, [b"%d" % size], body)
+    assert (following.status, following.body) == (200, b"next")
+
+
 @pytest.mark.parametrize(
     "answer",
     [

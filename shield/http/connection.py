@@ -183,14 +183,18 @@ _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"
 class Written:
     """An answer the handler serialized itself.
 
-    ``data`` is written as is; it is empty when the answer already went out piece by piece
-    (a streamed upstream body). ``body_size`` is what the access log reports.
+    ``data`` is written as is, then ``body`` if there is one (a large body kept apart from its
+    head, so both go out in one writev uncopied); ``data`` is empty when the answer already went
+    out piece by piece (a streamed upstream body). ``body_size`` is what the access log reports.
     """
 
-    __slots__ = ("body_size", "data", "keep_alive", "status")
+    __slots__ = ("body", "body_size", "data", "keep_alive", "status")
 
-    def __init__(self, data: bytes, keep_alive: bool, status: int, body_size: int = 0) -> None:
+    def __init__(
+        self, data: bytes, keep_alive: bool, status: int, body_size: int = 0, *, body: bytes = b""
+    ) -> None:
         self.data = data
+        self.body = body
         self.keep_alive = keep_alive
         self.status = status
         self.body_size = body_size
@@ -927,7 +931,9 @@ class Http1Connection(WriteFlow):
             if self._handed_over or transport is None:
                 return
             if isinstance(reply, Written):
-                if reply.data:
+                if reply.body:
+                    transport.writelines((reply.data, reply.body))
+                elif reply.data:
                     transport.write(reply.data)
                 keep_alive = reply.keep_alive
             else:

@@ -157,7 +157,7 @@ def _head(
     return parts, declared
 
 
-def response_bytes(
+def response_parts(
     status: int,
     upstream_headers: list[tuple[bytes, bytes]],
     body: bytes,
@@ -166,8 +166,9 @@ def response_bytes(
     keep_alive: bool,
     date: DateHeader,
     extra: bytes = b"",
-) -> bytes:
-    """Status line, filtered headers and body of a complete response, framed by Content-Length.
+) -> tuple[list[bytes], bytes]:
+    """The head of a complete response as parts to join (status line, filtered headers,
+    Content-Length framing, the blank line), and the body as sent.
 
     HEAD answers and 204/304 carry no body; for HEAD the upstream's Content-Length is kept,
     since it describes the body a GET would get. ``extra`` is Shield's own header lines
@@ -185,7 +186,31 @@ def response_bytes(
         parts.append(extra)
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
-    parts += (b"\r\n", body)
+    parts.append(b"\r\n")
+    return parts, body
+
+
+def response_bytes(
+    status: int,
+    upstream_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    head_request: bool,
+    keep_alive: bool,
+    date: DateHeader,
+    extra: bytes = b"",
+) -> bytes:
+    """``response_parts`` as one piece, framed by Content-Length."""
+    parts, sent = response_parts(
+        status,
+        upstream_headers,
+        body,
+        head_request=head_request,
+        keep_alive=keep_alive,
+        date=date,
+        extra=extra,
+    )
+    parts.append(sent)
     return b"".join(parts)
 
 

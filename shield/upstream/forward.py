@@ -26,7 +26,7 @@ from shield.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from shield.http.answer import ShieldAnswer, answer
 from shield.http.connection import Reply, Request, Written
 from shield.http.headers import RequestHeadBuilder
-from shield.http.response import DateHeader, response_bytes, streamed_head, switching_head
+from shield.http.response import DateHeader, response_parts, streamed_head, switching_head
 from shield.ops.metrics import ProxyStats
 from shield.upstream.pool import NO_ANSWER, UpstreamConnection, UpstreamPool
 
@@ -37,6 +37,8 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EMPTY_BODY: Final = b"Content-Length: 0\r\n"
 _CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+# From this size a complete answer's body is written beside its head rather than joined to it.
+_BODY_APART: Final = 4096
 # A C static once compiled, where ``from time import perf_counter`` is a module-dict lookup per call.
 _perf_counter: Final = time.perf_counter
 
@@ -343,11 +345,12 @@ class Proxy:
     def _complete_answer(
         self, request: Request, conn: UpstreamConnection, extra: bytes, head_request: bool
     ) -> Written:
-        """An answer the upstream has sent in full, as the client gets it, in one piece."""
+        """An answer the upstream has sent in full, as the client gets it: in one piece, or
+        a large body beside its head (one writev, where joining them copied the body)."""
         body = conn.body.take_all()
         conn.finish()
         keep_alive = request.keep_alive
-        data = response_bytes(
+        parts, sent = response_parts(
             conn.status,
             conn.headers,
             body,
@@ -356,7 +359,11 @@ class Proxy:
             date=self.date,
             extra=extra,
         )
-        return Written(data, keep_alive, conn.status, 0 if head_request else len(body))
+        size = 0 if head_request else len(body)
+        if len(sent) < _BODY_APART:
+            parts.append(sent)
+            return Written(b"".join(parts), keep_alive, conn.status, size)
+        return Written(b"".join(parts), keep_alive, conn.status, size, body=sent)
 
     async def _upload(
         self, pieces: BodyPieces, read: bytes, conn: UpstreamConnection, *, chunked: bool

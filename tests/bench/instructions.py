@@ -8,9 +8,9 @@ counts do not (the same build, config and requests give the same count to within
 else the machine does). Each variant is ``python -m shield run`` started in DIR (so DIR's
 ``shield/`` package is the one imported: a checkout of another commit measures that commit) with
 the extra config appended, under ``valgrind --tool=callgrind`` with instrumentation off; after a
-warm-up the script switches it on, sends exactly ``--requests`` ``GET /2b`` over 8 keep-alive
-connections, switches it off and divides. An nginx upstream answers ``ok``. ``--rules`` adds the
-20-rule policy of ``run_bench.py``.
+warm-up the script switches it on, sends exactly ``--requests`` ``GET /2b`` (``--path /16k``: a
+16 KiB answer) over 8 keep-alive connections, switches it off and divides. An nginx upstream
+answers ``ok`` (or the 16 KiB). ``--rules`` adds the 20-rule policy of ``run_bench.py``.
 
 What it counts: instructions in user space (Python, uvloop, llhttp, libc), not the kernel's
 socket work, so it measures what code changes can change. Turning instructions into requests/s
@@ -36,17 +36,24 @@ import yaml
 from local_http import free_port, nginx_upstream, variant_config, wait_http
 from run_bench import bench_rules
 
-REQUEST = b"GET /2b HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+PATHS = ("/2b", "/16k")
+
+
+def request(path: str) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n" % path.encode()
+
+
 CONNECTIONS = 8
 
 
-async def send_requests(port: int, count: int) -> None:
+async def send_requests(port: int, count: int, path: str = "/2b") -> None:
     """``count`` requests, each waited for before the next on its connection."""
+    message = request(path)
 
     async def one_connection(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(n):
-            writer.write(REQUEST)
+            writer.write(message)
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"unexpected answer: {head[:80]!r}")
@@ -67,6 +74,7 @@ def measure(
     requests: int,
     log: Path,
     simulate: bool = False,
+    path: str = "/2b",
 ) -> int:
     """Instructions per request for one variant (``simulate``: with cache and branch simulation,
     whose counts ``callgrind_annotate`` shows from the kept profile)."""
@@ -91,9 +99,9 @@ def measure(
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/2b", timeout=180, interval=0.5)
-        asyncio.run(send_requests(port, 400))  # warm-up: caches, pool, first-call paths
+        asyncio.run(send_requests(port, 400, path))  # warm-up: caches, pool, first-call paths
         subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, capture_output=True)
-        asyncio.run(send_requests(port, requests))
+        asyncio.run(send_requests(port, requests, path))
         subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, capture_output=True)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -110,6 +118,7 @@ def main() -> int:
     )
     parser.add_argument("variants", nargs="+", help="NAME=DIR[:EXTRA_YAML]")
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--path", choices=PATHS, default="/2b", help="what every request asks for")
     parser.add_argument("--rules", action="store_true", help="add run_bench.py's 20 rules to every variant")
     parser.add_argument(
         "--keep", metavar="DIR", help="copy each variant's callgrind profile to DIR/NAME.callgrind"
@@ -144,6 +153,7 @@ def main() -> int:
                 args.requests,
                 tmp / f"{name}.log",
                 args.simulate,
+                args.path,
             )
             results.append((name, count))
             if args.keep:

@@ -34,12 +34,18 @@ def wait_http(url: str, timeout: float = 15, interval: float = 0.1) -> None:
 
 
 def nginx_upstream(directory: Path, port: int) -> list[str]:
-    """The command of an nginx answering ``ok`` on 127.0.0.1:``port``, its config written into
+    """The command of an nginx answering ``ok`` on 127.0.0.1:``port`` (``GET /16k``: a static
+    file of 16384 bytes, as ``run_bench.py``'s upstream serves), its config written into
     ``directory``: the upstream the A/B scripts put behind Shield."""
+    (directory / "www").mkdir(exist_ok=True)
+    (directory / "www" / "16k").write_bytes(b"x" * 16384)
+    for readable in (directory, directory / "www"):  # by nginx's workers, which run as nobody
+        readable.chmod(0o755)
     (directory / "nginx.conf").write_text(
         f"worker_processes 1; daemon off; pid {directory}/nginx.pid; error_log {directory}/error.log;\n"
         "events {}\nhttp { access_log off; keepalive_requests 1000000;\n"
-        f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }} }} }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }}\n"
+        f"    location = /16k {{ root {directory}/www; default_type application/octet-stream; }} }} }}\n"
     )
     return ["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory)]
 
