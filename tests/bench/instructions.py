@@ -4,8 +4,9 @@
     .venv/bin/python tests/bench/instructions.py NAME=DIR[:EXTRA_YAML] ... [--requests 3000]
 
 Wall-clock benchmarks on a shared 2-core VM move by several percent between runs; instruction
-counts do not (the same build, config and requests give the same count to within 0.1 %, whatever
-else the machine does). Each variant is ``python -m shield run`` started in DIR (so DIR's
+counts do not (the same build, config and requests give the same count to within about 1 % from
+one process to the next, whatever else the machine does: repeat a variant to see the spread).
+Each variant is ``python -m shield run`` started in DIR (so DIR's
 ``shield/`` package is the one imported: a checkout of another commit measures that commit) with
 the extra config appended, under ``valgrind --tool=callgrind`` with instrumentation off; after a
 warm-up the script switches it on, sends exactly ``--requests`` ``GET /2b`` (``--path /16k``: a
