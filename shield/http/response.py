@@ -60,6 +60,30 @@ def _new_kind(name: bytes) -> int:
     return remember(_kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
 
+# The names of the last answer's headers, in order, and their kinds: an upstream answers with
+# the same names in the same order time after time, and comparing two names' bytes costs a
+# fraction of hashing a new bytes object for ``_kinds``. Kept only for a head of at most
+# ``_REMEMBERED_HEAD`` short names, so that it never holds more than a few KiB alive.
+_last_names: Final[list[bytes]] = []
+_last_kinds: Final[list[int]] = []
+_REMEMBERED_HEAD: Final = 32
+
+
+def _remember_names(upstream_headers: list[tuple[bytes, bytes]]) -> None:
+    _last_names.clear()
+    _last_kinds.clear()
+    if len(upstream_headers) > _REMEMBERED_HEAD:
+        return
+    for name, _ in upstream_headers:
+        if len(name) > _REMEMBERED_NAME:
+            _last_names.clear()
+            _last_kinds.clear()
+            return
+        kind = _kinds.get(name)
+        _last_names.append(name)
+        _last_kinds.append(_new_kind(name) if kind is None else kind)
+
+
 # Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
 # and formatting the number cost as much as the rest of the head. Bounded like the tables of
 # names and paths.
@@ -119,11 +143,17 @@ def _head(
     named: bytes | None = None
     has_date = has_server = coded = False
     kinds = _kinds
-    for name, value in upstream_headers:
-        try:
-            kind = kinds[name]
-        except KeyError:
-            kind = _new_kind(name)
+    last_names, last_kinds = _last_names, _last_kinds
+    repeated = len(last_names) == len(upstream_headers)
+    for index, (name, value) in enumerate(upstream_headers):
+        if repeated and last_names[index] == name:
+            kind = last_kinds[index]
+        else:
+            repeated = False
+            try:
+                kind = kinds[name]
+            except KeyError:
+                kind = _new_kind(name)
         if kind:
             if kind == _DATE:
                 has_date = True
@@ -143,6 +173,8 @@ def _head(
                     coded = True
                 continue
         parts += (name, b": ", value, b"\r\n")
+    if not repeated:
+        _remember_names(upstream_headers)
     if (
         named is not None
         and named.lower() not in _PLAIN_CONNECTION
