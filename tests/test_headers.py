@@ -455,6 +455,27 @@ def test_a_flood_of_upstream_header_names_is_framed_alike_and_remembered_within_
     assert len(response._kinds) <= response._REMEMBERED_NAMES
 
 
+def test_answers_alternating_between_header_sets_are_each_framed_as_their_own() -> None:
+    """The last answer's names are remembered in order (an upstream repeats itself): answers
+    that differ from it, by a name, its place or the count, must not be read with its kinds."""
+    heads = [
+        [(b"Content-Type", b"text/plain"), (b"Content-Length", b"2")],
+        [(b"Content-Type", b"text/plain"), (b"Connection", b"close")],
+        [(b"Connection", b"close"), (b"Content-Type", b"text/plain")],
+        [(b"Content-Type", b"text/plain"), (b"Connection", b"close"), (b"X-More", b"1")],
+        [(b"X-Many-%d" % i, b"v") for i in range(2 * response._REMEMBERED_HEAD)],
+    ]
+    for _ in range(3):
+        for upstream in heads:
+            _, headers, _ = respond(200, upstream, b"ok")
+            kept = [(n, v) for n, v in upstream if n.lower() not in (b"connection", b"content-length")]
+            assert [
+                (n, v) for n, v in headers if n.lower() not in (b"date", b"server", b"content-length")
+            ] == kept
+            assert values(headers, b"Content-Length") == [b"2"]
+        assert len(response._last_head.names) <= response._REMEMBERED_HEAD
+
+
 def test_status_line_of_an_unregistered_status_has_an_empty_reason() -> None:
     assert status_line(599) == b"HTTP/1.1 599 \r\n"
     assert status_line(404) == b"HTTP/1.1 404 Not Found\r\n"

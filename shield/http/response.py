@@ -60,28 +60,23 @@ def _new_kind(name: bytes) -> int:
     return remember(_kinds, name, kind, _REMEMBERED_NAMES, fits=len(name) <= _REMEMBERED_NAME)
 
 
-# The names of the last answer's headers, in order, and their kinds: an upstream answers with
-# the same names in the same order time after time, and comparing two names' bytes costs a
-# fraction of hashing a new bytes object for ``_kinds``. Kept only for a head of at most
-# ``_REMEMBERED_HEAD`` short names, so that it never holds more than a few KiB alive.
-_last_names: Final[list[bytes]] = []
-_last_kinds: Final[list[int]] = []
+class _LastHead:
+    """The names of the last answer's headers, in order, and their kinds. An upstream answers
+    with the same names in the same order time after time, and comparing a name's bytes with the
+    last answer's costs a fraction of hashing a new bytes object for ``_kinds`` (some 430
+    instructions a header). An answer that differs costs two list appends per header more, and
+    becomes the one remembered if it has at most ``_REMEMBERED_HEAD`` short names, so what is
+    held alive stays a few KiB."""
+
+    __slots__ = ("kinds", "names")
+
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.kinds: list[int] = []
+
+
+_last_head: Final = _LastHead()
 _REMEMBERED_HEAD: Final = 32
-
-
-def _remember_names(upstream_headers: list[tuple[bytes, bytes]]) -> None:
-    _last_names.clear()
-    _last_kinds.clear()
-    if len(upstream_headers) > _REMEMBERED_HEAD:
-        return
-    for name, _ in upstream_headers:
-        if len(name) > _REMEMBERED_NAME:
-            _last_names.clear()
-            _last_kinds.clear()
-            return
-        kind = _kinds.get(name)
-        _last_names.append(name)
-        _last_kinds.append(_new_kind(name) if kind is None else kind)
 
 
 # Body length -> its Content-Length line: answers of a service come in a limited set of sizes,
@@ -143,17 +138,26 @@ def _head(
     named: bytes | None = None
     has_date = has_server = coded = False
     kinds = _kinds
-    last_names, last_kinds = _last_names, _last_kinds
-    repeated = len(last_names) == len(upstream_headers)
+    last = _last_head
+    repeated = len(last.names) == len(upstream_headers)
+    # This answer's names and kinds, made (and appended to) only once it differs from the last.
+    if repeated:
+        names, named_kinds = last.names, last.kinds
+    else:
+        names, named_kinds = [], []
     for index, (name, value) in enumerate(upstream_headers):
-        if repeated and last_names[index] == name:
-            kind = last_kinds[index]
+        if repeated and last.names[index] == name:
+            kind = last.kinds[index]
         else:
-            repeated = False
+            if repeated:
+                repeated = False
+                names, named_kinds = last.names[:index], last.kinds[:index]
             try:
                 kind = kinds[name]
             except KeyError:
                 kind = _new_kind(name)
+            names.append(name)
+            named_kinds.append(kind)
         if kind:
             if kind == _DATE:
                 has_date = True
@@ -173,8 +177,8 @@ def _head(
                     coded = True
                 continue
         parts += (name, b": ", value, b"\r\n")
-    if not repeated:
-        _remember_names(upstream_headers)
+    if not repeated and len(names) <= _REMEMBERED_HEAD and all(len(n) <= _REMEMBERED_NAME for n in names):
+        last.names, last.kinds = names, named_kinds
     if (
         named is not None
         and named.lower() not in _PLAIN_CONNECTION
